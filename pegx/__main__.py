@@ -1,0 +1,3 @@
+from pegx.cli import main
+
+main()

@@ -1,0 +1,179 @@
+"""The chain seam (DESIGN §5): what the engine and the cycle thread need from a BitBay node.
+
+Both backends (``devnet``: an embedded simulated chain; ``bitbayd``: a JSON-RPC client of a
+real node) implement :class:`Chain`. Nothing above this package knows which one it talks to.
+All amounts are int satoshi. Outpoints are ``"txid:vout"`` strings, as in the original API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+CYCLE_BLOCKS = 200  # mainnet nPegInterval: the supply index moves once per 200 blocks
+MIN_FEE_PER_IO = 5000  # the peg's minimum fee per input and output (BITBAYD §1.1)
+FREEZE_NOTARY_VALUE = 5590  # value of a `**F**` notary OP_RETURN output
+NOTARY_VALUE = 5575  # value of the OP_RETURN id output and of the exchange notary output
+
+
+def cycle_of(height: int) -> int:
+    """The peg cycle a block height belongs to."""
+    return height // CYCLE_BLOCKS
+
+
+def outpoint(txid: str, vout: int) -> str:
+    """The ``"txid:vout"`` key used for inputs everywhere."""
+    return f"{txid}:{vout}"
+
+
+def split_outpoint(key: str) -> tuple[str, int]:
+    """Parse ``"txid:vout"``; raises ValueError on anything else."""
+    txid, sep, vout = str(key).rpartition(":")
+    if not sep or not txid or not vout.isdigit():
+        raise ValueError(f"not a txid:vout outpoint: {key!r}")
+    return txid, int(vout)
+
+
+class ChainError(Exception):
+    """The chain refused or could not answer. Subclasses say whether a retry can help."""
+
+
+class ChainUnavailable(ChainError):
+    """Transient: the node is down, warming up, timing out. Retry later with backoff."""
+
+
+class ChainRejected(ChainError):
+    """Final: the node said no (invalid transaction, unknown key, bad parameter)."""
+
+
+@dataclass(frozen=True)
+class Tip:
+    """The best block: height, its cycle and the supply index in force for that cycle."""
+
+    height: int
+    cycle: int
+    supply: int
+    time: int = 0
+
+
+@dataclass
+class Utxo:
+    """A wallet unspent output with its peg fraction vector.
+
+    ``fractions`` is a PEG_SIZE int64 vector whose sum is ``value``. ``frozen_until`` is a unix
+    time (0 = not frozen). ``height`` is the block that mined it (0 if unconfirmed).
+    """
+
+    txid: str
+    vout: int
+    address: str
+    value: int
+    fractions: np.ndarray
+    confirmations: int
+    height: int = 0
+    frozen_until: int = 0
+
+    @property
+    def key(self) -> str:
+        return outpoint(self.txid, self.vout)
+
+
+@dataclass(frozen=True)
+class TxOut:
+    """A transaction output: pay ``value`` to ``address``, or an OP_RETURN carrying ``data``.
+
+    Exactly one of ``address`` and ``data`` is set. A ``**F**`` notary is an OP_RETURN whose
+    data is the notation text (e.g. ``b"**F**2:3"``).
+    """
+
+    value: int
+    address: str | None = None
+    data: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.address is None) == (self.data is None):
+            raise ValueError("a TxOut pays an address or carries OP_RETURN data, not both")
+        if self.value < 0:
+            raise ValueError(f"negative output value {self.value}")
+
+
+@dataclass
+class Tx:
+    """A transaction as the chain reports it.
+
+    ``inputs`` are outpoints; ``height`` is 0 while in the mempool; ``confirmations`` is 0 in the
+    mempool. ``op_return`` is the data of the last output when it is an OP_RETURN, else None.
+    """
+
+    txid: str
+    inputs: list[str]
+    outputs: list[TxOut]
+    height: int = 0
+    confirmations: int = 0
+    raw: str = ""
+
+    @property
+    def op_return(self) -> bytes | None:
+        if self.outputs and self.outputs[-1].data is not None:
+            return self.outputs[-1].data
+        return None
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    """A signed, not yet broadcast, transaction."""
+
+    txid: str
+    raw: str
+    inputs: tuple[str, ...] = field(default=())
+
+
+@runtime_checkable
+class Chain(Protocol):
+    """What pegx needs from a BitBay node. Implementations must be thread-safe."""
+
+    name: str
+
+    def tip(self) -> Tip:
+        """The current best block."""
+        ...
+
+    def supply_for_cycle(self, cycle: int) -> int:
+        """The supply index in force during ``cycle`` (recent cycles at least)."""
+        ...
+
+    def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
+        """Every wallet output (frozen ones included) with fractions and confirmations."""
+        ...
+
+    def get_fractions(self, key: str) -> np.ndarray:
+        """The fraction vector of one output; raises ChainRejected if unknown."""
+        ...
+
+    def get_transaction(self, txid: str) -> Tx | None:
+        """A transaction in a block or the mempool, or None if the chain does not know it."""
+        ...
+
+    def is_unspent(self, key: str) -> bool:
+        """True while the output exists and no mined or mempool transaction spends it."""
+        ...
+
+    def import_key(self, wif: str) -> str:
+        """Add a private key (WIF) to the wallet without rescan; returns its address."""
+        ...
+
+    def create_transaction(
+        self, inputs: list[str], outputs: list[TxOut], passphrase: str = ""
+    ) -> SignedTx:
+        """Build and sign (not broadcast) a transaction spending wallet ``inputs``."""
+        ...
+
+    def broadcast(self, raw: str) -> str:
+        """Send a signed transaction; returns its txid or raises ChainRejected with the reason."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (threads, sockets, files)."""
+        ...

@@ -1,0 +1,248 @@
+"""Pure peg math: fraction vectors, liquid/reserve split, nfreeze, rating, proportional moves.
+
+Every coin amount is cut into PEG_SIZE fractions ("steps"). At supply index S, steps < S are
+reserve and steps >= S are liquid (DESIGN §1, BITBAYD §1.3-§1.4, ORIGINAL §4).
+
+Vectors are numpy int64 arrays of length PEG_SIZE. Values fit int64 (total BAY supply is about
+1e17 satoshi), but products such as ``f[i] * amount`` do not, so every share is computed with
+exact Python integers whenever an int64 product could overflow. No floats touch an amount.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+PEG_SIZE = 1200
+PEG_RATE = 100
+MAX_SUPPLY_INDEX = 1198
+LAST_STEP = PEG_SIZE - 1
+NFREEZE_STEPS = 3  # a 1-3 step move of the supply can freeze steps S..S+2
+FUTURE_STEPS = 21  # the original's contractbuffer
+SUBPREMIUM_RATING = 200
+INT64_MAX = (1 << 63) - 1
+
+LIQUID = "liquid"
+RESERVE = "reserve"
+STYLES = (LIQUID, RESERVE)
+
+
+class PegError(ValueError):
+    """A peg computation was asked something impossible (bad style, short funds, bad index)."""
+
+
+def zeros() -> np.ndarray:
+    """A fresh all-zero fraction vector."""
+    return np.zeros(PEG_SIZE, dtype=np.int64)
+
+
+def check_supply(supply: int) -> int:
+    """Validate a supply index (0..MAX_SUPPLY_INDEX) and return it as an int."""
+    if isinstance(supply, bool) or not isinstance(supply, (int, np.integer)):
+        raise PegError(f"supply index must be an int, got {type(supply).__name__}")
+    if not 0 <= supply <= MAX_SUPPLY_INDEX:
+        raise PegError(f"supply index {supply} outside 0..{MAX_SUPPLY_INDEX}")
+    return int(supply)
+
+
+def check_style(style: str) -> str:
+    """Validate a trade style ('liquid' or 'reserve')."""
+    if style not in STYLES:
+        raise PegError(f"style must be 'liquid' or 'reserve', got {style!r}")
+    return style
+
+
+def std_spread(value: int) -> np.ndarray:
+    """The STD spread of a fresh amount: f[i] = left // 100 for i < 1199, f[1199] = the rest.
+
+    1e11 gives 1000000000, 990000000, 980100000, ... and 584300 at the last step; the sum is
+    exactly ``value``.
+    """
+    value = int(value)
+    if value < 0:
+        raise PegError(f"cannot spread a negative amount ({value})")
+    out = [0] * PEG_SIZE
+    left = value
+    for i in range(LAST_STEP):
+        f = left // PEG_RATE
+        out[i] = f
+        left -= f
+        if left < PEG_RATE:  # every later share is 0: the tail goes to the last step
+            break
+    out[LAST_STEP] = left
+    return np.array(out, dtype=np.int64)
+
+
+def reserve_of(vec: np.ndarray, supply: int) -> int:
+    """Σ steps < supply (the reserve part)."""
+    return int(vec[:supply].sum())
+
+
+def liquid_of(vec: np.ndarray, supply: int) -> int:
+    """Σ steps >= supply (the liquid part)."""
+    return int(vec[supply:].sum())
+
+
+def split(vec: np.ndarray, supply: int) -> tuple[int, int]:
+    """(liquid, reserve) of a vector at a supply index."""
+    return liquid_of(vec, supply), reserve_of(vec, supply)
+
+
+def _window(vec: np.ndarray, supply: int, width: int) -> int:
+    """Σ steps supply..supply+width-1, the last step (1199) excluded as in FutureFreeze."""
+    hi = min(supply + width, LAST_STEP)
+    return int(vec[supply:hi].sum()) if hi > supply else 0
+
+
+def nfreeze(vec: np.ndarray, supply: int) -> int:
+    """Liquid that the next 1-3 step deflation may freeze: Σ steps S..S+2, step 1199 excluded."""
+    return _window(vec, supply, NFREEZE_STEPS)
+
+
+def future(vec: np.ndarray, supply: int) -> int:
+    """Σ steps S..S+20, step 1199 excluded (the original's `future`)."""
+    return _window(vec, supply, FUTURE_STEPS)
+
+
+def rating(vec: np.ndarray, supply: int) -> list:
+    """The original's rateliquidity (ORIGINAL §4.3) as [score, d1, c1, d2, c2, ...] (18 periods).
+
+    Walking the liquid steps upward, each time the cumulative share of the liquid crosses
+    10 %, 20 %, ... the distance to freezing (step - S) and the cumulative share are recorded.
+    The score is Σ d_k * c_k over the first nine pairs, computed exactly (the original used
+    floats and could spin forever when fewer than 18 periods were found; short lists are padded
+    with zeros here). The shares c_k are returned as floats for display; only the score is used.
+    """
+    supply = check_supply(supply)
+    liquid = vec[supply:]
+    total = int(liquid.sum())
+    periods: list = []
+    if total > 0:
+        cum = 0
+        m = 1
+        for offset in np.flatnonzero(liquid).tolist():
+            cum += int(liquid[offset])
+            # avg > 0.1 * m  <=>  10 * cum > m * total, exactly
+            while m <= 20 and 10 * cum > m * total:
+                periods.append((offset, Fraction(cum, total)))
+                m += 1
+    pairs = periods[:9]
+    score = int(sum(Fraction(d) * c for d, c in pairs)) if pairs else 0
+    flat: list = []
+    for d, c in pairs:
+        flat += [d, float(c)]
+    flat += [0] * (18 - len(flat))
+    return [score] + flat
+
+
+def _share(seg: np.ndarray, part: int, total: int) -> np.ndarray:
+    """floor(seg[i] * part / total) for every i, exactly (int64 when safe, else Python ints)."""
+    if part == total:
+        return seg.copy()
+    if part == 0 or total == 0:
+        return np.zeros_like(seg)
+    top = int(seg.max()) if seg.size else 0
+    if top == 0:
+        return np.zeros_like(seg)
+    if top <= INT64_MAX // part:
+        return seg * part // total
+    return np.array([v * part // total for v in seg.tolist()], dtype=np.int64)
+
+
+def _style_range(style: str, supply: int) -> tuple[int, int]:
+    return (supply, PEG_SIZE) if style == LIQUID else (0, supply)
+
+
+def _take_style(src: np.ndarray, out: np.ndarray, amount: int, style: str, supply: int) -> int:
+    """Take up to ``amount`` from ``src`` steps of ``style`` into ``out``; return what is left.
+
+    The original's order (ORIGINAL §3.1): a floor proportional share per step, then 1-unit
+    remainders from the highest step of the style down (repeated passes), skipping steps that
+    are exhausted.
+    """
+    lo, hi = _style_range(style, supply)
+    if hi <= lo or amount <= 0:
+        return amount
+    avail = src[lo:hi] - out[lo:hi]
+    total = int(avail.sum())
+    if total <= 0:
+        return amount
+    take = min(amount, total)
+    share = _share(avail, take, total)
+    out[lo:hi] += share
+    left = amount - int(share.sum())
+    while left > 0:
+        room = (src[lo:hi] - out[lo:hi]) > 0
+        idx = np.flatnonzero(room)[::-1]  # highest step first
+        if idx.size == 0:
+            break
+        pick = idx[:left]
+        out[lo + pick] += 1
+        left -= int(pick.size)
+    return left
+
+
+def deduction(src: np.ndarray, amount: int, style: str, supply: int) -> np.ndarray:
+    """The per-step vector a proportional move of ``amount`` in ``style`` takes from ``src``.
+
+    Takes from the steps of the requested style in proportion, then remainder units from the
+    highest step down, then overflows into the other style only if the style runs short.
+    Raises PegError when ``src`` holds less than ``amount`` in total.
+    """
+    check_style(style)
+    supply = check_supply(supply)
+    amount = int(amount)
+    if amount <= 0:
+        raise PegError(f"amount must be positive, got {amount}")
+    out = np.zeros(PEG_SIZE, dtype=np.int64)
+    left = _take_style(src, out, amount, style, supply)
+    if left > 0:
+        other = RESERVE if style == LIQUID else LIQUID
+        left = _take_style(src, out, left, other, supply)
+    if left > 0:
+        raise PegError(f"not enough funds: short by {left:,d} sat")
+    return out
+
+
+def assign_balances(
+    matrix: np.ndarray, supply: int, budget: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Derive every account's (liquid, reserve) from the per-step ledger (DESIGN §1).
+
+    ``matrix`` is accounts x PEG_SIZE. Steps below ``supply`` are reserve. Liquid is handed out
+    from the top step down until ``budget`` (the exchange's real liquid) is used up; the step
+    where it runs out is split pro rata with floor shares; everything else is reserve. The
+    result does not depend on account order, assigns every unit (liquid + reserve == each row's
+    total) and never hands out more liquid than the budget.
+    Returns (liquid, reserve, totals) as Python-int-safe int64 arrays.
+    """
+    supply = check_supply(supply)
+    budget = max(0, int(budget))
+    n = matrix.shape[0]
+    totals = matrix.sum(axis=1)
+    liquid = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return liquid, totals.copy(), totals
+    steps = matrix.sum(axis=0)  # Σ over accounts per step (fits int64: < total supply)
+    # cum[i] = Σ steps[i..PEG_SIZE-1]
+    cum = np.cumsum(steps[::-1])[::-1]
+    liq_steps = cum[supply:]
+    # first step (from the top) whose cumulative total exceeds the budget
+    over = np.flatnonzero(liq_steps > budget)
+    if over.size == 0:
+        cut = supply  # every liquid step fits inside the budget
+        part_step = -1
+    else:
+        k = supply + int(over[-1])  # the highest step whose cumulative total exceeds it
+        cut = k + 1
+        part_step = k
+    if cut < PEG_SIZE:
+        liquid += matrix[:, cut:].sum(axis=1)
+    if part_step >= 0:
+        above = int(cum[cut]) if cut < PEG_SIZE else 0
+        part = budget - above
+        col = matrix[:, part_step]
+        liquid += _share(col, part, int(steps[part_step]))
+    reserve = totals - liquid
+    return liquid, reserve, totals
