@@ -10,8 +10,6 @@ exact Python integers whenever an int64 product could overflow. No floats touch 
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 
 PEG_SIZE = 1200
@@ -109,31 +107,26 @@ def rating(vec: np.ndarray, supply: int) -> list:
     """The original's rateliquidity (ORIGINAL §4.3) as [score, d1, c1, d2, c2, ...] (18 periods).
 
     Walking the liquid steps upward, each time the cumulative share of the liquid crosses
-    10 %, 20 %, ... the distance to freezing (step - S) and the cumulative share are recorded.
-    The score is Σ d_k * c_k over the first nine pairs, computed exactly (the original used
+    10 %, 20 %, ... 90 % the distance to freezing (step - S) and the cumulative share are
+    recorded. The score is Σ d_k * c_k over those pairs, computed exactly (the original used
     floats and could spin forever when fewer than 18 periods were found; short lists are padded
     with zeros here). The shares c_k are returned as floats for display; only the score is used.
     """
     supply = check_supply(supply)
     liquid = vec[supply:]
     total = int(liquid.sum())
-    periods: list = []
-    if total > 0:
-        cum = 0
-        m = 1
-        for offset in np.flatnonzero(liquid).tolist():
-            cum += int(liquid[offset])
-            # avg > 0.1 * m  <=>  10 * cum > m * total, exactly
-            while m <= 20 and 10 * cum > m * total:
-                periods.append((offset, Fraction(cum, total)))
-                m += 1
-    pairs = periods[:9]
-    score = int(sum(Fraction(d) * c for d, c in pairs)) if pairs else 0
+    if total <= 0:
+        return [0] + [0] * 18
+    cum10 = np.cumsum(liquid) * 10  # <= 10 x total supply: fits int64
+    # avg > 0.1 * m  <=>  10 * cum > m * total: the first offset where that holds, per m
+    offsets = np.searchsorted(cum10, [m * total for m in range(1, 10)], side="right")
+    pairs = [(int(d), int(cum10[d]) // 10) for d in offsets.tolist() if d < liquid.size]
+    score = sum(d * c for d, c in pairs) // total
     flat: list = []
     for d, c in pairs:
-        flat += [d, float(c)]
+        flat += [d, c / total]
     flat += [0] * (18 - len(flat))
-    return [score] + flat
+    return [int(score)] + flat
 
 
 def _share(seg: np.ndarray, part: int, total: int) -> np.ndarray:

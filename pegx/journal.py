@@ -1,0 +1,122 @@
+"""Acknowledged means durable: the operation log, group commit and checkpoints (DESIGN §3).
+
+* Every state change is one log record ``seq -> [op, ...]`` (JSON). The engine applies it in
+  memory under its lock, hands it to :meth:`Journal.append` in seq order, releases the lock and
+  calls :meth:`Journal.wait`; ``wait`` returns only once the record is fsynced. Concurrent
+  waiters share one fsync: the first becomes the leader and writes everything pending in one
+  synced batch (group commit). Durability is prefix-closed: a record is never on disk without
+  every record before it.
+* A checkpoint writes the materialised state that changed since the previous one (account rows,
+  table records, vectors), deletes the log records it covers and writes the state record last,
+  all in one synced batch: after a crash, either the old or the new checkpoint is the truth and
+  replaying the log after it reproduces the exact state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from pegx import keys
+from pegx.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class JournalFailed(RuntimeError):
+    """A log or checkpoint write failed: memory is ahead of disk and the daemon must stop."""
+
+
+class Journal:
+    """Group-committed op log on top of a Store."""
+
+    def __init__(self, store: Store, last_seq: int):
+        self.store = store
+        self._mu = threading.Lock()
+        self._cond = threading.Condition(self._mu)
+        self._pending: list[tuple[int, bytes]] = []
+        self._writing = False
+        self._failed: BaseException | None = None
+        self.durable_seq = last_seq
+        self.appended_seq = last_seq
+        self.commits = 0  # fsynced batches written (for metrics: records / commits = group size)
+
+    def append(self, seq: int, ops: list[dict]) -> None:
+        """Queue record ``seq`` (call in seq order, under the engine lock)."""
+        data = json.dumps(ops, separators=(",", ":")).encode()
+        with self._mu:
+            if seq != self.appended_seq + 1:
+                raise JournalFailed(f"op log out of order: {seq} after {self.appended_seq}")
+            self._pending.append((seq, data))
+            self.appended_seq = seq
+
+    def wait(self, seq: int) -> None:
+        """Block until record ``seq`` (and every earlier one) is fsynced."""
+        with self._mu:
+            while self.durable_seq < seq:
+                if self._failed is not None:
+                    raise JournalFailed(f"ledger write failed: {self._failed}") from self._failed
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                batch, self._pending = self._pending, []
+                self._writing = True
+                self._mu.release()
+                try:
+                    with self.store.batch() as wb:
+                        for s, data in batch:
+                            wb.put(keys.pack_seq(s), data)
+                except BaseException as exc:  # memory is ahead of disk: nothing may ack now
+                    self._mu.acquire()
+                    self._failed = exc
+                    self._writing = False
+                    self._cond.notify_all()
+                    log.critical("op log write failed: %s", exc)
+                    raise JournalFailed(f"ledger write failed: {exc}") from exc
+                self._mu.acquire()
+                self._writing = False
+                if batch:
+                    self.durable_seq = batch[-1][0]
+                    self.commits += 1
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Make everything appended so far durable."""
+        self.wait(self.appended_seq)
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
+
+    def write_checkpoint(self, seq: int, prev_seq: int, puts: list[tuple[bytes, bytes]],
+                         deletes: list[bytes]) -> None:
+        """Write a checkpoint covering every op up to ``seq`` (which must be durable already).
+
+        Deletes the log records (prev_seq, seq] in the same batch and writes the state record
+        last, so the batch is the commit point.
+        """
+        self.wait(seq)
+        try:
+            with self.store.batch() as wb:
+                for k in deletes:
+                    wb.delete(k)
+                for k, v in puts:
+                    wb.put(k, v)
+                for s in range(prev_seq + 1, seq + 1):
+                    wb.delete(keys.pack_seq(s))
+                wb.put(keys.STATE, Store.state_value(seq))
+        except BaseException as exc:
+            with self._mu:
+                self._failed = exc
+                self._cond.notify_all()
+            log.critical("checkpoint write failed: %s", exc)
+            raise JournalFailed(f"checkpoint write failed: {exc}") from exc
+
+
+def read_log(store: Store, after: int):
+    """Yield (seq, ops) for every logged record with seq > ``after``, in order."""
+    for k, v in store.scan(keys.OPLOG):
+        seq = keys.unpack_seq(k)
+        if seq > after:
+            yield seq, json.loads(v)

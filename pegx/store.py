@@ -1,0 +1,200 @@
+"""The only module that imports plyvel (DESIGN §3, STYLE §2).
+
+Durability is bound once here: every batch is written with ``transaction=True, sync=True``, so
+a batch whose body raises writes nothing, and a batch that returns is on disk. One handle per
+process and an ``fcntl.flock`` on ``<path>.lock`` keep a second process (or a second open in
+this one) out: plyvel silently drops the first handle's lock after a failed second open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Self
+
+import plyvel
+
+from pegx import keys
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+_open_paths: set[str] = set()
+_open_guard = threading.Lock()
+
+
+class StoreError(RuntimeError):
+    """The ledger cannot be opened or written; the message says what to do."""
+
+
+class LedgerLocked(StoreError):
+    """Another process (or handle) holds the ledger."""
+
+
+class Store:
+    """A LevelDB ledger at ``path`` with synced atomic batches and a state record."""
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, read_only: bool = False):
+        self.path = Path(path).resolve()
+        self.read_only = read_only
+        self._lockfile = None
+        real = str(self.path)
+        with _open_guard:
+            if real in _open_paths:
+                raise LedgerLocked(f"ledger {real} is already open in this process")
+            if not read_only:
+                self._take_lock(create)
+            try:
+                self.db = plyvel.DB(
+                    real, create_if_missing=create and not read_only, paranoid_checks=True
+                )
+            except plyvel.Error as exc:
+                self._release_lock()
+                raise StoreError(f"cannot open ledger {real}: {exc}") from exc
+            _open_paths.add(real)
+        try:
+            self._check_format()
+        except StoreError:
+            self.close()
+            raise
+
+    # -- locking ------------------------------------------------------------------------------
+    def _take_lock(self, create: bool) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        if create:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = open(lock_path, "a+")  # noqa: SIM115 (held open: it carries the flock)
+        except OSError as exc:
+            raise StoreError(f"cannot create lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise LedgerLocked(
+                f"ledger {self.path} is in use by another pegx process "
+                f"(lock {lock_path}); stop it first (pegx stop) or use another --datadir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._lockfile = fh
+
+    def _release_lock(self) -> None:
+        if self._lockfile is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            self._lockfile.close()
+            self._lockfile = None
+
+    # -- state record ---------------------------------------------------------------------------
+    def _check_format(self) -> None:
+        state = self.state()
+        if state is None:
+            return
+        version = state.get("format")
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"ledger {self.path} has format version {version!r}; this pegx reads version "
+                f"{FORMAT_VERSION}. Run the pegx release that wrote it, or restore a backup made "
+                f"by this version (pegx restore), and do not delete the ledger: it holds balances."
+            )
+
+    def state(self) -> dict | None:
+        """The state record (format, seq of the last checkpointed op), or None for a new ledger."""
+        raw = self.db.get(keys.STATE)
+        return None if raw is None else json.loads(raw)
+
+    @staticmethod
+    def state_value(seq: int) -> bytes:
+        """The encoded state record for a checkpoint containing every op up to ``seq``."""
+        return json.dumps(
+            {"format": FORMAT_VERSION, "seq": seq, "written": int(time.time())}
+        ).encode()
+
+    # -- reads and writes -----------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        """One value, or None."""
+        return self.db.get(key)
+
+    def scan(self, prefix: bytes, *, snapshot=None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under ``prefix``, in key order."""
+        src = snapshot if snapshot is not None else self.db
+        return src.iterator(prefix=prefix)
+
+    @contextlib.contextmanager
+    def batch(self):
+        """An all-or-nothing, fsynced write batch: nothing is written if the body raises."""
+        if self.read_only:
+            raise StoreError("ledger opened read-only")
+        with self.db.write_batch(transaction=True, sync=True) as wb:
+            yield wb
+
+    def snapshot(self):
+        """A consistent read view (plyvel snapshot); release it with ``.close()``."""
+        return self.db.snapshot()
+
+    def approximate_size(self) -> int:
+        """Bytes the ledger takes on disk."""
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+    def copy_to(self, dest: str | os.PathLike, progress=None) -> int:
+        """Write a consistent copy of the ledger (from a snapshot) to a new LevelDB at ``dest``.
+
+        ``progress(n_bytes)`` is called as records are copied. Returns the number of records.
+        """
+        dest = Path(dest)
+        if dest.exists() and any(dest.iterdir()):
+            raise StoreError(f"backup destination {dest} is not empty")
+        snap = self.db.snapshot()
+        out = plyvel.DB(str(dest), create_if_missing=True, error_if_exists=False)
+        count = 0
+        try:
+            wb = out.write_batch(transaction=True)
+            size = 0
+            for k, v in snap.iterator():
+                wb.put(k, v)
+                count += 1
+                size += len(k) + len(v)
+                if size > 16 << 20:
+                    wb.write()
+                    if progress:
+                        progress(size)
+                    wb = out.write_batch(transaction=True)
+                    size = 0
+            wb.write()
+            if progress:
+                progress(size)
+        except BaseException:
+            out.close()
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        finally:
+            snap.close()
+        out.close()
+        return count
+
+    def close(self) -> None:
+        """Close the handle and release the lock. Safe to call twice."""
+        db = getattr(self, "db", None)
+        if db is not None and not db.closed:
+            db.close()
+        with _open_guard:
+            _open_paths.discard(str(self.path))
+        self._release_lock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

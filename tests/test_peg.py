@@ -1,0 +1,116 @@
+"""Peg math against the published figures and small hand-worked cases."""
+
+import numpy as np
+import pytest
+
+from pegx import peg
+
+
+def test_std_spread_of_1e11_matches_bitbay_core():
+    f = peg.std_spread(10**11)
+    assert f[:5].tolist() == [1000000000, 990000000, 980100000, 970299000, 960596010]
+    assert int(f[1199]) == 584300
+    assert int(f.sum()) == 10**11
+    # BITBAYD §1.3: at supply 500, Low = 99 342 951 649 and High = 657 048 351
+    assert peg.split(f, 500) == (657048351, 99342951649)
+
+
+def test_std_spread_small_amounts_put_the_tail_on_the_last_step():
+    f = peg.std_spread(250)
+    assert f[:3].tolist() == [2, 2, 2]
+    assert int(f.sum()) == 250
+    assert peg.std_spread(99)[1199] == 99 and int(peg.std_spread(99).sum()) == 99
+    assert int(peg.std_spread(0).sum()) == 0
+    with pytest.raises(peg.PegError):
+        peg.std_spread(-1)
+
+
+def test_split_nfreeze_future_hand_worked():
+    v = peg.zeros()
+    v[0], v[10], v[11], v[12], v[13], v[1199] = 5, 7, 11, 13, 17, 19
+    assert peg.split(v, 10) == (7 + 11 + 13 + 17 + 19, 5)
+    assert peg.split(v, 0) == (72, 0)
+    assert peg.nfreeze(v, 10) == 7 + 11 + 13  # steps 10..12
+    assert peg.nfreeze(v, 11) == 11 + 13 + 17
+    assert peg.future(v, 10) == 7 + 11 + 13 + 17  # steps 10..30, 1199 excluded
+    # step 1199 is never counted in nfreeze
+    assert peg.nfreeze(v, 1198) == 0 and peg.nfreeze(v, 1197) == 0
+
+
+def test_rating_hand_worked_and_never_loops():
+    v = peg.zeros()
+    v[100] = 50
+    v[110] = 50
+    # at supply 100: 50 % is reached at offset 0 (m = 1..4), 100 % at offset 10 (m = 5..9)
+    r = peg.rating(v, 100)
+    assert len(r) == 19
+    assert r[1:3] == [0, 0.5] and r[9:11] == [10, 1.0]
+    # score = Σ d*c = 4 * 0 * 0.5 + 5 * 10 * 1.0 = 50
+    assert r[0] == 50
+    # a single step: every threshold crosses at once; the original's loop spun forever here
+    one = peg.zeros()
+    one[500] = 1
+    assert peg.rating(one, 0)[0] == 500 * 9
+    assert peg.rating(peg.zeros(), 10) == [0] * 19
+
+
+def test_deduction_proportional_then_units_from_the_top():
+    src = peg.zeros()
+    src[5], src[6], src[7] = 10, 10, 10  # all liquid at supply 5
+    d = peg.deduction(src, 10, peg.LIQUID, 5)
+    # floor shares 3, 3, 3, then the one remaining unit from the highest step down
+    assert d[5:8].tolist() == [3, 3, 4]
+    assert int(d.sum()) == 10
+
+
+def test_deduction_overflows_into_the_other_style_only_when_short():
+    src = peg.zeros()
+    src[0], src[1] = 100, 100  # reserve at supply 2
+    src[2] = 30  # liquid
+    d = peg.deduction(src, 50, peg.LIQUID, 2)
+    assert d[2] == 30  # all the liquid first
+    assert d[0] + d[1] == 20 and d[0] == 10 and d[1] == 10
+    d2 = peg.deduction(src, 20, peg.RESERVE, 2)
+    assert d2[2] == 0 and d2[0] == 10 and d2[1] == 10
+    with pytest.raises(peg.PegError, match="not enough funds"):
+        peg.deduction(src, 231, peg.LIQUID, 2)
+
+
+def test_deduction_is_exact_beyond_int64_products():
+    src = peg.std_spread(10**17)  # f[i] * amount overflows int64
+    amount = 123456789012345678 % (10**16)
+    d = peg.deduction(src, amount, peg.RESERVE, 1198)
+    assert int(d.sum()) == amount and (d >= 0).all() and (d <= src).all()
+    exact = [int(v) * amount // int(src[:1198].sum()) for v in src[:1198].tolist()]
+    assert all(0 <= int(d[i]) - exact[i] <= 1 for i in range(1198))
+
+
+def test_deduction_rejects_bad_arguments():
+    src = peg.std_spread(1000)
+    for bad in (0, -5):
+        with pytest.raises(peg.PegError):
+            peg.deduction(src, bad, peg.LIQUID, 0)
+    with pytest.raises(peg.PegError):
+        peg.deduction(src, 1, "frozen", 0)
+    with pytest.raises(peg.PegError):
+        peg.deduction(src, 1, peg.LIQUID, 1199)
+
+
+def test_assign_balances_top_down_with_a_pro_rata_cut():
+    m = np.zeros((2, peg.PEG_SIZE), dtype=np.int64)
+    m[0, 1199], m[1, 1199] = 30, 10  # the top step: 40
+    m[0, 1198], m[1, 1198] = 10, 30  # the next: 40
+    m[0, 5], m[1, 3] = 7, 9  # reserve at supply 10
+    liquid, reserve, totals = peg.assign_balances(m, 10, 60)
+    # top step fully liquid (40), then 20 of the 40 at step 1198: floor halves 5 and 15
+    assert liquid.tolist() == [30 + 5, 10 + 15]
+    assert (liquid + reserve == totals).all()
+    assert reserve.tolist() == [5 + 7, 15 + 9]
+    # order independence: swap the rows
+    l2, r2, _ = peg.assign_balances(m[::-1].copy(), 10, 60)
+    assert l2.tolist() == liquid.tolist()[::-1] and r2.tolist() == reserve.tolist()[::-1]
+    # a budget above everything liquid: all liquid steps are liquid, nothing more
+    l3, r3, _ = peg.assign_balances(m, 10, 10**9)
+    assert l3.tolist() == [40, 40] and r3.tolist() == [7, 9]
+    l4, r4, _ = peg.assign_balances(m, 10, 0)
+    assert l4.tolist() == [0, 0] and (r4 == totals).all()
