@@ -1,0 +1,445 @@
+"""The devnet: an embedded, deterministic, simulated BitBay chain (DESIGN §5).
+
+It implements :class:`pegx.chain.base.Chain` so a fresh machine can run the exchange without a
+node, and it has levers for tests and demos (mine, outside payments, supply votes, dropping or
+malleating transactions, rejecting a broadcast), exposed later over XML-RPC as ``devnet.*``.
+
+Layout: ``devnet_ledger.Ledger`` is the deterministic state machine, ``devnet_peg`` the peg
+rules for spends, ``devnet_tx`` the raw format and signatures, ``devnet_log`` the durable
+action log under ``<datadir>/devnet``. This class adds one RLock, the log and the block timer.
+
+State is a pure function of (``seed``, ``initial_supply``, ``walk_seed``) and the ordered
+actions applied; nothing reads the wall clock. Every state-changing call is validated first,
+then appended to the fsynced log, then applied, all under the lock; a restart replays the log
+and reproduces the chain exactly (heights, txids, fractions, supply history, wallet, mempool,
+levers). Failed calls change nothing and are not logged, except a broadcast refused by the
+reject lever, which uses the lever up.
+
+Spends are validated for inclusion in the next block (its supply and time); with the next
+block inside the same cycle that is the current supply. Votes registered during cycle c set
+the supply of cycle c+1; the last vote of a cycle wins.
+
+Waking up on new blocks: ``subscribe(callback)`` registers a function called with the new Tip
+after every mining call (from the mining thread, outside the lock; one call per ``mine(n)``);
+``wait_for_height(h, timeout)`` blocks until height ``h`` is reached.
+
+The devnet wallet is not encrypted and imported WIF keys are stored in the action log: it is a
+simulation, never give it a key that holds real coins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pegx import crypto
+from pegx.chain import devnet_tx as dtx
+from pegx.chain.base import (
+    CYCLE_BLOCKS,
+    ChainRejected,
+    ChainUnavailable,
+    SignedTx,
+    Tip,
+    Tx,
+    TxOut,
+    Utxo,
+    cycle_of,
+    outpoint,
+    split_outpoint,
+)
+from pegx.chain.devnet_ledger import DIRECTIONS, Ledger, LedgerTx, block_time
+from pegx.chain.devnet_log import ActionLog
+from pegx.peg import MAX_SUPPLY_INDEX, PEG_SIZE
+
+log = logging.getLogger(__name__)
+
+MAX_MINE = 10_000
+_TXID_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class Devnet:
+    """The embedded simulated chain; see the module docstring. Thread-safe."""
+
+    name = "devnet"
+
+    def __init__(
+        self,
+        datadir: str | os.PathLike,
+        *,
+        block_seconds: float = 2.0,
+        initial_supply: int = 0,
+        walk_seed: int | None = None,
+        seed: int = 1,
+    ) -> None:
+        dtx.check_int("initial_supply", initial_supply, 0, MAX_SUPPLY_INDEX)
+        if isinstance(block_seconds, bool) or not block_seconds >= 0:
+            raise ValueError(f"block_seconds must be a number >= 0, got {block_seconds!r}")
+        dtx.check_int("seed", seed, -(2**63), 2**63 - 1)
+        if walk_seed is not None:
+            dtx.check_int("walk_seed", walk_seed, -(2**63), 2**63 - 1)
+            walk_seed = int(walk_seed)
+        self.block_seconds = float(block_seconds)
+        self._lock = threading.RLock()
+        self._height_cond = threading.Condition(self._lock)
+        self._subscribers: list[Callable[[Tip], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ledger = Ledger(int(seed), int(initial_supply), walk_seed)
+        self.seed, self.initial_supply, self.walk_seed = int(seed), int(initial_supply), walk_seed
+        self._log: ActionLog | None = ActionLog(
+            Path(datadir) / "devnet",
+            {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed},
+        )
+        try:
+            for rec in self._log.records:
+                self._apply(rec, check_signatures=False)
+        except Exception:
+            self._log.close()
+            raise
+        self._log.records = []
+        tip = self.tip()
+        log.info(
+            "devnet open: height %s, cycle %d, supply %d, %d wallet keys, %d in mempool",
+            f"{tip.height:,d}", tip.cycle, tip.supply, len(self._ledger.wallet),
+            len(self._ledger.mempool),
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the background block timer if ``block_seconds`` > 0 (idempotent)."""
+        with self._lock:
+            if self.block_seconds <= 0 or self._thread is not None or self._log is None:
+                return
+            self._thread = threading.Thread(target=self._run_timer, name="devnet-miner",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run_timer(self) -> None:
+        while not self._stop.wait(self.block_seconds):
+            try:
+                self.mine(1)
+            except ChainUnavailable:
+                return
+            except Exception:  # keep mining: one lost block beats a dead chain
+                log.exception("devnet: mining a block failed")
+
+    def close(self) -> None:
+        """Stop the block timer and close the log (every record is already fsynced)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def subscribe(self, callback: Callable[[Tip], None]) -> None:
+        """Call ``callback(tip)`` after each mining call, from the mining thread, unlocked."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def wait_for_height(self, height: int, timeout: float | None = None) -> bool:
+        """Block until the tip reaches ``height``; False on timeout."""
+        with self._height_cond:
+            return self._height_cond.wait_for(lambda: self._ledger.height >= height, timeout)
+
+    # ------------------------------------------------------------------ action plumbing
+
+    def _record(self, rec: dict) -> object:
+        """Persist ``rec`` (fsynced), then apply it. Callers hold the lock and validated it."""
+        if self._log is None:
+            raise ChainUnavailable("devnet is closed")
+        self._log.append(rec)
+        return self._apply(rec, check_signatures=False)
+
+    def _apply(self, rec: dict, check_signatures: bool) -> object:
+        led, kind = self._ledger, rec["a"]
+        if kind == "mine":
+            return led.apply_mine(rec["n"])
+        if kind == "send":
+            return led.apply_send(rec["address"], rec["amount"], rec.get("fractions"))
+        if kind == "tx":
+            return led.apply_tx(rec["raw"], check_signatures)
+        if kind == "vote":
+            led.votes[cycle_of(led.height) + 1] = (rec["direction"], rec["steps"])
+        elif kind == "import":
+            return led.apply_import(rec["wif"])
+        elif kind == "newkey":
+            return led.apply_new_key()
+        elif kind == "drop":
+            led.apply_drop(rec["txid"])
+        elif kind == "malleate":
+            led.malleate = True
+        elif kind == "arm_reject":
+            led.reject_reason = rec["reason"]
+        elif kind == "rejected":
+            led.reject_reason = None
+        else:
+            raise ValueError(f"unknown devnet log record {kind!r}")
+        return None
+
+    # ------------------------------------------------------------------ Chain protocol
+
+    def tip(self) -> Tip:
+        """The best block (height, cycle, supply in force, block time)."""
+        with self._lock:
+            h = self._ledger.height
+            return Tip(h, cycle_of(h), self._ledger.supply_at(h), block_time(h))
+
+    def supply_for_cycle(self, cycle: int) -> int:
+        """Supply index of any past or current cycle, or of the next one as things stand."""
+        with self._lock:
+            current = cycle_of(self._ledger.height)
+            if not 0 <= cycle <= current + 1:
+                raise ChainRejected(f"no supply known for cycle {cycle} (current cycle {current})")
+            return self._ledger.supply_at(cycle * CYCLE_BLOCKS)
+
+    def _utxo(self, tx: LedgerTx, vout: int) -> Utxo:
+        return Utxo(tx.txid, vout, str(tx.outputs[vout].address), tx.outputs[vout].value,
+                    tx.fractions[vout].copy(), self._ledger.confirmations(tx), tx.height,
+                    tx.frozen_until[vout])
+
+    def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
+        """Unspent outputs paying wallet addresses (mempool ones: 0 confirmations, height 0)."""
+        with self._lock:
+            led, result = self._ledger, []
+            for address in led.wallet:
+                for key in led.by_address.get(address, ()):
+                    if key not in led.spent:
+                        txid, vout = split_outpoint(key)
+                        utxo = self._utxo(led.txs[txid], vout)
+                        if utxo.confirmations >= min_conf:
+                            result.append(utxo)
+            return result
+
+    def get_fractions(self, key: str) -> np.ndarray:
+        """Fraction vector of a known output (mined or mempool, spent or not)."""
+        with self._lock:
+            found = self._ledger.find(key)
+            if found is None:
+                raise ChainRejected(f"unknown output {key}")
+            return found[0].fractions[found[1]].copy()
+
+    def get_transaction(self, txid: str) -> Tx | None:
+        """A mined or mempool transaction; None if unknown, dropped, evicted or malleated away."""
+        with self._lock:
+            tx = self._ledger.txs.get(txid)
+            if tx is None:
+                return None
+            return Tx(tx.txid, list(tx.inputs), list(tx.outputs), tx.height,
+                      self._ledger.confirmations(tx), tx.raw)
+
+    def is_unspent(self, key: str) -> bool:
+        """True while the output exists and no mined or mempool transaction spends it."""
+        with self._lock:
+            found = self._ledger.find(key)
+            if found is None or key in self._ledger.spent:
+                return False
+            return found[0].outputs[found[1]].address is not None
+
+    def spender(self, key: str) -> str | None:
+        """Txid of the mined or mempool transaction spending ``key`` (devnet extra)."""
+        with self._lock:
+            return self._ledger.spent.get(key)
+
+    def import_key(self, wif: str) -> str:
+        """Add a WIF key to the wallet (no rescan needed: the devnet indexes every address)."""
+        try:
+            address = crypto.wif_to_address(wif)
+        except (crypto.CryptoError, TypeError) as exc:
+            raise ChainRejected(f"invalid private key: {exc}") from None
+        with self._lock:
+            if address not in self._ledger.wallet:
+                self._record({"a": "import", "wif": wif})
+            return address
+
+    def create_transaction(
+        self, inputs: list[str], outputs: list[TxOut], passphrase: str = ""
+    ) -> SignedTx:
+        """Sign a spend of unspent wallet ``inputs``; the peg rules are checked at broadcast.
+
+        The devnet wallet is not encrypted, so ``passphrase`` is accepted and ignored.
+        """
+        inputs = [str(k) for k in inputs]
+        if not inputs or not outputs:
+            raise ChainRejected("a transaction needs at least one input and one output")
+        if len(set(inputs)) != len(inputs):
+            raise ChainRejected("the same input is listed twice")
+        for out in outputs:
+            if not isinstance(out, TxOut):
+                raise ChainRejected(f"outputs must be TxOut, got {type(out).__name__}")
+            if out.address is not None:
+                try:
+                    crypto.validate_address(out.address)
+                except crypto.CryptoError as exc:
+                    raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
+        outs = [dtx.out_to_json(o) for o in outputs]
+        message = dtx.sighash(inputs, outs)
+        with self._lock:
+            led, sigs = self._ledger, []
+            for key in inputs:
+                found = led.find(key)
+                if found is None:
+                    raise ChainRejected(f"input {key} is unknown")
+                address = found[0].outputs[found[1]].address
+                if address not in led.wallet:
+                    raise ChainRejected(f"input {key} pays {address}, which is not in the wallet")
+                if key in led.spent:
+                    raise ChainRejected(f"input {key} is already spent by {led.spent[key]}")
+                sigs.append(dtx.sign(message, *led.wallet[address]))
+        raw = dtx.encode({"v": 1, "inputs": inputs, "outputs": outs, "sigs": sigs})
+        return SignedTx(dtx.txid_of(raw), raw, tuple(inputs))
+
+    def broadcast(self, raw: str) -> str:
+        """Validate a signed transaction against the peg rules and the mempool; add it.
+
+        Idempotent for a transaction already in the mempool or mined. Raises ChainRejected
+        with the reason otherwise (and once when the reject lever is armed).
+        """
+        with self._lock:
+            if self._log is None:
+                raise ChainUnavailable("devnet is closed")
+            led = self._ledger
+            if led.reject_reason is not None:
+                reason = led.reject_reason
+                self._record({"a": "rejected"})
+                raise ChainRejected(reason)
+            if not isinstance(raw, str) or not raw:
+                raise ChainRejected("TX decode failed: empty or not a string")
+            txid = dtx.txid_of(raw)
+            if txid in led.txs:
+                return txid
+            if txid in led.dropped:
+                raise ChainRejected(f"transaction {txid} was dropped by the devnet lever")
+            led.evaluate(raw, check_signatures=True)  # raises with the reason
+            self._record({"a": "tx", "raw": raw})
+            return txid
+
+    # ------------------------------------------------------------------ levers
+
+    def mine(self, n: int = 1) -> int:
+        """Mine ``n`` blocks now (1..10000); returns the new height."""
+        n = dtx.check_int("n", n, 1, MAX_MINE)
+        with self._lock:
+            self._record({"a": "mine", "n": n})
+            tip = self.tip()
+            self._height_cond.notify_all()
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(tip)
+            except Exception:
+                log.exception("devnet: block subscriber failed")
+        return tip.height
+
+    def send(self, address: str, amount: int, fractions: list[int] | None = None) -> str:
+        """An outside payment of ``amount`` to any address; returns ``"txid:0"``.
+
+        STD spread unless ``fractions`` (1200 non-negative ints summing to ``amount``) is
+        given. It waits in the mempool and is mined in the next block.
+        """
+        address = dtx.check_address(address)
+        amount = dtx.check_int("amount", amount, 1, None)
+        if fractions is not None:
+            if isinstance(fractions, np.ndarray):
+                fractions = fractions.tolist()
+            if not isinstance(fractions, (list, tuple)) or len(fractions) != PEG_SIZE:
+                raise ValueError(f"fractions must be a list of {PEG_SIZE} ints")
+            fractions = [dtx.check_int("every fraction", v, 0, None) for v in fractions]
+            if sum(fractions) != amount:
+                raise ValueError(f"fractions sum to {sum(fractions):,d}, not amount {amount:,d}")
+        with self._lock:
+            txid = self._record({"a": "send", "address": address, "amount": amount,
+                                 "fractions": fractions})
+            return outpoint(str(txid), 0)
+
+    def vote(self, direction: str, steps: int = 1) -> bool:
+        """Script the supply move at the next cycle boundary (deflate raises the index)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        steps = dtx.check_int("steps", steps, 1, 3)
+        with self._lock:
+            self._record({"a": "vote", "direction": direction, "steps": steps})
+        return True
+
+    def info(self) -> dict:
+        """Chain status as plain XML-RPC values."""
+        with self._lock:
+            led, tip = self._ledger, self.tip()
+            direction, steps = led.vote_for(tip.cycle + 1)
+            info = {
+                "height": tip.height, "cycle": tip.cycle, "supply": tip.supply, "time": tip.time,
+                "next_supply": led.supply_at((tip.cycle + 1) * CYCLE_BLOCKS),
+                "next_vote": f"{direction}:{steps}",
+                "blocks_to_next_cycle": CYCLE_BLOCKS - tip.height % CYCLE_BLOCKS,
+                "mempool": len(led.mempool), "block_seconds": self.block_seconds,
+                "wallet_addresses": list(led.wallet), "seed": self.seed,
+                "initial_supply": self.initial_supply, "walk": self.walk_seed is not None,
+                "malleate_next": led.malleate, "reject_next_broadcast": led.reject_reason is not None,
+            }
+            if self.walk_seed is not None:
+                info["walk_seed"] = self.walk_seed
+            return info
+
+    def balance(self, address: str) -> dict:
+        """{amount, liquid, reserve, frozen} of an address's unspent mined outputs, now.
+
+        liquid + reserve == amount, split at the current supply; frozen is the part of amount
+        in outputs still frozen.
+        """
+        address = dtx.check_address(address)
+        with self._lock:
+            led, tip = self._ledger, self.tip()
+            total = np.zeros(PEG_SIZE, dtype=np.int64)
+            frozen = 0
+            for key in led.by_address.get(address, ()):
+                found = led.find(key)
+                tx, vout = found  # type: ignore[misc]
+                if key in led.spent or not tx.height:
+                    continue
+                total += tx.fractions[vout]
+                if tx.frozen_until[vout] > tip.time:
+                    frozen += tx.outputs[vout].value
+            reserve, liquid = int(total[:tip.supply].sum()), int(total[tip.supply:].sum())
+            return {"amount": liquid + reserve, "liquid": liquid, "reserve": reserve,
+                    "frozen": frozen}
+
+    def new_address(self) -> str:
+        """A fresh wallet key derived from the seed; returns its address."""
+        with self._lock:
+            return str(self._record({"a": "newkey"}))
+
+    def drop(self, txid: str) -> bool:
+        """Remove a mempool transaction (and mempool spends of its outputs) for ever.
+
+        False if ``txid`` is not in the mempool (unknown or already mined).
+        """
+        if not isinstance(txid, str) or not _TXID_RE.fullmatch(txid):
+            raise ValueError(f"txid must be 64 lowercase hex digits, got {txid!r}")
+        with self._lock:
+            if txid not in self._ledger.mempool:
+                return False
+            self._record({"a": "drop", "txid": txid})
+            return True
+
+    def malleate_next(self) -> bool:
+        """The next transaction mined from the mempool gets a different txid (same content)."""
+        with self._lock:
+            self._record({"a": "malleate"})
+        return True
+
+    def reject_next_broadcast(self, reason: str = "rejected by devnet lever") -> bool:
+        """The next broadcast raises ChainRejected(reason), once."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("reason must be a non-empty string")
+        with self._lock:
+            self._record({"a": "arm_reject", "reason": reason})
+        return True

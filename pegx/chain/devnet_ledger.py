@@ -1,0 +1,250 @@
+"""The devnet's deterministic state machine: blocks, supply, transactions, mempool, wallet.
+
+No locks, no I/O, no clock: :class:`Ledger` is changed only through its ``apply_*`` methods,
+each a deterministic function of the current state and its arguments, so replaying the same
+actions reaches the same chain. ``devnet.py`` adds the lock, the log and the API around it.
+
+Blocks: height 0 is an empty genesis; block h has time ``GENESIS_TIME + 64 * h``. The supply
+index of cycle c (= h // 200) is fixed when block 200·c is mined, from the vote registered
+during cycle c-1, else (with ``walk_seed``) a seeded random vote, else unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from pegx import crypto
+from pegx.chain import devnet_tx as dtx
+from pegx.chain.base import CYCLE_BLOCKS, ChainRejected, TxOut, cycle_of, outpoint, split_outpoint
+from pegx.chain.devnet_peg import FREEZE_SECONDS, apply_peg_rules
+from pegx.peg import MAX_SUPPLY_INDEX, std_spread
+
+log = logging.getLogger(__name__)
+
+GENESIS_TIME = 1_600_000_000
+BLOCK_TIME = 64  # seconds of block time per block (BitBay protocol v2 target)
+DIRECTIONS = ("inflate", "deflate", "nochange")
+_MALLEATED = b"malleated".hex()
+
+
+def block_time(height: int) -> int:
+    """The (deterministic) time of block ``height``."""
+    return GENESIS_TIME + BLOCK_TIME * height
+
+
+@dataclass
+class LedgerTx:
+    """A transaction the devnet knows: mined (height > 0) or in the mempool (height 0)."""
+
+    txid: str
+    raw: str
+    inputs: list[str]
+    outputs: list[TxOut]
+    fractions: list[np.ndarray]
+    frozen_until: list[int]
+    height: int = 0
+    outside: bool = False
+
+
+class Ledger:
+    """Chain state. Not thread-safe on its own: the Devnet holds one lock around it."""
+
+    def __init__(self, seed: int, initial_supply: int, walk_seed: int | None) -> None:
+        self.seed = seed
+        self.walk_seed = walk_seed
+        self.height = 0
+        self.supplies = [initial_supply]  # supply index per cycle, index = cycle
+        self.votes: dict[int, tuple[str, int]] = {}  # cycle it applies to -> (direction, steps)
+        self.txs: dict[str, LedgerTx] = {}  # mined and mempool transactions by txid
+        self.mempool: list[str] = []  # arrival order
+        self.spent: dict[str, str] = {}  # outpoint -> txid of the mined/mempool spender
+        self.by_address: dict[str, list[str]] = {}  # address -> outpoints of live txs paying it
+        self.dropped: set[str] = set()
+        self.wallet: dict[str, tuple[bytes, bool]] = {}  # address -> (private key, compressed)
+        self.malleate = False
+        self.reject_reason: str | None = None
+        self.sends = 0
+        self.new_keys = 0
+
+    # ------------------------------------------------------------------ supply
+
+    def vote_for(self, cycle: int) -> tuple[str, int]:
+        """The vote that moves the supply at the start of ``cycle``."""
+        if cycle in self.votes:
+            return self.votes[cycle]
+        if self.walk_seed is None:
+            return ("nochange", 1)
+        # seeded per cycle, not a running RNG: the walk does not depend on other actions
+        digest = hashlib.sha256(f"pegx-devnet-walk:{self.walk_seed}:{cycle}".encode()).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big"))
+        return (rng.choice(DIRECTIONS), rng.randint(1, 3))
+
+    def supply_at(self, height: int) -> int:
+        """Supply index in force for a block at ``height`` (at most one cycle ahead)."""
+        cycle = cycle_of(height)
+        if cycle < len(self.supplies):
+            return self.supplies[cycle]
+        direction, steps = self.vote_for(cycle)
+        delta = {"deflate": steps, "inflate": -steps, "nochange": 0}[direction]
+        return min(MAX_SUPPLY_INDEX, max(0, self.supplies[-1] + delta))
+
+    # ------------------------------------------------------------------ lookups
+
+    def find(self, key: str) -> tuple[LedgerTx, int] | None:
+        """The live transaction and vout of an outpoint, or None."""
+        try:
+            txid, vout = split_outpoint(key)
+        except ValueError:
+            return None
+        tx = self.txs.get(txid)
+        if tx is None or vout >= len(tx.outputs):
+            return None
+        return tx, vout
+
+    def confirmations(self, tx: LedgerTx) -> int:
+        return self.height - tx.height + 1 if tx.height else 0
+
+    # ------------------------------------------------------------------ keys
+
+    def add_key(self, priv: bytes, compressed: bool) -> str:
+        address = crypto.pubkey_to_address(crypto.public_key(priv, compressed))
+        self.wallet.setdefault(address, (priv, compressed))
+        return address
+
+    def apply_import(self, wif: str) -> str:
+        return self.add_key(*crypto.wif_to_private_key(wif))
+
+    def apply_new_key(self) -> str:
+        """The next wallet key of this seed: derived, so a replay finds the same keys."""
+        self.new_keys += 1
+        digest = hashlib.sha256(f"pegx-devnet-key:{self.seed}:{self.new_keys}".encode()).digest()
+        order = crypto.CURVE.order
+        priv = (int.from_bytes(digest, "big") % (order - 1) + 1).to_bytes(32, "big")
+        return self.add_key(priv, True)
+
+    # ------------------------------------------------------------------ spends
+
+    def evaluate(self, raw: str, check_signatures: bool, height: int | None = None):
+        """Check a spend for inclusion at ``height`` (default: the next block).
+
+        Returns (inputs, outputs, fractions, frozen_until); raises ChainRejected with a reason.
+        """
+        inputs, outputs, outs_json, sigs = dtx.decode_spend(raw)
+        if len(set(inputs)) != len(inputs):
+            raise ChainRejected("the same input is listed twice")
+        height = self.height + 1 if height is None else height
+        now = block_time(self.height)
+        message = dtx.sighash(inputs, outs_json) if check_signatures else ""
+        spends = []
+        for n, key in enumerate(inputs):
+            found = self.find(key)
+            if found is None or found[0].outputs[found[1]].address is None:
+                raise ChainRejected(f"input {n} ({key}) is unknown or not spendable")
+            tx, vout = found
+            if key in self.spent:
+                raise ChainRejected(f"input {n} ({key}) is already spent by {self.spent[key]}")
+            if tx.frozen_until[vout] > now:
+                raise ChainRejected(f"input {n} ({key}) is frozen until {tx.frozen_until[vout]}")
+            address = str(tx.outputs[vout].address)
+            if check_signatures:
+                dtx.check_signature(n, key, address, sigs[n], message)
+            spends.append((address, tx.fractions[vout]))
+        for n, out in enumerate(outputs):
+            if out.address is not None and out.value <= 0:
+                raise ChainRejected(f"output {n} pays {out.value} sat to an address")
+        total_in = sum(int(v.sum()) for _, v in spends)
+        total_out = sum(o.value for o in outputs)
+        if total_out > total_in:
+            raise ChainRejected(f"outputs ({total_out:,d} sat) exceed inputs ({total_in:,d} sat)")
+        result = apply_peg_rules(spends, outputs, self.supply_at(height))
+        frozen = [block_time(height) + FREEZE_SECONDS if f else 0 for f in result.frozen]
+        return inputs, outputs, result.fractions, frozen
+
+    def apply_tx(self, raw: str, check_signatures: bool) -> str:
+        """Accept a spend into the mempool (fractions provisional until mined)."""
+        inputs, outputs, fractions, frozen = self.evaluate(raw, check_signatures)
+        txid = dtx.txid_of(raw)
+        self._connect(LedgerTx(txid, raw, inputs, outputs, fractions, frozen))
+        return txid
+
+    def apply_send(self, address: str, amount: int, fractions: list[int] | None) -> str:
+        """An outside payment (no inputs) into the mempool; returns its txid."""
+        self.sends += 1
+        raw = dtx.encode({"v": 1, "outside": self.sends, "seed": self.seed, "address": address,
+                          "amount": amount, "fractions": fractions})
+        vec = std_spread(amount) if fractions is None else np.array(fractions, dtype=np.int64)
+        txid = dtx.txid_of(raw)
+        self._connect(LedgerTx(txid, raw, [], [TxOut(amount, address=address)], [vec], [0],
+                               outside=True))
+        return txid
+
+    def apply_drop(self, txid: str) -> None:
+        """Remove a mempool tx and every mempool tx spending its outputs, for ever."""
+        doomed = {txid}
+        for t in self.mempool:  # arrival order: children come after their parents
+            if any(split_outpoint(k)[0] in doomed for k in self.txs[t].inputs):
+                doomed.add(t)
+        for t in doomed:
+            self._disconnect(self.txs[t])
+        self.mempool = [t for t in self.mempool if t not in doomed]
+        self.dropped |= doomed
+
+    def _connect(self, tx: LedgerTx) -> None:
+        """Index a transaction's spends and outputs; a height-0 one joins the mempool."""
+        self.txs[tx.txid] = tx
+        for key in tx.inputs:
+            self.spent[key] = tx.txid
+        for vout, out in enumerate(tx.outputs):
+            if out.address is not None:
+                self.by_address.setdefault(out.address, []).append(outpoint(tx.txid, vout))
+        if not tx.height:
+            self.mempool.append(tx.txid)
+
+    def _disconnect(self, tx: LedgerTx) -> None:
+        del self.txs[tx.txid]
+        for key in tx.inputs:
+            if self.spent.get(key) == tx.txid:
+                del self.spent[key]
+        for vout, out in enumerate(tx.outputs):
+            if out.address is not None:
+                self.by_address[out.address].remove(outpoint(tx.txid, vout))
+
+    # ------------------------------------------------------------------ mining
+
+    def apply_mine(self, n: int) -> None:
+        for _ in range(n):
+            self._mine_block()
+
+    def _mine_block(self) -> None:
+        """One block: move the supply at a cycle boundary, include the mempool in order."""
+        height = self.height + 1
+        if height % CYCLE_BLOCKS == 0:
+            self.supplies.append(self.supply_at(height))
+            self.votes.pop(cycle_of(height), None)
+        pending = [self.txs[t] for t in self.mempool]
+        self.mempool = []
+        for tx in reversed(pending):
+            self._disconnect(tx)
+        for tx in pending:
+            # re-check every spend at this block's supply (a boundary may have moved it);
+            # what is invalid now is evicted for good
+            fractions, frozen = tx.fractions, tx.frozen_until
+            if not tx.outside:
+                try:
+                    _, _, fractions, frozen = self.evaluate(tx.raw, False, height)
+                except ChainRejected as exc:
+                    log.warning("devnet: evicting %s at height %d: %s", tx.txid, height, exc)
+                    continue
+            txid = tx.txid
+            if self.malleate:
+                self.malleate = False
+                txid = dtx.txid_of(tx.raw + _MALLEATED)
+                log.info("devnet: %s mined malleated as %s", tx.txid, txid)
+            self._connect(LedgerTx(txid, tx.raw, tx.inputs, tx.outputs, fractions, frozen,
+                                   height, tx.outside))
+        self.height = height
