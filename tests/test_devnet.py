@@ -1,0 +1,451 @@
+"""The embedded devnet chain: determinism, persistence, supply votes, peg rules, levers."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from pegx import crypto
+from pegx.chain.base import Chain, ChainRejected, TxOut
+from pegx.chain.devnet import Devnet
+from pegx.chain.devnet_ledger import GENESIS_TIME, block_time
+from pegx.chain.devnet_log import LOG_NAME, DevnetLogError
+from pegx.chain.devnet_peg import FREEZE_SECONDS, parse_f_notation, ratio_part
+from pegx.peg import PEG_SIZE, std_spread
+
+S = 500  # supply index used by most tests: 1e11 STD -> liquid 657,048,351
+E11 = 100_000_000_000
+LIQ_E11 = 657_048_351
+RES_E11 = E11 - LIQ_E11
+
+
+@pytest.fixture
+def dn(tmp_path):
+    chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    yield chain
+    chain.close()
+
+
+def funded(dn: Devnet, amount: int = E11) -> tuple[str, str]:
+    """A wallet address holding one mined STD output of ``amount``; returns (address, key)."""
+    address = dn.new_address()
+    key = dn.send(address, amount)
+    dn.mine()
+    return address, key
+
+
+def spend(dn: Devnet, inputs: list[str], outputs: list[TxOut]) -> str:
+    return dn.broadcast(dn.create_transaction(inputs, outputs).raw)
+
+
+def script(dn: Devnet) -> dict:
+    """A fixed run of actions touching every kind of record; returns what it produced."""
+    a, key = funded(dn)
+    b = dn.new_address()
+    dn.vote("deflate", 2)
+    t1 = spend(dn, [key], [TxOut(100_000_000, address=b), TxOut(E11 - 100_000_000 - 15_000, address=a)])
+    dn.malleate_next()
+    dn.mine(3)
+    t2 = dn.send(b, 12_345_678)
+    dn.mine(200)
+    return {"a": a, "b": b, "t1": t1, "t2": t2}
+
+
+def snapshot(dn: Devnet) -> dict:
+    tip = dn.tip()
+    return {
+        "tip": tip,
+        "supplies": [dn.supply_for_cycle(c) for c in range(tip.cycle + 2)],
+        "info": dn.info(),
+        "utxos": [(u.key, u.address, u.value, u.confirmations, u.height, u.frozen_until,
+                   u.fractions.tolist()) for u in dn.list_unspent()],
+    }
+
+
+# ---------------------------------------------------------------------- basics
+
+
+def test_implements_chain_protocol_and_genesis(dn):
+    assert isinstance(dn, Chain)
+    assert dn.name == "devnet"
+    tip = dn.tip()
+    assert (tip.height, tip.cycle, tip.supply, tip.time) == (0, 0, S, GENESIS_TIME)
+    assert dn.mine(5) == 5
+    assert dn.tip().time == GENESIS_TIME + 5 * 64
+
+
+def test_determinism_same_seed_same_chain(tmp_path):
+    one = Devnet(tmp_path / "one", block_seconds=0, initial_supply=S, seed=7)
+    two = Devnet(tmp_path / "two", block_seconds=0, initial_supply=S, seed=7)
+    other = Devnet(tmp_path / "other", block_seconds=0, initial_supply=S, seed=8)
+    try:
+        r1, r2, r3 = script(one), script(two), script(other)
+        assert r1 == r2
+        assert snapshot(one) == snapshot(two)
+        assert r3["a"] != r1["a"]  # another seed derives other keys, hence other txids
+        assert r3["t2"] != r1["t2"]
+    finally:
+        for chain in (one, two, other):
+            chain.close()
+
+
+def test_persistence_across_close_and_reopen(tmp_path):
+    chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    twin = Devnet(tmp_path / "twin", block_seconds=0, initial_supply=S)
+    try:
+        for d in (chain, twin):
+            script(d)
+            d.vote("inflate", 3)
+            d.send(d.info()["wallet_addresses"][0], 5_000_000)  # left in the mempool
+            d.malleate_next()
+            d.reject_next_broadcast("nope")
+        before = snapshot(chain)
+        chain.close()
+        chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+        assert snapshot(chain) == before
+        assert chain.info()["mempool"] == 1 and chain.info()["malleate_next"]
+        assert chain.supply_for_cycle(1) == S + 2
+        with pytest.raises(ChainRejected, match="nope"):
+            chain.broadcast("00")
+        with pytest.raises(ChainRejected, match="nope"):
+            twin.broadcast("00")
+        chain.mine(200)
+        twin.mine(200)
+        assert snapshot(chain) == snapshot(twin)  # the reopened chain goes on exactly alike
+        assert chain.supply_for_cycle(2) == S + 2 - 3
+    finally:
+        chain.close()
+        twin.close()
+
+
+def test_torn_last_line_is_dropped_and_settings_are_checked(tmp_path):
+    chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    chain.mine(3)
+    with pytest.raises(DevnetLogError, match="in use"):
+        Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    chain.close()
+    path = tmp_path / "devnet" / LOG_NAME
+    with open(path, "ab") as f:
+        f.write(b'{"a":"mine","n":5')  # a crash in the middle of a write
+    chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    assert chain.tip().height == 3
+    chain.mine()
+    chain.close()
+    chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    assert chain.tip().height == 4
+    chain.close()
+    with pytest.raises(DevnetLogError, match="initial_supply"):
+        Devnet(tmp_path, block_seconds=0, initial_supply=S + 1)
+    lines = path.read_bytes().split(b"\n")
+    assert all(json.loads(line) for line in lines[:-1]) and lines[-1] == b""
+
+
+# ---------------------------------------------------------------------- supply
+
+
+def test_vote_moves_supply_at_the_boundary_only(dn):
+    dn.vote("deflate", 3)
+    assert dn.info()["next_supply"] == S + 3
+    dn.mine(199)
+    assert dn.tip().supply == S
+    dn.mine()
+    assert (dn.tip().cycle, dn.tip().supply) == (1, S + 3)
+    dn.mine(200)  # unscripted: unchanged
+    dn.vote("nochange", 1)
+    dn.vote("inflate", 2)  # the last vote of a cycle wins
+    dn.mine(200)
+    assert [dn.supply_for_cycle(c) for c in range(4)] == [S, S + 3, S + 3, S + 1]
+    with pytest.raises(ChainRejected):
+        dn.supply_for_cycle(9)
+
+
+def test_supply_clamps_at_both_ends(tmp_path):
+    low = Devnet(tmp_path / "low", block_seconds=0, initial_supply=1)
+    high = Devnet(tmp_path / "high", block_seconds=0, initial_supply=1197)
+    try:
+        low.vote("inflate", 3)
+        high.vote("deflate", 3)
+        low.mine(200)
+        high.mine(200)
+        assert (low.tip().supply, high.tip().supply) == (0, 1198)
+    finally:
+        low.close()
+        high.close()
+
+
+def test_walk_seed_moves_supply_deterministically(tmp_path):
+    chains = [Devnet(tmp_path / str(i), block_seconds=0, initial_supply=S, walk_seed=w)
+              for i, w in enumerate((42, 42, 43))]
+    try:
+        for chain in chains:
+            chain.mine(2000)
+        history = [[c.supply_for_cycle(k) for k in range(11)] for c in chains]
+        assert history[0] == history[1]
+        assert len(set(history[0])) > 1  # it does walk
+        assert history[0] != history[2]
+        steps = np.abs(np.diff(history[0]))
+        assert steps.max() <= 3
+    finally:
+        for chain in chains:
+            chain.close()
+
+
+# ---------------------------------------------------------------------- deposits
+
+
+def test_outside_deposit_has_the_std_spread(dn):
+    address = dn.new_address()
+    key = dn.send(address, E11)
+    mempool = dn.list_unspent()
+    assert [(u.key, u.confirmations, u.height) for u in mempool] == [(key, 0, 0)]
+    assert dn.list_unspent(min_conf=1) == []
+    assert dn.balance(address)["amount"] == 0  # mempool outputs do not count
+    dn.mine(3)
+    f = dn.get_fractions(key)
+    assert f[:5].tolist() == [1000000000, 990000000, 980100000, 970299000, 960596010]
+    assert int(f[-1]) == 584300 and int(f.sum()) == E11 and f.dtype == np.int64
+    (utxo,) = dn.list_unspent(min_conf=3)
+    assert (utxo.confirmations, utxo.height, utxo.value) == (3, 1, E11)
+    assert dn.balance(address) == {"amount": E11, "liquid": LIQ_E11, "reserve": RES_E11,
+                                   "frozen": 0}
+
+
+def test_given_fraction_vector_is_honoured(dn):
+    address = dn.new_address()
+    fractions = [0] * PEG_SIZE
+    fractions[10], fractions[900] = 7_000, 3_000
+    key = dn.send(address, 10_000, fractions)
+    dn.mine()
+    assert dn.get_fractions(key).tolist() == fractions
+    assert dn.balance(address) == {"amount": 10_000, "liquid": 3_000, "reserve": 7_000,
+                                   "frozen": 0}
+
+
+def test_imported_key_joins_the_wallet(dn):
+    wif = crypto.generate_deposit_key()
+    address = dn.import_key(wif)
+    assert address == crypto.wif_to_address(wif) == dn.import_key(wif)
+    assert address in dn.info()["wallet_addresses"]
+    foreign = crypto.pubkey_to_address(crypto.public_key(crypto.new_private_key()))
+    dn.send(address, 50_000)
+    dn.send(foreign, 60_000)
+    dn.mine()
+    assert [u.value for u in dn.list_unspent()] == [50_000]  # only wallet outputs
+    assert dn.balance(foreign)["amount"] == 60_000  # any address has a balance
+    with pytest.raises(ChainRejected, match="invalid private key"):
+        dn.import_key("not a key")
+
+
+# ---------------------------------------------------------------------- peg rules
+
+
+def test_liquid_send_pays_liquid_only(dn):
+    a, key = funded(dn)
+    b = dn.new_address()
+    change = E11 - 600_000_000 - 15_000
+    txid = spend(dn, [key], [TxOut(600_000_000, address=b), TxOut(change, address=a)])
+    assert dn.get_transaction(txid).confirmations == 0
+    dn.mine()
+    tx = dn.get_transaction(txid)
+    assert (tx.height, tx.confirmations, tx.inputs) == (2, 1, [key])
+    paid = dn.get_fractions(f"{txid}:0")
+    assert int(paid[:S].sum()) == 0 and int(paid.sum()) == 600_000_000
+    assert dn.balance(b) == {"amount": 600_000_000, "liquid": 600_000_000, "reserve": 0,
+                             "frozen": 0}
+    # the change took all the reserve back plus the rest of the liquidity, minus the fee
+    assert dn.balance(a) == {"amount": change, "liquid": LIQ_E11 - 600_000_000 - 15_000,
+                             "reserve": RES_E11, "frozen": 0}
+    assert not dn.is_unspent(key) and dn.is_unspent(f"{txid}:1")
+
+
+def test_spends_breaking_the_peg_rules_are_rejected(dn):
+    a, key = funded(dn)
+    b = dn.new_address()
+    with pytest.raises(ChainRejected, match=r"output 0 .* short by .*reserve can only return"):
+        spend(dn, [key], [TxOut(E11 // 2, address=b), TxOut(E11 // 2 - 20_000, address=a)])
+    with pytest.raises(ChainRejected, match="Fees are below the 5000 satoshis"):
+        spend(dn, [key], [TxOut(100_000, address=b), TxOut(E11 - 100_000 - 14_999, address=a)])
+    with pytest.raises(ChainRejected, match="exceed inputs"):
+        spend(dn, [key], [TxOut(E11 + 1, address=a)])
+    assert dn.info()["mempool"] == 0 and dn.is_unspent(key)
+
+
+def test_f_notated_reserve_spend_freezes_the_payee(dn):
+    a, key = funded(dn)
+    payee, exchange = dn.new_address(), dn.new_address()
+    outputs = [
+        TxOut(5590, data=b"**F**1:1:1"),  # the notary sits at the index of its input (0)
+        TxOut(50_000_000_000, address=payee),
+        TxOut(RES_E11 - 50_000_000_000 - 20_000, address=a),  # reserve back home
+        TxOut(LIQ_E11 - 30_000, address=exchange),  # liquid to another address
+        TxOut(5575, data=b"0123456789abcdef"),
+    ]
+    txid = spend(dn, [key], outputs)
+    dn.mine()
+    tx = dn.get_transaction(txid)
+    assert tx.op_return == b"0123456789abcdef" and tx.outputs[0].data == b"**F**1:1:1"
+    vecs = [dn.get_fractions(f"{txid}:{i}") for i in range(5)]
+    assert int(vecs[1][S:].sum()) == 0  # the payee got reserve only
+    assert int(vecs[3][:S].sum()) == 0
+    assert [int(v.sum()) for v in vecs] == [o.value for o in outputs]
+    spent = std_spread(E11)
+    assert (np.sum(vecs, axis=0) <= spent).all()  # nothing created at any step
+    assert E11 - sum(o.value for o in outputs) == 38_835  # the fee left in the pools
+    frozen_until = block_time(2) + FREEZE_SECONDS
+    utxo = {u.key: u for u in dn.list_unspent()}
+    assert utxo[f"{txid}:1"].frozen_until == frozen_until
+    assert utxo[f"{txid}:2"].frozen_until == 0
+    assert dn.balance(payee) == {"amount": 50_000_000_000, "liquid": 0,
+                                 "reserve": 50_000_000_000, "frozen": 50_000_000_000}
+    with pytest.raises(ChainRejected, match="frozen until"):
+        spend(dn, [f"{txid}:1"], [TxOut(49_000_000_000, address=payee)])
+
+
+def test_f_notation_is_validated(dn):
+    assert parse_f_notation(b"**F**2:2:3", 0, 4) == [2, 3]
+    for data, match in [(b"**F**1:1", "a == b"), (b"**F**0", "itself"), (b"**F**9", "does not exist"),
+                        (b"**F**x", "bad notation")]:
+        with pytest.raises(ChainRejected, match=match):
+            parse_f_notation(data, 0, 3)
+    a, key = funded(dn)
+    with pytest.raises(ChainRejected, match="no input 1"):
+        spend(dn, [key], [TxOut(E11 - 20_000, address=a), TxOut(5590, data=b"**F**0")])
+
+
+def test_ratio_part_rounding():
+    vec = np.array([0, 3, 3, 3] + [0] * (PEG_SIZE - 4), dtype=np.int64)
+    assert ratio_part(vec, 4)[:4].tolist() == [0, 2, 1, 1]  # remainder from first non-zero up
+    big = std_spread(10**17)
+    part = ratio_part(big, 12_345_678_901_234_567)
+    assert int(part.sum()) == 12_345_678_901_234_567
+    exact = [v * 12_345_678_901_234_567 / 10**17 for v in big.tolist()]
+    assert max(abs(p - e) for p, e in zip(part.tolist(), exact)) < 1.5
+    with pytest.raises(ValueError):
+        ratio_part(vec, 10)
+
+
+# ---------------------------------------------------------------------- mempool and levers
+
+
+def test_double_spend_is_rejected_and_rebroadcast_is_idempotent(dn):
+    a, key = funded(dn)
+    b = dn.new_address()
+    first = dn.create_transaction([key], [TxOut(E11 - 10_000, address=a)])
+    second = dn.create_transaction([key], [TxOut(1_000, address=b), TxOut(E11 - 20_000, address=a)])
+    assert dn.broadcast(first.raw) == first.txid == dn.broadcast(first.raw)
+    with pytest.raises(ChainRejected, match="already spent"):
+        dn.broadcast(second.raw)
+    with pytest.raises(ChainRejected, match="already spent"):
+        dn.create_transaction([key], [TxOut(1_000, address=b)])
+    dn.mine()
+    assert dn.broadcast(first.raw) == first.txid
+    with pytest.raises(ChainRejected, match="already spent"):
+        dn.broadcast(second.raw)
+
+
+def test_tampered_or_foreign_transactions_are_rejected(dn):
+    a, key = funded(dn)
+    signed = dn.create_transaction([key], [TxOut(E11 - 10_000, address=a)])
+    body = json.loads(bytes.fromhex(signed.raw))
+    body["outputs"][0]["address"] = dn.new_address()
+    with pytest.raises(ChainRejected, match="signature does not match"):
+        dn.broadcast(json.dumps(body).encode().hex())
+    with pytest.raises(ChainRejected, match="decode failed"):
+        dn.broadcast("zz")
+    foreign = crypto.pubkey_to_address(crypto.public_key(crypto.new_private_key()))
+    other = dn.send(foreign, 10**9)
+    with pytest.raises(ChainRejected, match="not in the wallet"):
+        dn.create_transaction([other], [TxOut(10**8, address=a)])
+
+
+def test_drop_lever(dn):
+    a, key = funded(dn)
+    signed = dn.create_transaction([key], [TxOut(E11 - 10_000, address=a)])
+    dn.broadcast(signed.raw)
+    assert dn.drop(signed.txid) is True
+    assert dn.info()["mempool"] == 0 and dn.get_transaction(signed.txid) is None
+    dn.mine(3)
+    assert dn.get_transaction(signed.txid) is None and dn.is_unspent(key)
+    with pytest.raises(ChainRejected, match="dropped"):
+        dn.broadcast(signed.raw)
+    assert dn.drop(signed.txid) is False
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        dn.drop("xyz")
+
+
+def test_malleate_lever(dn):
+    a, key = funded(dn)
+    signed = dn.create_transaction([key], [TxOut(E11 - 10_000, address=a)])
+    dn.broadcast(signed.raw)
+    assert dn.malleate_next() is True
+    assert dn.get_transaction(signed.txid) is not None  # still itself in the mempool
+    dn.mine()
+    new = dn.spender(key)
+    assert new is not None and new != signed.txid
+    assert dn.get_transaction(signed.txid) is None
+    tx = dn.get_transaction(new)
+    assert (tx.inputs, tx.outputs, tx.height) == ([key], [TxOut(E11 - 10_000, address=a)], 2)
+    assert dn.is_unspent(f"{new}:0") and not dn.is_unspent(f"{signed.txid}:0")
+    with pytest.raises(ChainRejected, match="already spent"):  # the original can never confirm
+        dn.broadcast(signed.raw)
+    assert not dn.info()["malleate_next"]  # one transaction only
+
+
+def test_reject_lever(dn):
+    a, key = funded(dn)
+    signed = dn.create_transaction([key], [TxOut(E11 - 10_000, address=a)])
+    assert dn.reject_next_broadcast("mempool full") is True
+    with pytest.raises(ChainRejected, match="mempool full"):
+        dn.broadcast(signed.raw)
+    assert dn.info()["mempool"] == 0
+    assert dn.broadcast(signed.raw) == signed.txid
+
+
+def test_levers_validate_their_arguments(dn):
+    address = dn.new_address()
+    bad = [
+        (dn.send, ("not-an-address", 10), "bad address"),
+        (dn.send, (address, 0), "amount must be"),
+        (dn.send, (address, 1.5), "amount must be an int"),
+        (dn.send, (address, True), "amount must be an int"),
+        (dn.send, (address, 10, [10]), "list of 1200"),
+        (dn.send, (address, 10, [0] * 1199 + [9]), "sum to 9"),
+        (dn.send, (address, 10, [-1] * 1199 + [1209]), "every fraction"),
+        (dn.vote, ("up", 1), "direction"),
+        (dn.vote, ("deflate", 4), "steps"),
+        (dn.vote, ("deflate", 0), "steps"),
+        (dn.mine, (0,), "n must be"),
+        (dn.mine, (10_001,), "n must be"),
+        (dn.balance, ("B123",), "bad address"),
+        (dn.reject_next_broadcast, ("",), "reason"),
+    ]
+    for call, args, match in bad:
+        with pytest.raises(ValueError, match=match):
+            call(*args)
+    assert dn.tip().height == 0 and dn.info()["mempool"] == 0
+
+
+def test_block_timer_and_subscribers(tmp_path):
+    chain = Devnet(tmp_path, block_seconds=0.01, initial_supply=S)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def on_block(tip):
+        seen.append(tip.height)
+        if tip.height >= 3:
+            done.set()
+
+    chain.subscribe(on_block)
+    try:
+        chain.start()
+        assert chain.wait_for_height(3, timeout=30)
+        assert done.wait(30)
+    finally:
+        chain.close()
+    assert seen[:3] == [1, 2, 3]
+    reopened = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    assert reopened.tip().height >= 3  # timer blocks are logged like any other
+    reopened.close()
