@@ -46,7 +46,9 @@ def script(dn: Devnet) -> dict:
     a, key = funded(dn)
     b = dn.new_address()
     dn.vote("deflate", 2)
-    t1 = spend(dn, [key], [TxOut(100_000_000, address=b), TxOut(E11 - 100_000_000 - 15_000, address=a)])
+    t1 = spend(
+        dn, [key], [TxOut(100_000_000, address=b), TxOut(E11 - 100_000_000 - 15_000, address=a)]
+    )
     dn.malleate_next()
     dn.mine(3)
     t2 = dn.send(b, 12_345_678)
@@ -60,8 +62,18 @@ def snapshot(dn: Devnet) -> dict:
         "tip": tip,
         "supplies": [dn.supply_for_cycle(c) for c in range(tip.cycle + 2)],
         "info": dn.info(),
-        "utxos": [(u.key, u.address, u.value, u.confirmations, u.height, u.frozen_until,
-                   u.fractions.tolist()) for u in dn.list_unspent()],
+        "utxos": [
+            (
+                u.key,
+                u.address,
+                u.value,
+                u.confirmations,
+                u.height,
+                u.frozen_until,
+                u.fractions.tolist(),
+            )
+            for u in dn.list_unspent()
+        ],
     }
 
 
@@ -177,8 +189,10 @@ def test_supply_clamps_at_both_ends(tmp_path):
 
 
 def test_walk_seed_moves_supply_deterministically(tmp_path):
-    chains = [Devnet(tmp_path / str(i), block_seconds=0, initial_supply=S, walk_seed=w)
-              for i, w in enumerate((42, 42, 43))]
+    chains = [
+        Devnet(tmp_path / str(i), block_seconds=0, initial_supply=S, walk_seed=w)
+        for i, w in enumerate((42, 42, 43))
+    ]
     try:
         for chain in chains:
             chain.mine(2000)
@@ -209,8 +223,12 @@ def test_outside_deposit_has_the_std_spread(dn):
     assert int(f[-1]) == 584300 and int(f.sum()) == E11 and f.dtype == np.int64
     (utxo,) = dn.list_unspent(min_conf=3)
     assert (utxo.confirmations, utxo.height, utxo.value) == (3, 1, E11)
-    assert dn.balance(address) == {"amount": E11, "liquid": LIQ_E11, "reserve": RES_E11,
-                                   "frozen": 0}
+    assert dn.balance(address) == {
+        "amount": E11,
+        "liquid": LIQ_E11,
+        "reserve": RES_E11,
+        "frozen": 0,
+    }
 
 
 def test_given_fraction_vector_is_honoured(dn):
@@ -220,8 +238,7 @@ def test_given_fraction_vector_is_honoured(dn):
     key = dn.send(address, 10_000, fractions)
     dn.mine()
     assert dn.get_fractions(key).tolist() == fractions
-    assert dn.balance(address) == {"amount": 10_000, "liquid": 3_000, "reserve": 7_000,
-                                   "frozen": 0}
+    assert dn.balance(address) == {"amount": 10_000, "liquid": 3_000, "reserve": 7_000, "frozen": 0}
 
 
 def test_imported_key_joins_the_wallet(dn):
@@ -253,11 +270,19 @@ def test_liquid_send_pays_liquid_only(dn):
     assert (tx.height, tx.confirmations, tx.inputs) == (2, 1, [key])
     paid = dn.get_fractions(f"{txid}:0")
     assert int(paid[:S].sum()) == 0 and int(paid.sum()) == 600_000_000
-    assert dn.balance(b) == {"amount": 600_000_000, "liquid": 600_000_000, "reserve": 0,
-                             "frozen": 0}
+    assert dn.balance(b) == {
+        "amount": 600_000_000,
+        "liquid": 600_000_000,
+        "reserve": 0,
+        "frozen": 0,
+    }
     # the change took all the reserve back plus the rest of the liquidity, minus the fee
-    assert dn.balance(a) == {"amount": change, "liquid": LIQ_E11 - 600_000_000 - 15_000,
-                             "reserve": RES_E11, "frozen": 0}
+    assert dn.balance(a) == {
+        "amount": change,
+        "liquid": LIQ_E11 - 600_000_000 - 15_000,
+        "reserve": RES_E11,
+        "frozen": 0,
+    }
     assert not dn.is_unspent(key) and dn.is_unspent(f"{txid}:1")
 
 
@@ -298,16 +323,24 @@ def test_f_notated_reserve_spend_freezes_the_payee(dn):
     utxo = {u.key: u for u in dn.list_unspent()}
     assert utxo[f"{txid}:1"].frozen_until == frozen_until
     assert utxo[f"{txid}:2"].frozen_until == 0
-    assert dn.balance(payee) == {"amount": 50_000_000_000, "liquid": 0,
-                                 "reserve": 50_000_000_000, "frozen": 50_000_000_000}
+    assert dn.balance(payee) == {
+        "amount": 50_000_000_000,
+        "liquid": 0,
+        "reserve": 50_000_000_000,
+        "frozen": 50_000_000_000,
+    }
     with pytest.raises(ChainRejected, match="frozen until"):
         spend(dn, [f"{txid}:1"], [TxOut(49_000_000_000, address=payee)])
 
 
 def test_f_notation_is_validated(dn):
     assert parse_f_notation(b"**F**2:2:3", 0, 4) == [2, 3]
-    for data, match in [(b"**F**1:1", "a == b"), (b"**F**0", "itself"), (b"**F**9", "does not exist"),
-                        (b"**F**x", "bad notation")]:
+    for data, match in [
+        (b"**F**1:1", "a == b"),
+        (b"**F**0", "itself"),
+        (b"**F**9", "does not exist"),
+        (b"**F**x", "bad notation"),
+    ]:
         with pytest.raises(ChainRejected, match=match):
             parse_f_notation(data, 0, 3)
     a, key = funded(dn)
@@ -361,6 +394,30 @@ def test_tampered_or_foreign_transactions_are_rejected(dn):
         dn.create_transaction([other], [TxOut(10**8, address=a)])
 
 
+def test_mempool_chains_confirm_together_and_die_with_their_parent(dn):
+    a, key = funded(dn)
+    b = dn.new_address()
+    parent = spend(dn, [key], [TxOut(10**8, address=b), TxOut(E11 - 10**8 - 15_000, address=a)])
+    child = spend(dn, [f"{parent}:1"], [TxOut(E11 - 10**8 - 25_000, address=a)])
+    dn.mine()
+    assert dn.get_transaction(parent).height == dn.get_transaction(child).height == 2
+    # a malleated parent orphans its mempool child: the child is evicted, never mined
+    p2 = spend(dn, [f"{child}:0"], [TxOut(E11 - 10**8 - 35_000, address=a)])
+    c2 = spend(dn, [f"{p2}:0"], [TxOut(E11 - 10**8 - 45_000, address=a)])
+    dn.malleate_next()
+    dn.mine()
+    assert dn.get_transaction(p2) is None and dn.get_transaction(c2) is None
+    assert [u.value for u in dn.list_unspent() if u.address == a] == [E11 - 10**8 - 35_000]
+    # dropping a parent drops its mempool child too
+    (home,) = [u.key for u in dn.list_unspent() if u.address == a]
+    p3 = spend(dn, [home], [TxOut(E11 - 10**8 - 45_000, address=a)])
+    c3 = spend(dn, [f"{p3}:0"], [TxOut(E11 - 10**8 - 55_000, address=a)])
+    assert dn.drop(p3) and dn.info()["mempool"] == 0
+    assert dn.get_transaction(c3) is None and dn.is_unspent(home)
+    with pytest.raises(ChainRejected, match="int satoshi"):
+        dn.create_transaction([home], [TxOut(1.5, address=a)])
+
+
 def test_drop_lever(dn):
     a, key = funded(dn)
     signed = dn.create_transaction([key], [TxOut(E11 - 10_000, address=a)])
@@ -409,6 +466,7 @@ def test_levers_validate_their_arguments(dn):
     bad = [
         (dn.send, ("not-an-address", 10), "bad address"),
         (dn.send, (address, 0), "amount must be"),
+        (dn.send, (address, 10**17 + 1), "amount must be"),
         (dn.send, (address, 1.5), "amount must be an int"),
         (dn.send, (address, True), "amount must be an int"),
         (dn.send, (address, 10, [10]), "list of 1200"),

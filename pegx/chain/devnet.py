@@ -60,6 +60,7 @@ from pegx.peg import MAX_SUPPLY_INDEX, PEG_SIZE
 log = logging.getLogger(__name__)
 
 MAX_MINE = 10_000
+MAX_SEND = 10**17  # about all the BAY there is; keeps every pool sum far inside int64
 _TXID_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -106,7 +107,10 @@ class Devnet:
         tip = self.tip()
         log.info(
             "devnet open: height %s, cycle %d, supply %d, %d wallet keys, %d in mempool",
-            f"{tip.height:,d}", tip.cycle, tip.supply, len(self._ledger.wallet),
+            f"{tip.height:,d}",
+            tip.cycle,
+            tip.supply,
+            len(self._ledger.wallet),
             len(self._ledger.mempool),
         )
 
@@ -117,8 +121,9 @@ class Devnet:
         with self._lock:
             if self.block_seconds <= 0 or self._thread is not None or self._log is None:
                 return
-            self._thread = threading.Thread(target=self._run_timer, name="devnet-miner",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run_timer, name="devnet-miner", daemon=True
+            )
             self._thread.start()
 
     def _run_timer(self) -> None:
@@ -203,9 +208,16 @@ class Devnet:
             return self._ledger.supply_at(cycle * CYCLE_BLOCKS)
 
     def _utxo(self, tx: LedgerTx, vout: int) -> Utxo:
-        return Utxo(tx.txid, vout, str(tx.outputs[vout].address), tx.outputs[vout].value,
-                    tx.fractions[vout].copy(), self._ledger.confirmations(tx), tx.height,
-                    tx.frozen_until[vout])
+        return Utxo(
+            tx.txid,
+            vout,
+            str(tx.outputs[vout].address),
+            tx.outputs[vout].value,
+            tx.fractions[vout].copy(),
+            self._ledger.confirmations(tx),
+            tx.height,
+            tx.frozen_until[vout],
+        )
 
     def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
         """Unspent outputs paying wallet addresses (mempool ones: 0 confirmations, height 0)."""
@@ -234,8 +246,14 @@ class Devnet:
             tx = self._ledger.txs.get(txid)
             if tx is None:
                 return None
-            return Tx(tx.txid, list(tx.inputs), list(tx.outputs), tx.height,
-                      self._ledger.confirmations(tx), tx.raw)
+            return Tx(
+                tx.txid,
+                list(tx.inputs),
+                list(tx.outputs),
+                tx.height,
+                self._ledger.confirmations(tx),
+                tx.raw,
+            )
 
     def is_unspent(self, key: str) -> bool:
         """True while the output exists and no mined or mempool transaction spends it."""
@@ -276,11 +294,14 @@ class Devnet:
         for out in outputs:
             if not isinstance(out, TxOut):
                 raise ChainRejected(f"outputs must be TxOut, got {type(out).__name__}")
+            if isinstance(out.value, bool) or not isinstance(out.value, (int, np.integer)):
+                raise ChainRejected(f"output value must be int satoshi, got {out.value!r}")
             if out.address is not None:
                 try:
                     crypto.validate_address(out.address)
                 except crypto.CryptoError as exc:
                     raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
+        outputs = [TxOut(int(o.value), o.address, o.data) for o in outputs]
         outs = [dtx.out_to_json(o) for o in outputs]
         message = dtx.sighash(inputs, outs)
         with self._lock:
@@ -341,13 +362,13 @@ class Devnet:
         return tip.height
 
     def send(self, address: str, amount: int, fractions: list[int] | None = None) -> str:
-        """An outside payment of ``amount`` to any address; returns ``"txid:0"``.
+        """An outside payment of ``amount`` (1..1e17 sat) to any address; returns ``"txid:0"``.
 
         STD spread unless ``fractions`` (1200 non-negative ints summing to ``amount``) is
         given. It waits in the mempool and is mined in the next block.
         """
         address = dtx.check_address(address)
-        amount = dtx.check_int("amount", amount, 1, None)
+        amount = dtx.check_int("amount", amount, 1, MAX_SEND)
         if fractions is not None:
             if isinstance(fractions, np.ndarray):
                 fractions = fractions.tolist()
@@ -357,8 +378,9 @@ class Devnet:
             if sum(fractions) != amount:
                 raise ValueError(f"fractions sum to {sum(fractions):,d}, not amount {amount:,d}")
         with self._lock:
-            txid = self._record({"a": "send", "address": address, "amount": amount,
-                                 "fractions": fractions})
+            txid = self._record(
+                {"a": "send", "address": address, "amount": amount, "fractions": fractions}
+            )
             return outpoint(str(txid), 0)
 
     def vote(self, direction: str, steps: int = 1) -> bool:
@@ -376,14 +398,21 @@ class Devnet:
             led, tip = self._ledger, self.tip()
             direction, steps = led.vote_for(tip.cycle + 1)
             info = {
-                "height": tip.height, "cycle": tip.cycle, "supply": tip.supply, "time": tip.time,
+                "height": tip.height,
+                "cycle": tip.cycle,
+                "supply": tip.supply,
+                "time": tip.time,
                 "next_supply": led.supply_at((tip.cycle + 1) * CYCLE_BLOCKS),
                 "next_vote": f"{direction}:{steps}",
                 "blocks_to_next_cycle": CYCLE_BLOCKS - tip.height % CYCLE_BLOCKS,
-                "mempool": len(led.mempool), "block_seconds": self.block_seconds,
-                "wallet_addresses": list(led.wallet), "seed": self.seed,
-                "initial_supply": self.initial_supply, "walk": self.walk_seed is not None,
-                "malleate_next": led.malleate, "reject_next_broadcast": led.reject_reason is not None,
+                "mempool": len(led.mempool),
+                "block_seconds": self.block_seconds,
+                "wallet_addresses": list(led.wallet),
+                "seed": self.seed,
+                "initial_supply": self.initial_supply,
+                "walk": self.walk_seed is not None,
+                "malleate_next": led.malleate,
+                "reject_next_broadcast": led.reject_reason is not None,
             }
             if self.walk_seed is not None:
                 info["walk_seed"] = self.walk_seed
@@ -397,20 +426,8 @@ class Devnet:
         """
         address = dtx.check_address(address)
         with self._lock:
-            led, tip = self._ledger, self.tip()
-            total = np.zeros(PEG_SIZE, dtype=np.int64)
-            frozen = 0
-            for key in led.by_address.get(address, ()):
-                found = led.find(key)
-                tx, vout = found  # type: ignore[misc]
-                if key in led.spent or not tx.height:
-                    continue
-                total += tx.fractions[vout]
-                if tx.frozen_until[vout] > tip.time:
-                    frozen += tx.outputs[vout].value
-            reserve, liquid = int(total[:tip.supply].sum()), int(total[tip.supply:].sum())
-            return {"amount": liquid + reserve, "liquid": liquid, "reserve": reserve,
-                    "frozen": frozen}
+            tip = self.tip()
+            return self._ledger.balance(address, tip.supply, tip.time)
 
     def new_address(self) -> str:
         """A fresh wallet key derived from the seed; returns its address."""

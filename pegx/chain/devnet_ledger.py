@@ -22,7 +22,7 @@ from pegx import crypto
 from pegx.chain import devnet_tx as dtx
 from pegx.chain.base import CYCLE_BLOCKS, ChainRejected, TxOut, cycle_of, outpoint, split_outpoint
 from pegx.chain.devnet_peg import FREEZE_SECONDS, apply_peg_rules
-from pegx.peg import MAX_SUPPLY_INDEX, std_spread
+from pegx.peg import MAX_SUPPLY_INDEX, PEG_SIZE, std_spread
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class Ledger:
         self.txs: dict[str, LedgerTx] = {}  # mined and mempool transactions by txid
         self.mempool: list[str] = []  # arrival order
         self.spent: dict[str, str] = {}  # outpoint -> txid of the mined/mempool spender
-        self.by_address: dict[str, list[str]] = {}  # address -> outpoints of live txs paying it
+        # address -> outpoints of live txs paying it (a dict as an ordered set: O(1) removal)
+        self.by_address: dict[str, dict[str, None]] = {}
         self.dropped: set[str] = set()
         self.wallet: dict[str, tuple[bytes, bool]] = {}  # address -> (private key, compressed)
         self.malleate = False
@@ -105,6 +106,21 @@ class Ledger:
         if tx is None or vout >= len(tx.outputs):
             return None
         return tx, vout
+
+    def balance(self, address: str, supply: int, now: int) -> dict:
+        """{amount, liquid, reserve, frozen} of the unspent mined outputs paying ``address``."""
+        total = np.zeros(PEG_SIZE, dtype=np.int64)
+        frozen = 0
+        for key in self.by_address.get(address, ()):
+            txid, vout = split_outpoint(key)
+            tx = self.txs[txid]
+            if key in self.spent or not tx.height:
+                continue
+            total += tx.fractions[vout]
+            if tx.frozen_until[vout] > now:
+                frozen += tx.outputs[vout].value
+        reserve, liquid = int(total[:supply].sum()), int(total[supply:].sum())
+        return {"amount": liquid + reserve, "liquid": liquid, "reserve": reserve, "frozen": frozen}
 
     def confirmations(self, tx: LedgerTx) -> int:
         return self.height - tx.height + 1 if tx.height else 0
@@ -175,12 +191,21 @@ class Ledger:
     def apply_send(self, address: str, amount: int, fractions: list[int] | None) -> str:
         """An outside payment (no inputs) into the mempool; returns its txid."""
         self.sends += 1
-        raw = dtx.encode({"v": 1, "outside": self.sends, "seed": self.seed, "address": address,
-                          "amount": amount, "fractions": fractions})
+        raw = dtx.encode(
+            {
+                "v": 1,
+                "outside": self.sends,
+                "seed": self.seed,
+                "address": address,
+                "amount": amount,
+                "fractions": fractions,
+            }
+        )
         vec = std_spread(amount) if fractions is None else np.array(fractions, dtype=np.int64)
         txid = dtx.txid_of(raw)
-        self._connect(LedgerTx(txid, raw, [], [TxOut(amount, address=address)], [vec], [0],
-                               outside=True))
+        self._connect(
+            LedgerTx(txid, raw, [], [TxOut(amount, address=address)], [vec], [0], outside=True)
+        )
         return txid
 
     def apply_drop(self, txid: str) -> None:
@@ -201,7 +226,7 @@ class Ledger:
             self.spent[key] = tx.txid
         for vout, out in enumerate(tx.outputs):
             if out.address is not None:
-                self.by_address.setdefault(out.address, []).append(outpoint(tx.txid, vout))
+                self.by_address.setdefault(out.address, {})[outpoint(tx.txid, vout)] = None
         if not tx.height:
             self.mempool.append(tx.txid)
 
@@ -212,7 +237,7 @@ class Ledger:
                 del self.spent[key]
         for vout, out in enumerate(tx.outputs):
             if out.address is not None:
-                self.by_address[out.address].remove(outpoint(tx.txid, vout))
+                del self.by_address[out.address][outpoint(tx.txid, vout)]
 
     # ------------------------------------------------------------------ mining
 
@@ -245,6 +270,7 @@ class Ledger:
                 self.malleate = False
                 txid = dtx.txid_of(tx.raw + _MALLEATED)
                 log.info("devnet: %s mined malleated as %s", tx.txid, txid)
-            self._connect(LedgerTx(txid, tx.raw, tx.inputs, tx.outputs, fractions, frozen,
-                                   height, tx.outside))
+            self._connect(
+                LedgerTx(txid, tx.raw, tx.inputs, tx.outputs, fractions, frozen, height, tx.outside)
+            )
         self.height = height

@@ -78,23 +78,28 @@ def parse_f_notation(data: bytes, pos: int, n_outputs: int) -> list[int]:
     (at most 50 indices; repeats allowed, as the exchange writes ``**F**s:s:s`` for one
     recipient). Every index must be a real output other than the notary itself.
     """
-    text = data[len(F_PREFIX):]
+    text = data[len(F_PREFIX) :]
     try:
         parts = text.decode("ascii").split(":")
     except UnicodeDecodeError:
         raise ChainRejected(f"**F** notary at output {pos}: notation is not ASCII") from None
     if not all(p.isdigit() for p in parts):
         raise ChainRejected(
-            f"**F** notary at output {pos}: bad notation {data!r} (want **F**a, **F**a:b or **F**a:b:c...)"
+            f"**F** notary at output {pos}: bad notation {data!r} "
+            "(want **F**a, **F**a:b or **F**a:b:c...)"
         )
     idx = [int(p) for p in parts]
     if len(idx) > MAX_F_TARGETS:
-        raise ChainRejected(f"**F** notary at output {pos} lists {len(idx)} outputs (max {MAX_F_TARGETS})")
+        raise ChainRejected(
+            f"**F** notary at output {pos} lists {len(idx)} outputs (max {MAX_F_TARGETS})"
+        )
     if len(idx) == 2 and idx[0] == idx[1]:
         raise ChainRejected(f"**F** notary at output {pos}: a:b notation with a == b ({idx[0]})")
     for i in idx:
         if i >= n_outputs:
-            raise ChainRejected(f"**F** notary at output {pos} lists output {i}, which does not exist")
+            raise ChainRejected(
+                f"**F** notary at output {pos} lists output {i}, which does not exist"
+            )
         if i == pos:
             raise ChainRejected(f"**F** notary at output {pos} lists itself")
     return list(dict.fromkeys(idx))
@@ -143,7 +148,9 @@ def apply_peg_rules(
         if out.data is None or not out.data.startswith(F_PREFIX):
             continue
         if pos >= n_in:
-            raise ChainRejected(f"**F** notary at output {pos} has no input {pos} to take reserve from")
+            raise ChainRejected(
+                f"**F** notary at output {pos} has no input {pos} to take reserve from"
+            )
         targets = parse_f_notation(out.data, pos, n_out)
         for t in targets:
             if outputs[t].address is None:
@@ -183,8 +190,10 @@ def apply_peg_rules(
         need = _take(liquid, got[pos], need)
         if need > 0:
             what = "OP_RETURN" if out.data is not None else f"to {out.address}"
-            hint = "" if out.address in input_addresses else (
-                " (reserve can only return to its own address or move under a **F** notary)"
+            hint = (
+                ""
+                if out.address in input_addresses
+                else (" (reserve can only return to its own address or move under a **F** notary)")
             )
             raise ChainRejected(
                 f"output {pos} ({what}, {out.value:,d} sat) is short by {need:,d} sat{hint}"

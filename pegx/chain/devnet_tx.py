@@ -42,10 +42,13 @@ def out_to_json(out: TxOut) -> dict:
 
 
 def out_from_json(obj: dict) -> TxOut:
-    """Inverse of :func:`out_to_json`."""
+    """Inverse of :func:`out_to_json`; ValueError/TypeError on anything malformed."""
+    value = obj["value"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"output value must be an int, got {value!r}")
     if "data" in obj:
-        return TxOut(int(obj["value"]), data=bytes.fromhex(obj["data"]))
-    return TxOut(int(obj["value"]), address=str(obj["address"]))
+        return TxOut(value, data=bytes.fromhex(obj["data"]))
+    return TxOut(value, address=str(obj["address"]))
 
 
 def sighash(inputs: list[str], outputs: list[dict]) -> str:
