@@ -50,6 +50,8 @@ MAX_AMOUNT = 10**17 * 2  # twice the total BAY supply in satoshi: anything large
 FROZEN_GRACE = 43200  # an input unfrozen less than 12 h ago still counts as frozen (ORIGINAL §3.2)
 ROW_BYTES = peg.PEG_SIZE * 8
 
+DEFAULT_COMMISSION = {"min": 100000000, "max": 1000000000, "percent": "0.001"}
+DEFAULT_CONFIRMATIONS = 7
 RESERVED_MSG = "Name reserved for exchange operations. Please use different name."
 SHORT_MSG = "Name is too short in length."
 
@@ -139,7 +141,8 @@ def input_totals(inputs: dict, vectors: dict, supply: int, now: int) -> dict:
 class Exchange:
     """The ledger state machine with durable operations (see module docstring)."""
 
-    TABLES = ("claims", "inputs", "withdraws", "history", "settings", "addresses", "exec", "meta")
+    TABLES = ("claims", "inputs", "withdraws", "history", "settings", "addresses", "exec", "meta",
+              "batches")
 
     def __init__(self, store: Store, *, capacity: int = 1024, checkpoint_ops: int = 5000,
                  checkpoint_rows: int = 4000, checkpoint_seconds: float = 30.0):
@@ -228,10 +231,17 @@ class Exchange:
         self.journal.wait(seq)
         self._maybe_checkpoint()
 
-    def commit(self, ops: list[dict]) -> None:
-        """Apply and durably log already-validated ops (for modules that build their own ops)."""
+    def commit(self, ops: list[dict], *, supply: int | None = None, now: int = 0) -> None:
+        """Apply and durably log already-validated ops as one atomic record.
+
+        For modules that build their own ops (cycle, withdraws) from the op builders below.
+        With ``supply``, a recompute at that supply is part of the same record.
+        """
         with self.lock:
-            seq = self._submit(ops)
+            if supply is None:
+                seq = self._submit(ops)
+            else:
+                seq = self._recompute_locked(ops, supply=supply, now=now)
         self._durable(seq)
 
     def _maybe_checkpoint(self) -> None:
@@ -541,11 +551,11 @@ class Exchange:
                 owner = item.get("owner")
                 if owner is not None and owner != HOUSE:
                     check_name(owner)
-                ops.append({"op": "credit", "key": key, "value": int(item["value"]),
-                            "address": item.get("address", ""), "owner": owner,
-                            "change": int(bool(item.get("change"))),
-                            "frozen_until": int(item.get("frozen_until", 0)),
-                            "height": int(item.get("height", 0)), "vec": encode_vec(vec)})
+                ops.append(self.credit_op(key, item["value"], vec, owner=owner,
+                                          address=item.get("address", ""),
+                                          change=bool(item.get("change")),
+                                          frozen_until=item.get("frozen_until", 0),
+                                          height=item.get("height", 0)))
             seq = self._recompute_locked(ops, supply=supply, now=now, cycle=cycle)
         self._durable(seq)
 
@@ -629,6 +639,24 @@ class Exchange:
                 raise EngineError(f"unknown table {table!r}")
             ops.append({"op": "put", "table": table, "key": str(key), "value": value})
         self.commit(ops)
+
+    def exchange_settings(self) -> dict:
+        """ExchangeSettings values with the original's defaults filled in."""
+        rec = self.record("settings", "exchange") or {}
+        return {"exchangeaccounts": rec.get("exchangeaccounts", []),
+                "exchangefeeaccount": rec.get("exchangefeeaccount", ""),
+                "commission": rec.get("commission", dict(DEFAULT_COMMISSION)),
+                "exchangeconfirmations": rec.get("exchangeconfirmations",
+                                                 DEFAULT_CONFIRMATIONS)}
+
+    @staticmethod
+    def credit_op(key: str, value: int, vector: np.ndarray, *, owner: str | None,
+                  address: str = "", change: bool = False, frozen_until: int = 0,
+                  height: int = 0) -> dict:
+        """The op that registers an input (crediting ``owner``'s row with its fractions)."""
+        return {"op": "credit", "key": key, "value": int(value), "address": address,
+                "owner": owner, "change": int(bool(change)), "frozen_until": int(frozen_until),
+                "height": int(height), "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
 
     @staticmethod
     def put_op(table: str, key: str, value) -> dict:

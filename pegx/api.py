@@ -1,0 +1,456 @@
+"""PegAPI: the 15 documented calls of the Python Halo Peg Exchange, faithful to the original.
+
+Names, argument order and defaults follow PegAPI.txt; the order of checks and the return values
+follow ORIGINAL §1.3, so an exchange's existing ``xmlrpc.client`` code works unchanged. The
+original's bugs are fixed; every fix a client can see is listed in PegAPI.md.
+
+This module knows the engine (the ledger) and a :class:`Control` (the exchange cycle's state:
+started, loaded, busy; the Spendable view; shutdown). It never touches LevelDB or the node.
+Errors the API defines are returned as values; anything else raised here is turned into a clean
+Fault by rpcserver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import re
+import threading
+from decimal import Decimal, InvalidOperation
+from typing import Protocol
+
+from pegx import crypto, engine, peg
+from pegx.engine import EngineError, Exchange
+
+log = logging.getLogger(__name__)
+
+WRONG_PASSWORD = "Incorrect Password"
+STOPPED = "Exchange is stopped."
+NOT_LOADED = "Exchange is not loaded yet."
+BALANCE_UPDATING = "Balance is updating"
+BUSY = "Exchange is busy. Please try again in a few minutes."
+ACCOUNTS_MSG = ("Exchange accounts must be a list and must contain all accounts used by the "
+                "exchange for receiving change.")
+LIQUID_LIMIT_MSG = "Withdraw limit reached, please wait until transactions clear."
+RESERVE_LIMIT_MSG = "Reserve withdraw limit reached, please wait until transactions clear."
+LIQUID_LIMIT = 300  # pending liquid withdraws (the original allowed 301 by an off-by-one)
+RESERVE_LIMIT = 45
+FINISHED = ("Complete", "Failed/Declined", "Expired")
+_DIGITS = re.compile(r"^[+-]?\d{1,30}$")
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+class Control(Protocol):
+    """What the API needs from the running exchange (implemented by cycle.ExchangeCycle)."""
+
+    def started(self) -> bool: ...          # StartExchange(start=1) and not stopping
+    def loaded(self) -> bool: ...           # the exchange finished loading (exchangeready)
+    def wait_not_busy(self, timeout: float) -> bool: ...  # False: a recompute is still running
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def shutdown(self) -> None: ...         # asynchronous: the call answers first
+    def set_wallet_passphrase(self, passphrase: str) -> None: ...
+    def spendable(self) -> dict: ...        # {"txid:vout": entry} of confirmed exchange inputs
+    def cycle(self) -> int: ...             # GetCycle: the cycle of the last published balances
+
+
+def coerce_amount(value) -> int:
+    """An amount in satoshi from an int, a decimal string of satoshi or an integral float.
+
+    A stock xmlrpc.client cannot send ints beyond ±2^31, so big amounts come as strings or
+    floats. Raises EngineError (AmountError) with a clear message otherwise.
+    """
+    if isinstance(value, bool):
+        raise engine.AmountError("Amount must be a number of satoshi, not a boolean.")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise engine.AmountError(
+                f"Amount must be a whole number of satoshi, got {value!r}.")
+        if abs(value) > 2**53:
+            raise engine.AmountError(
+                "Amount is too large to be exact as a float: send it as a decimal string.")
+        return int(value)
+    if isinstance(value, str) and _DIGITS.match(value.strip()):
+        return int(value.strip())
+    raise engine.AmountError(
+        "Amount must be an integer number of satoshi: an int, a decimal string such as "
+        "'2500000000', or a whole float.")
+
+
+class PasswordGate:
+    """The API password: blank by default, a salted scrypt hash in the ledger, constant time.
+
+    Checking scrypt on every call would cost ~40 ms; after the first successful check the
+    password's salted SHA-256 is kept in memory, and from then on every check (right or wrong)
+    is one SHA-256 and one constant-time compare, so both take the same time.
+    """
+
+    def __init__(self, ledger: Exchange):
+        self.ledger = ledger
+        self._fast: bytes | None = None
+        self._mu = threading.Lock()
+
+    def _record(self) -> dict | None:
+        return self.ledger.record("settings", "password")
+
+    def check(self, passw) -> bool:
+        rec = self._record()
+        if not rec:
+            return True  # blank password: every call passes, as the original
+        if not isinstance(passw, str):
+            passw = ""
+        salt = bytes.fromhex(rec["salt"])
+        fast = hashlib.sha256(salt + passw.encode("utf-8", "surrogatepass")).digest()
+        with self._mu:
+            cached = self._fast
+        if cached is not None:
+            return hmac.compare_digest(fast, cached)
+        slow = hashlib.scrypt(passw.encode("utf-8", "surrogatepass"), salt=salt,
+                              n=rec["n"], r=rec["r"], p=rec["p"], maxmem=64 << 20)
+        ok = hmac.compare_digest(slow, bytes.fromhex(rec["hash"]))
+        if ok:
+            with self._mu:
+                self._fast = fast
+        return ok
+
+    def set(self, newpassw: str) -> None:
+        if newpassw == "":
+            self.ledger.put("settings", "password", None)
+        else:
+            salt = os.urandom(16)
+            digest = hashlib.scrypt(newpassw.encode("utf-8", "surrogatepass"), salt=salt,
+                                    maxmem=64 << 20, **SCRYPT)
+            self.ledger.put("settings", "password",
+                            {"salt": salt.hex(), "hash": digest.hex(), **SCRYPT})
+        with self._mu:
+            self._fast = None
+
+
+class PegAPI:
+    """The documented calls. Method names are the wire names."""
+
+    def __init__(self, ledger: Exchange, control: Control, *, busy_wait: float = 2.0,
+                 exec_api=None):
+        self.ledger = ledger
+        self.control = control
+        self.busy_wait = busy_wait
+        self.exec_api = exec_api
+        self.password = PasswordGate(ledger)
+
+    METHODS = ("SetPassword", "StartExchange", "ShutDown", "ExchangePassword",
+               "GenerateDepositAddress", "GetSpendable", "Deposit", "GetDeposits", "GetBalance",
+               "Trade", "ExchangeSettings", "Withdraw", "CheckWithdraw", "GetCycle", "API")
+
+    def methods(self) -> dict:
+        """{wire name: bound method} for rpcserver."""
+        return {name: getattr(self, name) for name in self.METHODS}
+
+    # -------------------------------------------------------------------- helpers
+    def _stopped(self) -> bool:
+        return not self.control.started()
+
+    def _busy(self) -> bool:
+        return not self.control.wait_not_busy(self.busy_wait)
+
+    def settings(self) -> dict:
+        """The exchange settings with defaults filled in."""
+        return self.ledger.exchange_settings()
+
+    # -------------------------------------------------------------------- calls
+    def SetPassword(self, newpassw="", passw=""):
+        """SetPassword(newpassw='', passw='') -> True. A blank password means none is needed."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if not isinstance(newpassw, str):
+            return "The new password must be a string."
+        self.password.set(newpassw)
+        return True
+
+    def StartExchange(self, passw="", start=1, isrunning=0):
+        """StartExchange(passw='', start=1, isrunning=0): start (1) or stop (0) the exchange;
+        with isrunning=1 only tell whether it is loaded."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if isrunning not in (0, 1) or isinstance(isrunning, float):
+            return "isrunning must be 0 or 1."
+        if isrunning == 1:
+            return bool(self.control.loaded())
+        if start not in (0, 1) or isinstance(start, float):
+            return "start must be 1 (start) or 0 (stop)."
+        if start == 1:
+            self.control.start()
+        else:
+            self.control.stop()
+        return True
+
+    def ShutDown(self, passw=""):
+        """ShutDown(passw='') -> True, then the daemon checkpoints and exits."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        self.control.shutdown()
+        return True
+
+    def ExchangePassword(self, xpassw="", passw=""):
+        """ExchangePassword(xpassw='', passw='') -> True: the wallet passphrase (memory only)."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if not isinstance(xpassw, str):
+            return "The wallet passphrase must be a string."
+        self.control.set_wallet_passphrase(xpassw)
+        return True
+
+    def GenerateDepositAddress(self, passw=""):
+        """GenerateDepositAddress(passw='') -> (wif_key, True). Archive the key."""
+        if not self.password.check(passw):
+            return (WRONG_PASSWORD, "")
+        if self._stopped():
+            return (STOPPED, "")
+        key = crypto.generate_deposit_key()
+        address = crypto.wif_to_address(key)
+        # durable before we answer; the cycle thread imports it into the wallet
+        self.ledger.put("addresses", address, {"wif": key, "imported": 0})
+        return (key, True)
+
+    def GetSpendable(self, address="", passw=""):
+        """GetSpendable(address='', passw='') -> {"txid:vout": {...}} of the exchange's inputs."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if not self.control.loaded():
+            return NOT_LOADED
+        spendable = self.control.spendable()
+        if address == "":
+            return spendable
+        return {k: v for k, v in spendable.items() if v.get("address") == address}
+
+    def Deposit(self, name, txids, passw=""):
+        """Deposit(name, txids, passw='') -> True: claim inputs ("txid:vout") for a user."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        try:
+            engine.check_name(name)
+        except EngineError as exc:
+            return str(exc)
+        if self._stopped():
+            return STOPPED
+        if not self.control.loaded():
+            return NOT_LOADED
+        if not isinstance(txids, (list, tuple)) or not all(isinstance(t, str) for t in txids):
+            return "txids must be a list of 'txid:vout' strings."
+        spendable = self.control.spendable()
+        new = []
+        for txid in txids:
+            entry = spendable.get(txid)
+            if entry is None:
+                return f"{txid} not in Spendable list yet."
+            if entry.get("change"):
+                return "You can not deposit change transactions."
+            claim = self.ledger.record("claims", txid)
+            if claim is not None and claim["name"] != name:
+                return f"{txid} was already deposited for another user."
+            if claim is None and txid not in new:
+                new.append(txid)
+        if new:
+            with self.ledger.lock:  # first claim wins, even between two concurrent calls
+                taken = [t for t in new if self.ledger.tables["claims"].get(t) is not None]
+                if taken:
+                    return f"{taken[0]} was already deposited for another user."
+                self.ledger.put_many([("claims", t, {"name": name}) for t in new])
+        return True
+
+    def GetDeposits(self, txid="", passw=""):
+        """GetDeposits(txid='', passw='') -> all claims, or one {'name'[, 'registered': 1]}."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if not self.control.loaded():
+            return NOT_LOADED
+        if txid == "":
+            return self.ledger.records("claims")
+        if not isinstance(txid, str):
+            return False
+        rec = self.ledger.record("claims", txid)
+        return False if rec is None else rec
+
+    def GetBalance(self, user, passw=""):
+        """GetBalance(user, passw='') -> {liquid, reserve}; 'exchange' adds subpremium, frozen."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if not self.control.loaded():
+            return NOT_LOADED
+        if self._busy():
+            return BALANCE_UPDATING
+        if self._stopped():
+            return STOPPED
+        if not isinstance(user, str):
+            return False
+        if user.lower() == "exchange":
+            return self.ledger.exchange_balance()
+        bal = self.ledger.balance(user)
+        return False if bal is None else bal
+
+    def _trade_checks(self, user1, user2):
+        """Trade's name checks in the original order (ORIGINAL §1.3 Trade 5-6)."""
+        engine.check_name(user1)
+        if user2 != "":
+            if isinstance(user2, str) and user2.lower() == engine.WITHDRAWS:
+                raise engine.NameError_(engine.RESERVED_MSG)
+            engine.check_name(user2)
+
+    def Trade(self, user1, amount, user2, style="liquid", passw=""):
+        """Trade(user1, amount, user2, style='liquid', passw='') -> True.
+
+        user2 '' is the pool: a negative amount debits user1 into it, a positive one credits
+        user1 out of it (debit before credit).
+        """
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if self._busy():
+            return BUSY
+        if not self.control.loaded():
+            return NOT_LOADED
+        if self._stopped():
+            return STOPPED
+        try:
+            self._trade_checks(user1, user2)
+            amount = coerce_amount(amount)
+            return self.ledger.trade(user1, amount, user2, style)
+        except EngineError as exc:
+            return str(exc)
+
+    def ExchangeSettings(self, exchangeaccounts="", exchangefeeaccount="", commission="",
+                         exchangeconfirmations="", passw=""):
+        """ExchangeSettings(exchangeaccounts='', exchangefeeaccount='', commission='',
+        exchangeconfirmations='', passw='') -> True. Everything is validated before anything
+        changes, and all of it is saved."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if self._stopped():
+            return STOPPED
+        new = self.settings()
+        if exchangeaccounts != "":
+            if not isinstance(exchangeaccounts, (list, tuple)) or not exchangeaccounts:
+                return ACCOUNTS_MSG
+            for addr in exchangeaccounts:
+                try:
+                    crypto.validate_address(addr)
+                except crypto.CryptoError as exc:
+                    return f"Exchange account {addr!r} is not a valid address: {exc}."
+            new["exchangeaccounts"] = list(exchangeaccounts)
+        if exchangefeeaccount != "":
+            try:
+                crypto.validate_address(exchangefeeaccount)
+            except crypto.CryptoError as exc:
+                return f"Exchange fee account is not a valid address: {exc}."
+            new["exchangefeeaccount"] = exchangefeeaccount
+        if commission != "":
+            if not isinstance(commission, dict) or not {"min", "max", "percent"} <= commission.keys():
+                return "Commission must be a dict with 'min', 'max' and 'percent'."
+            try:
+                cmin = coerce_amount(commission["min"])
+                cmax = coerce_amount(commission["max"])
+                pct = commission["percent"]
+                if isinstance(pct, bool):
+                    raise InvalidOperation
+                percent = Decimal(str(pct))
+                if not percent.is_finite():
+                    raise InvalidOperation
+            except (EngineError, InvalidOperation, ValueError):
+                return "Commission min and max must be satoshi amounts and percent a number."
+            if percent < 0:
+                return False
+            if percent > Decimal("0.05"):
+                return "Commission is too high."
+            if cmax < cmin:
+                return False
+            if cmin < 10000:
+                return ("Minimum commission should be high enough to cover basic fees and "
+                        "maintenance.")
+            new["commission"] = {"min": cmin, "max": cmax, "percent": str(percent)}
+        if exchangeconfirmations != "":
+            conf = exchangeconfirmations
+            if isinstance(conf, bool) or not isinstance(conf, int):
+                return "Confirmations must be an integer from 7 to 15."
+            if conf < 7:
+                return "Not enough confirmations"
+            if conf > 15:
+                return "Too many confirmations"
+            new["exchangeconfirmations"] = conf
+        self.ledger.put("settings", "exchange", new)
+        return True
+
+    def Withdraw(self, user, amount, address, style="liquid", passw=""):
+        """Withdraw(user, amount, address, style='liquid', passw='') -> (True, id) or
+        (message, '')."""
+        if not self.password.check(passw):
+            return (WRONG_PASSWORD, "")
+        if not self.control.loaded():
+            return (NOT_LOADED, "")
+        if address == "":
+            return (False, "")
+        try:
+            crypto.validate_address(address)
+        except crypto.CryptoError:
+            return ("Withdraw address not valid", "")
+        try:
+            amount = coerce_amount(amount)
+        except EngineError as exc:
+            return (str(exc), "")
+        if amount <= coerce_amount(self.settings()["commission"]["min"]) + 10000:
+            return ("Withdraw amount is too low", "")
+        if self._stopped():
+            return (STOPPED, "")
+        if style not in peg.STYLES:
+            return ("Style must be 'liquid' or 'reserve'.", "")
+        if self._busy():
+            return (BUSY, "")
+        uid = os.urandom(16).hex()
+        try:
+            engine.check_name(user)
+            with self.ledger.lock:  # the limit is counted and taken atomically
+                pending = sum(1 for w in self.ledger.tables["withdraws"].values()
+                              if w["style"] == style)
+                if style == peg.LIQUID and pending >= LIQUID_LIMIT:
+                    return (LIQUID_LIMIT_MSG, "")
+                if style != peg.LIQUID and pending >= RESERVE_LIMIT:
+                    return (RESERVE_LIMIT_MSG, "")
+                self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle())
+        except EngineError as exc:
+            return (str(exc), "")
+        return (True, uid)
+
+    def CheckWithdraw(self, ID, clear=0, passw=""):
+        """CheckWithdraw(ID, clear=0, passw='') -> the batch record {status, txid, ID, block,
+        in0[, txid2]} (a user's id is followed to its master id), or "ID not found"."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if not self.control.loaded():
+            return NOT_LOADED
+        if not isinstance(ID, str):
+            return "ID not found"
+        found = self.ledger.record("history", ID)
+        rec = found if found is not None else ID
+        if not isinstance(rec, dict):
+            rec = self.ledger.record("history", rec) if isinstance(rec, str) else None
+            if not isinstance(rec, dict):
+                rec = None
+        if clear == 1 and found is not None and rec is not None and rec.get("status") in FINISHED:
+            self.ledger.put("history", ID, None)  # only finished entries; never breaks anything
+        return "ID not found" if rec is None else rec
+
+    def GetCycle(self, passw=""):
+        """GetCycle(passw='') -> the exchange cycle of the published balances (int)."""
+        if not self.password.check(passw):
+            return WRONG_PASSWORD
+        if not self.control.loaded():
+            return NOT_LOADED
+        return self.control.cycle()
+
+    def API(self, command):
+        """API(command) -> runs a signed exec command; False unless the operator enabled it."""
+        if self.exec_api is None:
+            return False
+        return self.exec_api.run(command)

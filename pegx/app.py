@@ -1,0 +1,199 @@
+"""The controller: builds and wires every part, owns start-up and shutdown order (STYLE §8).
+
+Start-up: open the ledger (and check it) -> connect the chain -> build the cycle thread, API
+and XML-RPC server -> accept calls -> (autostart) start the exchange.
+Shutdown (ShutDown call, SIGTERM, SIGINT): stop taking calls, let in-flight calls and the cycle
+thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from pegx import __version__, api, engine
+from pegx.config import Config
+from pegx.cycle import ExchangeCycle
+from pegx.execapi import ExecAPI
+from pegx.rpcserver import RPCServer
+from pegx.store import Store
+
+log = logging.getLogger(__name__)
+
+PUBLIC_KEY_FILE = "api_public_key"
+
+
+def build_chain(cfg: Config):
+    """The configured chain backend (devnet by default)."""
+    if cfg.chain == "devnet":
+        from pegx.chain.devnet import Devnet
+
+        return Devnet(cfg.devnet_path, block_seconds=cfg.block_seconds,
+                      initial_supply=cfg.initial_supply,
+                      walk_seed=None if cfg.devnet_walk < 0 else cfg.devnet_walk,
+                      seed=cfg.devnet_seed)
+    from pegx.chain.bitbayd import Bitbayd
+
+    return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
+                   retry=True)
+
+
+def read_public_key(datadir: Path) -> str | None:
+    """The exec API public key installed with `pegx api-key install`, or None."""
+    path = datadir / PUBLIC_KEY_FILE
+    if not path.exists():
+        return None
+    text = path.read_text().strip()
+    return text or None
+
+
+def _amount(value) -> int:
+    return api.coerce_amount(value)
+
+
+class App:
+    """One daemon: ledger + chain + cycle + API + server."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.started_at = time.time()
+        self._shutdown = threading.Event()
+        self._closed = False
+        cfg.path.mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.ledger_path)
+        try:
+            self.ledger = engine.Exchange(self.store, checkpoint_ops=cfg.checkpoint_ops,
+                                          checkpoint_seconds=cfg.checkpoint_seconds)
+            self.chain = build_chain(cfg)
+        except BaseException:
+            self.store.close()
+            raise
+        desk = None
+        try:
+            from pegx.withdraws import WithdrawDesk
+
+            desk = WithdrawDesk(self.ledger, self.chain)
+        except ImportError:  # the withdraw desk is optional until it lands
+            log.warning("withdraw processing is not available in this build")
+        self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=cfg.poll_seconds,
+                                   on_shutdown=self.request_shutdown, desk=desk)
+        pub = read_public_key(cfg.path)
+        self.exec_api = ExecAPI(pub, cfg.allow_exec,
+                                seen=lambda h: self.ledger.record("exec", h) is not None,
+                                record=lambda h: self.ledger.put("exec", h, 1),
+                                namespace=self._exec_namespace, lock=self.ledger.lock)
+        if cfg.allow_exec and pub is None:
+            log.warning("--allow-exec is set but no public key is installed "
+                        "(pegx api-key install): API() stays disabled")
+        self.api = api.PegAPI(self.ledger, self.cycle, busy_wait=cfg.busy_wait,
+                              exec_api=self.exec_api)
+        self.server = RPCServer(cfg.host, cfg.port)
+        self.server.register_many(self.api.methods())
+        self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
+                                   "pegx.checkpoint": self.checkpoint})
+        if cfg.chain == "devnet":
+            self._register_devnet()
+
+    def _exec_namespace(self) -> dict:
+        return {"api": self.api, "engine": self.ledger, "ledger": self.ledger,
+                "chain": self.chain, "cycle": self.cycle}
+
+    def _register_devnet(self) -> None:
+        d = self.chain
+
+        def mine(n=1):
+            """devnet.mine(n=1) -> the new height."""
+            return d.mine(n)
+
+        def send(address, amount, fractions=None):
+            """devnet.send(address, amount) -> "txid:vout" of an outside payment (STD spread)."""
+            return d.send(address, _amount(amount), fractions)
+
+        def vote(direction, steps=1):
+            """devnet.vote('inflate'|'deflate'|'nochange', steps=1) -> True."""
+            return d.vote(direction, steps)
+
+        self.server.register_many({
+            "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
+            "devnet.info": d.info, "devnet.balance": d.balance,
+            "devnet.new_address": d.new_address, "devnet.drop": d.drop,
+            "devnet.malleate_next": d.malleate_next,
+            "devnet.reject_next_broadcast": d.reject_next_broadcast,
+        })
+
+    # ---------------------------------------------------------------- pegx.* calls
+    def noop(self) -> bool:
+        """pegx.noop() -> True (a baseline for benchmarks)."""
+        return True
+
+    def checkpoint(self) -> int:
+        """pegx.checkpoint() -> the op seq now covered by a checkpoint."""
+        return self.ledger.checkpoint()
+
+    def status(self) -> dict:
+        """pegx.status() -> what an operator needs at a glance."""
+        tip = self.cycle.tip
+        withdraws = self.ledger.records("withdraws")
+        history = self.ledger.records("history")
+        by_status: dict[str, int] = {"pending": len(withdraws)}
+        for rec in history.values():
+            if isinstance(rec, dict):
+                by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
+        return {
+            "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,
+            "datadir": str(self.cfg.path), "running": True, "started": self.cycle.started(),
+            "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
+            "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
+            "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
+            "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.names),
+            "inputs": len(self.ledger.tables["inputs"]), "withdraws": by_status,
+            "last_error": self.cycle.last_error, "ledger_bytes": self.store.approximate_size(),
+            "op_seq": self.ledger.seq, "checkpoint_seq": self.ledger.ckpt_seq,
+            "uptime": int(time.time() - self.started_at),
+            "calls_served": self.server.calls_served, "exec_enabled": self.exec_api.active,
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+    def request_shutdown(self) -> None:
+        """Ask the main thread to shut down (after the current call has answered)."""
+        self._shutdown.set()
+
+    def serve(self) -> int:
+        """Run in the foreground until ShutDown / SIGTERM / SIGINT; returns the exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._shutdown.set())
+        start = getattr(self.chain, "start", None)
+        if start is not None:
+            start()
+        self.server.serve_in_thread()
+        host, port = self.server.address
+        log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s)", __version__, host,
+                 port, self.cfg.chain, self.cfg.path)
+        if self.cfg.autostart:
+            self.cycle.start()
+        while not self._shutdown.wait(0.5):
+            if self.ledger.journal.failed is not None:
+                log.critical("ledger writes failed: shutting down to protect balances")
+                break
+        self.close()
+        return 0 if self.ledger.journal.failed is None else 1
+
+    def close(self) -> None:
+        """Stop taking calls, finish in-flight work, checkpoint, close (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        log.info("shutting down: no new calls")
+        time.sleep(0.1)  # let the ShutDown reply leave
+        self.server.stop()
+        self.server.wait_idle(5.0)
+        self.cycle.stop(timeout=5.0)
+        try:
+            self.chain.close()
+        finally:
+            self.ledger.close()
+        log.info("ledger checkpointed and closed; bye")

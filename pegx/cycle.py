@@ -1,0 +1,268 @@
+"""The exchange-cycle thread: makes the ledger follow the chain (DESIGN §6, ORIGINAL §2.7).
+
+One thread, woken every ``poll_seconds`` and on new blocks. Each pass:
+
+1. imports new deposit keys into the wallet (GenerateDepositAddress only records them);
+2. rebuilds the Spendable view: wallet outputs paying exchange addresses that meet the
+   confirmation rule (>= exchangeconfirmations, +5 within 7 blocks of a cycle boundary), change
+   from the exchange's own transactions flagged ``change``;
+3. registers claimed deposits (and exchange change) in the ledger, crediting the claimant with
+   the output's fractions, and refreshes balances at once;
+4. on a new cycle, recomputes every balance at the new supply before GetCycle moves;
+5. runs the block-window tasks (withdraw batches, maintenance, status checks) via a
+   :class:`pegx.withdraws.WithdrawDesk` when one is attached.
+
+A failing pass is logged and retried with capped backoff; the thread never dies silently
+(``last_error`` shows what went wrong). This class is also the API's :class:`pegx.api.Control`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from pegx import engine, peg
+from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
+
+log = logging.getLogger(__name__)
+
+BOUNDARY_BLOCKS = 7  # outputs mined this close to a cycle boundary need 5 more confirmations
+BOUNDARY_EXTRA = 5
+
+
+def confirmations_needed(height: int, confirmations: int) -> int:
+    """The original's rule (ORIGINAL §3.3 step 2)."""
+    pos = height % CYCLE_BLOCKS
+    if pos < BOUNDARY_BLOCKS or pos > CYCLE_BLOCKS - BOUNDARY_BLOCKS:
+        return confirmations + BOUNDARY_EXTRA
+    return confirmations
+
+
+def spendable_entry(u: Utxo, supply: int, change: bool) -> dict:
+    """The GetSpendable shape (ORIGINAL §1.3), with ``amount`` the numeric sum as a string."""
+    liquid, reserve = peg.split(u.fractions, supply)
+    entry = {"address": u.address, "amount": str(liquid + reserve), "rtotal": str(reserve),
+             "ltotal": str(liquid), "nfreeze": str(peg.nfreeze(u.fractions, supply)),
+             "supply": supply, "confirmations": str(u.confirmations)}
+    if change:
+        entry["change"] = 1
+    return entry
+
+
+class ExchangeCycle:
+    """The background thread plus the start/stop/busy state the API reads."""
+
+    def __init__(self, ledger: engine.Exchange, chain: Chain, *, poll_seconds: float = 0.5,
+                 on_shutdown: Callable[[], None] | None = None, desk=None):
+        self.ledger = ledger
+        self.chain = chain
+        self.poll_seconds = poll_seconds
+        self.on_shutdown = on_shutdown
+        self.desk = desk
+        self._started = False
+        self._loaded = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mu = threading.Lock()
+        self._passphrase = ""
+        self._spendable: dict[str, dict] = {}
+        self._utxos: dict[str, Utxo] = {}
+        self._tx_inputs: dict[str, list[str]] = {}
+        self.last_error: str = ""
+        self.last_error_time = 0.0
+        self.passes = 0
+        self.tip: Tip | None = None
+        subscribe = getattr(chain, "subscribe", None)
+        if subscribe is not None:
+            subscribe(lambda tip: self._wake.set())
+
+    # ---------------------------------------------------------------- Control (for the API)
+    def started(self) -> bool:
+        return self._started
+
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def wait_not_busy(self, timeout: float) -> bool:
+        return self._idle.wait(timeout)
+
+    def start(self) -> None:
+        """StartExchange(start=1): run the cycle thread (again)."""
+        with self._mu:
+            self._started = True
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._halt.clear()
+            self._thread = threading.Thread(target=self._run, name="exchange-cycle",
+                                            daemon=True)
+            self._thread.start()
+        log.info("exchange started")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """StartExchange(start=0): halt the cycle thread after its current pass."""
+        with self._mu:
+            self._started = False
+            thread = self._thread
+            self._halt.set()
+            self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        log.info("exchange stopped")
+
+    def shutdown(self) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+
+    def set_wallet_passphrase(self, passphrase: str) -> None:
+        self._passphrase = passphrase
+
+    @property
+    def passphrase(self) -> str:
+        return self._passphrase
+
+    def spendable(self) -> dict:
+        return dict(self._spendable)
+
+    def utxo(self, key: str) -> Utxo | None:
+        """The wallet output behind a Spendable entry (for the withdraw desk)."""
+        return self._utxos.get(key)
+
+    def cycle(self) -> int:
+        return int(self.ledger.meta.get("cycle", 0))
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---------------------------------------------------------------- the thread
+    def _run(self) -> None:
+        backoff = self.poll_seconds
+        while not self._halt.is_set():
+            try:
+                self.step()
+                self.passes += 1
+                backoff = self.poll_seconds
+            except Exception as exc:  # logged; the thread must live on
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error_time = time.time()
+                level = logging.WARNING if isinstance(exc, ChainError) else logging.ERROR
+                log.log(level, "exchange cycle pass failed (retrying in %.1f s): %s", backoff,
+                        self.last_error, exc_info=not isinstance(exc, ChainError))
+                self._halt.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def step(self) -> None:
+        """One pass (see the module docstring). Safe to call from tests directly."""
+        tip = self.chain.tip()
+        self.tip = tip
+        now = tip.time or int(time.time())
+        self._import_keys()
+        settings = self.ledger.exchange_settings()
+        self._refresh_spendable(tip, settings)
+        self._register(tip, now)
+        if not self._loaded or tip.cycle > self.cycle():
+            self._new_cycle(tip, now)
+        self._loaded = True
+        if self.desk is not None:
+            self.desk.run(tip, now, self)
+
+    def _import_keys(self) -> None:
+        for address, rec in self.ledger.records("addresses").items():
+            if rec.get("imported"):
+                continue
+            got = self.chain.import_key(rec["wif"])
+            if got != address:
+                log.error("wallet imported %s as %s; keeping it pending", address, got)
+                continue
+            # the client archived the key (GenerateDepositAddress returned it); drop our copy
+            self.ledger.put("addresses", address, {"imported": 1})
+            log.info("deposit address %s imported into the wallet", address)
+
+    def watched(self, settings: dict) -> set[str]:
+        """Addresses whose outputs belong to the exchange."""
+        out = set(self.ledger.records("addresses"))
+        out.update(settings["exchangeaccounts"])
+        if settings["exchangefeeaccount"]:
+            out.add(settings["exchangefeeaccount"])
+        return out
+
+    def _is_change(self, u: Utxo, ours: set[str]) -> bool:
+        """An output of a transaction that spends exchange inputs (its own withdraw/maintenance
+        transactions), not merely any transaction ending in OP_RETURN (ORIGINAL §5 item 35)."""
+        ins = self._tx_inputs.get(u.txid)
+        if ins is None:
+            tx = self.chain.get_transaction(u.txid)
+            ins = [] if tx is None else list(tx.inputs)
+            self._tx_inputs[u.txid] = ins
+        return any(i in ours for i in ins)
+
+    def _refresh_spendable(self, tip: Tip, settings: dict) -> None:
+        watched = self.watched(settings)
+        conf = settings["exchangeconfirmations"]
+        ours = set(self.ledger.tables["inputs"])
+        for batch in self.ledger.records("batches").values():
+            ours.update(batch.get("ins", []))
+        spendable, utxos = {}, {}
+        for u in self.chain.list_unspent():
+            if u.address not in watched or u.height == 0:
+                continue
+            if u.frozen_until and u.frozen_until > tip.time - engine.FROZEN_GRACE:
+                continue
+            if u.confirmations < confirmations_needed(u.height, conf):
+                continue
+            spendable[u.key] = spendable_entry(u, tip.supply, self._is_change(u, ours))
+            utxos[u.key] = u
+        self._spendable, self._utxos = spendable, utxos
+
+    def _register(self, tip: Tip, now: int) -> None:
+        """Credit claimed deposits and register exchange change, as one step."""
+        inputs = self.ledger.tables["inputs"]
+        items, claims = [], []
+        for key, entry in self._spendable.items():
+            if key in inputs:
+                continue
+            u = self._utxos[key]
+            if entry.get("change"):
+                owner = None
+                claims.append(key)
+            else:
+                claim = self.ledger.record("claims", key)
+                if claim is None or claim.get("registered"):
+                    continue
+                owner = claim["name"]
+            items.append({"key": key, "value": u.value, "address": u.address,
+                          "vector": u.fractions, "owner": owner, "change": owner is None,
+                          "frozen_until": u.frozen_until, "height": u.height})
+        if not items:
+            return
+        if claims:
+            self.ledger.put_many([("claims", k, {"name": "exchange", "registered": 1})
+                                  for k in claims])
+        self.ledger.credit_inputs(items, supply=self.ledger.supply if self._loaded
+                                  else tip.supply, now=now)
+        for item in items:
+            log.info("registered %s: %s sat for %s", item["key"], f"{item['value']:,d}",
+                     item["owner"] or "the exchange (change)")
+
+    def _new_cycle(self, tip: Tip, now: int) -> None:
+        """Recompute every balance at the new supply, then publish the new cycle."""
+        self._idle.clear()
+        try:
+            t0 = time.monotonic()
+            totals = self.ledger.recompute(tip.supply, now=now, cycle=tip.cycle)
+            log.info("cycle %d: supply %d, balances recomputed in %.3f s (liquid %s, "
+                     "reserve %s sat)", tip.cycle, tip.supply, time.monotonic() - t0,
+                     f"{totals['liquid']:,d}", f"{totals['reserve']:,d}")
+        finally:
+            self._idle.set()
