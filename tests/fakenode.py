@@ -88,7 +88,7 @@ class FakeNode:
         self.connections = 0  # TCP connections accepted
         self.hold_seconds = 5.0
         self.held = 0  # requests currently held by a "hold" fault
-        self._faults: deque[str] = deque()
+        self._faults: deque[tuple[str, float | None]] = deque()
         self._lock = threading.Lock()
         self._release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -103,11 +103,12 @@ class FakeNode:
     def url(self) -> str:
         return f"http://{self.user}:{self.password.replace(' ', '%20')}@127.0.0.1:{self.port}"
 
-    def fault(self, kind: str, count: int = 1) -> None:
-        """Script ``count`` faults of ``kind`` for the next requests."""
+    def fault(self, kind: str, count: int = 1, seconds: float | None = None) -> None:
+        """Script ``count`` faults of ``kind`` for the next requests (``hold`` for ``seconds``,
+        default ``hold_seconds``, or until ``release()``)."""
         assert kind in ("warmup", "http503", "drop", "garbage", "hold"), kind
         with self._lock:
-            self._faults.extend([kind] * count)
+            self._faults.extend([(kind, seconds)] * count)
 
     def release(self) -> None:
         """Let held requests go (they answer normally)."""
@@ -181,9 +182,9 @@ class FakeNode:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _next_fault(self) -> str | None:
+    def _next_fault(self) -> tuple[str | None, float | None]:
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            return self._faults.popleft() if self._faults else (None, None)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         node = self
@@ -227,7 +228,7 @@ class FakeNode:
                 method, params, rid = req["method"], req.get("params", []), req.get("id")
                 with node._lock:
                     node.calls.append((method, params))
-                fault = node._next_fault()
+                fault, seconds = node._next_fault()
                 if fault == "drop":
                     self.close_connection = True
                     return
@@ -240,7 +241,7 @@ class FakeNode:
                 if fault == "hold":
                     with node._lock:
                         node.held += 1
-                    node._release.wait(node.hold_seconds)
+                    node._release.wait(node.hold_seconds if seconds is None else seconds)
                     with node._lock:
                         node.held -= 1
                 try:

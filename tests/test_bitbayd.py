@@ -258,7 +258,7 @@ def test_get_transaction(chain, node):
                      "type": "pubkeyhash", "addresses": [ADDR]}},
                  {"value": 5.575e-05, "n": 1, "scriptPubKey": {
                      "asm": "OP_RETURN 6964", "hex": "6a026964", "type": "nulldata"}}],
-        "blockhash": "c" * 64, "confirmations": 6, "time_": 0,
+        "blockhash": "c" * 64, "confirmations": 6,
     }
     tx = chain.get_transaction(TX_D)
     assert tx.inputs == [f"{TX_A}:0", f"{TX_B}:3"]
@@ -431,11 +431,33 @@ def test_deadline_bounds_a_retrying_call(node):
     assert node.held == 1  # the 0.3 s deadline, not the 10 s timeout, ended the wait
 
 
+def test_deadline_covers_all_calls_of_one_operation(node):
+    """list_unspent makes several node calls; together they get one deadline (2 s). The first
+    call takes 1.2 s, the second would take 1.6 s: within a per-call deadline, over the
+    operation's."""
+    node.fault("hold", seconds=1.2)
+    node.fault("hold", seconds=1.6)
+    client = Bitbayd(node.url, timeout=10, deadline=2.0)
+    with pytest.raises(NodeUnavailable):
+        client.list_unspent(0)
+    assert node.methods() == ["getblockcount", "listunspent"]
+    assert node.held == 1  # given up before the node answered the second call
+
+
+def test_unexpected_reply_shapes_are_node_errors(chain, node):
+    node.state["unspent"][0]["amount"] = 0.123456789  # a 9th decimal
+    with pytest.raises(NodeError, match="8 decimals"):
+        chain.list_unspent(0)
+    del node.state["peginfo"]["peg"]
+    with pytest.raises(NodeError, match="shape"):
+        chain.tip()
+
+
 def test_retry_recovers_and_logs_outage_once(node, caplog):
     node.fault("warmup")
     node.fault("http503")
     client = Bitbayd(node.url, timeout=2, deadline=5).with_retry(deadline=10)
-    with caplog.at_level(logging.WARNING, logger="pegx.chain.bitbayd"):
+    with caplog.at_level(logging.INFO, logger="pegx.chain.bitbayd"):
         assert client.getblockcount() == 1005
     assert node.methods() == ["getblockcount"] * 3
     messages = [r.getMessage() for r in caplog.records]

@@ -160,7 +160,7 @@ class _Health:
     def up(self) -> None:
         with self.lock:
             if self.since is not None:
-                log.warning(
+                log.info(
                     f"bitbayd {self.where}: connection restored after "
                     f"{time.monotonic() - self.since:,.1f} s"
                 )
@@ -184,7 +184,9 @@ class _Shared:
 
 
 def _bounded(method):
-    """Run a public method under one deadline for all the node calls it makes."""
+    """Run a public method under one deadline for all the node calls it makes, and turn a
+    reply of an unexpected shape (missing key, wrong type) into NodeError: a node version
+    mismatch, which no retry fixes."""
 
     @functools.wraps(method)
     def wrapper(self: Bitbayd, *args: Any, **kwargs: Any) -> Any:
@@ -194,10 +196,18 @@ def _bounded(method):
         local.end = time.monotonic() + self.deadline
         try:
             return method(self, *args, **kwargs)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise NodeError(LOCAL_CHECK, f"unexpected reply shape: {exc!r}",
+                            method.__name__) from exc
         finally:
             local.end = None
 
     return wrapper
+
+
+def _check_times(timeout: float, deadline: float) -> None:
+    if not (timeout > 0 and deadline > 0):
+        raise ValueError(f"timeout {timeout} and deadline {deadline} must be positive")
 
 
 def _cache_put(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
@@ -228,8 +238,7 @@ class Bitbayd:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"bitbayd URL must be http://[user:password@]host[:port]: {url!r}")
-        if timeout <= 0 or deadline <= 0:
-            raise ValueError("timeout and deadline must be positive")
+        _check_times(timeout, deadline)
         self._host = parts.hostname
         self._port = parts.port or 19915
         self._path = parts.path or "/"
@@ -251,6 +260,7 @@ class Bitbayd:
         timeout: float | None = None,
     ) -> Bitbayd:
         """A view of this client (same connections, caches and health) with other settings."""
+        _check_times(timeout or self.timeout, deadline or self.deadline)
         view = copy.copy(self)
         if retry is not None:
             view.retry = bool(retry)
@@ -261,7 +271,8 @@ class Bitbayd:
         return view
 
     def with_retry(self, deadline: float | None = None) -> Bitbayd:
-        """The view the cycle thread uses: retry transient faults until ``deadline`` seconds."""
+        """The view the cycle thread uses: retry transient faults until ``deadline`` seconds
+        (``math.inf``: for ever; each socket wait stays bounded by ``timeout``)."""
         return self.with_options(retry=True, deadline=deadline)
 
     def close(self) -> None:
@@ -274,12 +285,19 @@ class Bitbayd:
 
     # ------------------------------------------------------------------ transport
 
-    def _checkout(self) -> http.client.HTTPConnection:
+    def _checkout(self, fresh: bool = False) -> http.client.HTTPConnection:
+        """An idle pooled connection, or a new one. ``fresh`` also drops the idle ones: after
+        one went stale (node restarted, idle timeout) the others are likely stale too."""
+        stale: list[http.client.HTTPConnection] = []
         with self._s.lock:
             if self._s.closed:
                 raise NodeUnavailable(f"bitbayd client for {self.url} is closed")
-            if self._s.pool:
+            if fresh:
+                stale, self._s.pool = self._s.pool, []
+            elif self._s.pool:
                 return self._s.pool.pop()
+        for conn in stale:
+            conn.close()
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def _checkin(self, conn: http.client.HTTPConnection) -> None:
@@ -299,7 +317,7 @@ class Bitbayd:
             wait = min(self.timeout, end - time.monotonic())
             if wait <= 0:
                 raise NodeUnavailable(f"{method}: deadline of {self.deadline:g} s passed")
-            conn = self._checkout()
+            conn = self._checkout(fresh=attempt == 2)
             conn.timeout = wait
             if conn.sock is not None:
                 conn.sock.settimeout(wait)
@@ -343,13 +361,14 @@ class Bitbayd:
         err = reply.get("error")
         if err is None:
             return reply.get("result")
+        code, message = RPC_MISC_ERROR, str(err)
         if isinstance(err, dict):
-            code, message = err.get("code", RPC_MISC_ERROR), str(err.get("message", ""))
-        else:
-            code, message = RPC_MISC_ERROR, str(err)
+            if type(err.get("code")) is int:
+                code = err["code"]
+            message = str(err.get("message", ""))
         if code == RPC_IN_WARMUP:
             raise NodeWarmingUp(f"{method}: node warming up: {message}")
-        raise NodeError(int(code), message, method)
+        raise NodeError(code, message, method)
 
     def _rpc(self, method: str, *params: Any) -> Any:
         """Call ``method`` under the running operation's deadline (or a fresh one), retrying
