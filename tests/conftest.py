@@ -1,12 +1,17 @@
 """Shared fixtures: a real LevelDB ledger in a temp dir, and hypothesis profiles."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from pegx.engine import Exchange
 from pegx.store import Store
+
+# tests (and scripts) import the shared daemon fixture module as `daemon`
+sys.path.insert(0, str(Path(__file__).parent))
 
 # CI runs are reproducible (no seed that changes from day to day); a deeper local run:
 # PEGX_HYPOTHESIS=deep pytest

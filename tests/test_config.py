@@ -1,0 +1,52 @@
+"""Config precedence (defaults < pegx.toml < PEGX_* env < flags) and validation."""
+
+import pytest
+
+from pegx.config import ConfigError, load
+
+
+def test_defaults(tmp_path):
+    cfg = load({"datadir": str(tmp_path)}, environ={})
+    assert (cfg.host, cfg.port, cfg.chain, cfg.block_seconds) == ("127.0.0.1", 55779, "devnet", 2.0)
+    assert cfg.is_loopback and cfg.ledger_path == tmp_path / "ledger"
+
+
+def test_precedence_file_env_flags(tmp_path):
+    (tmp_path / "pegx.toml").write_text('port = 1111\nchain = "bitbayd"\nautostart = true\n'
+                                        "block_seconds = 5\n")
+    cfg = load({"datadir": str(tmp_path)}, environ={})
+    assert (cfg.port, cfg.chain, cfg.autostart, cfg.block_seconds) == (1111, "bitbayd", True, 5.0)
+    cfg = load({"datadir": str(tmp_path)}, environ={"PEGX_PORT": "2222", "PEGX_AUTOSTART": "no"})
+    assert (cfg.port, cfg.autostart) == (2222, False)
+    cfg = load({"datadir": str(tmp_path), "port": 3333, "autostart": None},
+               environ={"PEGX_PORT": "2222"})
+    assert cfg.port == 3333 and cfg.autostart is True  # None flags do not override
+
+
+def test_datadir_from_env_finds_its_file(tmp_path):
+    (tmp_path / "pegx.toml").write_text("port = 4444\n")
+    assert load({}, environ={"PEGX_DATADIR": str(tmp_path)}).port == 4444
+
+
+@pytest.mark.parametrize("flags,env,toml,match", [
+    ({"port": 70000}, {}, "", "port"),
+    ({"chain": "ethereum"}, {}, "", "chain"),
+    ({}, {"PEGX_PORT": "eighty"}, "", r"\$PEGX_PORT"),
+    ({}, {"PEGX_AUTOSTART": "maybe"}, "", "autostart"),
+    ({}, {}, "prot = 1\n", "unknown setting 'prot'"),
+    ({}, {}, "port = [\n", "cannot read"),
+    ({"initial_supply": 1199}, {}, "", "initial_supply"),
+    ({"node_url": "ftp://x"}, {}, "", "node_url"),
+    ({"block_seconds": -1}, {}, "", "block_seconds"),
+    ({}, {}, "port = 1.5\n", "port"),
+])
+def test_bad_settings_name_the_setting(tmp_path, flags, env, toml, match):
+    if toml:
+        (tmp_path / "pegx.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=match):
+        load({"datadir": str(tmp_path), **flags}, environ=env)
+
+
+def test_missing_explicit_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load({"datadir": str(tmp_path)}, config_file=str(tmp_path / "nope.toml"), environ={})
