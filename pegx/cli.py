@@ -87,6 +87,10 @@ def serve(config_file, **flags) -> None:
         cfg = load(flags, config_file=config_file)
     except ConfigError as exc:
         _fail(str(exc))
+    # a thread returning from an fsync (GIL released) must not wait 5 ms for busy request
+    # threads to yield the GIL: measured here, synced writes beside one busy thread went from
+    # 226/s to 1,059/s at 1 ms and 1,768/s at 0.2 ms; 0.5 ms is the compromise
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from pegx.app import App

@@ -161,18 +161,19 @@ def _take_style(src: np.ndarray, out: np.ndarray, amount: int, style: str, suppl
     total = int(avail.sum())
     if total <= 0:
         return amount
-    take = min(amount, total)
-    share = _share(avail, take, total)
+    share = _share(avail, min(amount, total), total)
     out[lo:hi] += share
     left = amount - int(share.sum())
-    while left > 0:
-        room = (src[lo:hi] - out[lo:hi]) > 0
-        idx = np.flatnonzero(room)[::-1]  # highest step first
-        if idx.size == 0:
-            break
-        pick = idx[:left]
-        out[lo + pick] += 1
-        left -= int(pick.size)
+    if left > 0:
+        room = avail - share
+        while left > 0:
+            idx = np.flatnonzero(room > 0)[::-1]  # highest step first
+            if idx.size == 0:
+                break
+            pick = idx[:left]
+            out[lo + pick] += 1
+            room[pick] -= 1
+            left -= int(pick.size)
     return left
 
 
