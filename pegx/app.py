@@ -15,11 +15,11 @@ import threading
 import time
 from pathlib import Path
 
-from pegx import __version__, api, engine
+from pegx import __version__, api, engine, tools
 from pegx.config import Config
 from pegx.cycle import ExchangeCycle
 from pegx.execapi import ExecAPI
-from pegx.rpcserver import RPCServer
+from pegx.rpcserver import CallError, RPCServer
 from pegx.store import Store
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,10 @@ class App:
         self.server.register_many(self.api.methods())
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
                                    "pegx.checkpoint": self.checkpoint})
+        self.backups = tools.BackupJobs(self.store, cfg.path)
+        self.server.register_many({"pegx.backup": self.backup,
+                                   "pegx.backup_progress": self.backup_progress,
+                                   "pegx.audit": self.audit})
         if cfg.chain == "devnet":
             self._register_devnet()
 
@@ -133,6 +137,31 @@ class App:
     def checkpoint(self) -> int:
         """pegx.checkpoint() -> the op seq now covered by a checkpoint."""
         return self.ledger.checkpoint()
+
+    def backup(self, dest, passw=""):
+        """pegx.backup(dest, passw='') -> {id, dest, total}: start an online backup of the
+        ledger (from a snapshot) and devnet into the empty directory ``dest`` (an absolute path
+        on this machine); poll pegx.backup_progress(id)."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
+        try:
+            return self.backups.start(dest)
+        except tools.ToolError as exc:
+            raise CallError(str(exc)) from None
+
+    def backup_progress(self, job_id) -> dict:
+        """pegx.backup_progress(id) -> {id, dest, copied, total, done, error, result}."""
+        try:
+            return self.backups.progress(job_id)
+        except tools.ToolError as exc:
+            raise CallError(str(exc)) from None
+
+    def audit(self, passw=""):
+        """pegx.audit(passw='') -> the audit report (conservation and every ledger invariant
+        checked against the chain; see pegx.tools.audit)."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
+        return tools.audit(self.ledger, self.chain)
 
     def status(self) -> dict:
         """pegx.status() -> what an operator needs at a glance."""
@@ -192,6 +221,7 @@ class App:
         self.server.stop()
         self.server.wait_idle(5.0)
         self.cycle.stop(timeout=5.0)
+        self.backups.wait(60.0)  # a backup reads the ledger's snapshot until it is done
         try:
             self.chain.close()
         finally:

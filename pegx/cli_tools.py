@@ -1,0 +1,432 @@
+"""The operator's commands: api-key, exec, backup, restore, verify-backup, audit, recover.
+
+``register(main)`` attaches them to the ``pegx`` click group (cli.py calls it at import).
+Commands that need the ledger go through the running daemon when one serves the datadir (it
+holds the only LevelDB handle) and open the datadir directly when none does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import click
+
+from pegx import crypto, tools
+from pegx.chain.devnet_log import DevnetLogError
+from pegx.config import ConfigError, load
+from pegx.execapi import SENT_PREVIOUSLY, SIGNATURE_FAILED
+from pegx.store import LedgerLocked, Store, StoreError
+
+DEFAULT_URL = "http://127.0.0.1:55779"
+PUBLIC_KEY_FILE = "api_public_key"  # the name pegx.app reads at start-up
+TRACEBACK = "Traceback (most recent call last)"
+
+url_option = click.option("--url", default=DEFAULT_URL, show_default=True, envvar="PEGX_URL",
+                          help="XML-RPC address of the daemon.")
+datadir_option = click.option("--datadir", help="The daemon's datadir [default: ~/.pegx].")
+password_option = click.option("--password", default="", envvar="PEGX_PASSWORD",
+                               help="API password (or $PEGX_PASSWORD); blank if none is set.")
+
+
+def _fail(message: str, code: int = 1):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _config(datadir: str | None):
+    try:
+        return load({"datadir": datadir})
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _daemon(url: str) -> xmlrpc.client.ServerProxy | None:
+    """A proxy to the daemon at ``url``, or None if nothing answers there."""
+    proxy = xmlrpc.client.ServerProxy(url, allow_none=True)
+    try:
+        proxy.pegx.noop()
+    except (OSError, xmlrpc.client.ProtocolError):
+        return None
+    return proxy
+
+
+def _rpc(proxy, method: str, *args):
+    try:
+        result = getattr(proxy, method)(*args)
+    except xmlrpc.client.Fault as exc:
+        _fail(f"{method}: {exc.faultString}", 2)
+    except (OSError, xmlrpc.client.ProtocolError) as exc:
+        _fail(f"{method}: {exc}")
+    if isinstance(result, str) and method != "API":  # the API's password answer
+        _fail(result)
+    return result
+
+
+def _route(url: str, datadir: str | None):
+    """("rpc", proxy) when a daemon serves the datadir, else ("local", cfg).
+
+    With --datadir, the datadir is opened directly unless its ledger is locked, in which case
+    the daemon at --url must be the one serving it. Without --datadir, the daemon at --url is
+    used if it answers, else the default datadir is opened.
+    """
+    cfg = _config(datadir)
+    if datadir is None:
+        proxy = _daemon(url)
+        return ("rpc", proxy) if proxy is not None else ("local", cfg)
+    lock = cfg.ledger_path.with_name(cfg.ledger_path.name + ".lock")
+    if not _locked(lock):
+        return "local", cfg
+    proxy = _daemon(url)
+    if proxy is None:
+        _fail(f"the ledger in {cfg.path} is in use, but no pegx daemon answers at {url} "
+              f"(pass the daemon's --url)")
+    served = Path(_rpc(proxy, "pegx.status")["datadir"]).resolve()
+    if served != cfg.path.resolve():
+        _fail(f"the daemon at {url} serves {served}, not {cfg.path}; pass its --url")
+    return "rpc", proxy
+
+
+def _locked(lock_path: Path) -> bool:
+    import fcntl
+
+    if not lock_path.exists():
+        return False
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+# ------------------------------------------------------------------------------- api keys
+@click.group("api-key")
+def api_key() -> None:
+    """Manage the public key that enables the signed API(command) exec call.
+
+    Exec needs access to the machine: the key lives in the datadir and exec runs only when the
+    daemon starts with --allow-exec (or allow_exec = true in pegx.toml). Changes take effect at
+    the next start.
+    """
+
+
+@api_key.command("generate")
+@click.option("--out", "out", default="pegx-api.key", show_default=True,
+              type=click.Path(dir_okay=False), help="Where to write the private key (0600).")
+@click.option("--print-private", is_flag=True, help="Also print the private key (hex).")
+def key_generate(out: str, print_private: bool) -> None:
+    """Make a new key pair: the private key goes to --out with mode 0600, never overwritten."""
+    priv = crypto.new_private_key()
+    pub = crypto.public_key(priv, compressed=False).hex()
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _fail(f"{out} exists; refusing to overwrite a key")
+    with os.fdopen(fd, "w") as fh:
+        # line 1 the private key, line 2 its public key (the original's key files had the
+        # public key on the second line)
+        fh.write(f"{priv.hex()}\n{pub}\n")
+    click.echo(f"public key:  {pub}")
+    click.echo(f"private key: written to {out} (mode 0600)")
+    if print_private:
+        click.echo(f"private key: {priv.hex()}")
+    click.echo(f"enable exec: pegx api-key install {pub} --datadir DIR, then start the daemon "
+               f"with --allow-exec")
+
+
+@api_key.command("install")
+@click.argument("pubhex")
+@datadir_option
+def key_install(pubhex: str, datadir: str | None) -> None:
+    """Install PUBHEX (04... uncompressed or 02/03... compressed) as the exec public key."""
+    try:
+        crypto.parse_public_key(pubhex)
+    except crypto.CryptoError as exc:
+        _fail(str(exc))
+    cfg = _config(datadir)
+    cfg.path.mkdir(parents=True, exist_ok=True)
+    path = cfg.path / PUBLIC_KEY_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(pubhex.strip().lower() + "\n")
+    os.replace(tmp, path)
+    click.echo(f"installed {path}; it takes effect at the next start, and exec runs only with "
+               f"--allow-exec (or allow_exec = true in pegx.toml)")
+
+
+@api_key.command("show")
+@datadir_option
+def key_show(datadir: str | None) -> None:
+    """Print the installed exec public key (exit 1 if none)."""
+    path = _config(datadir).path / PUBLIC_KEY_FILE
+    if not path.is_file() or not path.read_text().strip():
+        _fail(f"no exec public key installed in {path.parent}")
+    click.echo(path.read_text().strip())
+
+
+@api_key.command("remove")
+@datadir_option
+def key_remove(datadir: str | None) -> None:
+    """Remove the exec public key (exec stays off from the next start)."""
+    path = _config(datadir).path / PUBLIC_KEY_FILE
+    if not path.exists():
+        _fail(f"no exec public key installed in {path.parent}")
+    path.unlink()
+    click.echo(f"removed {path}; exec is disabled from the next start")
+
+
+def _private_key(path: str) -> bytes:
+    """The private key from a key file: the first line, 64 hex digits or a WIF."""
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    try:
+        if len(text) == 64:
+            return bytes.fromhex(text)
+        return crypto.wif_to_private_key(text)[0]
+    except (ValueError, crypto.CryptoError) as exc:
+        _fail(f"{path}: not a private key (64 hex digits or WIF): {exc}")
+
+
+def sign_command(code: str, priv: bytes) -> dict:
+    """The API(command) struct for ``code``: base64 DER signature over txhash(code)."""
+    sig = crypto.sign_message(crypto.txhash(code), priv)
+    return {"sig": base64.b64encode(sig).decode("ascii"), "exec": code}
+
+
+@click.command("exec")
+@url_option
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The private key file (from `pegx api-key generate`).")
+@click.option("--file", "code_file", type=click.File("r"), help="Read the code from a file.")
+@click.option("--nonce", type=int, help="Nonce for the added first line [default: time in ns].")
+@click.argument("code", required=False)
+def exec_cmd(url: str, key_file: str, code_file, nonce: int | None, code: str | None) -> None:
+    """Sign CODE (or --file) with a nonce line, send it to API(command), print the result.
+
+    The code reports back by setting `result`; it sees `api`, `ledger`, `chain` and `cycle`.
+    """
+    if (code is None) == (code_file is None):
+        _fail("give the code either as an argument or with --file")
+    body = code if code is not None else code_file.read()
+    nonce = time.time_ns() if nonce is None else nonce
+    command = sign_command(f"nonce={nonce}\n{body}", _private_key(key_file))
+    proxy = xmlrpc.client.ServerProxy(url, allow_none=True)
+    result = _rpc(proxy, "API", command)
+    if result is False:
+        _fail("exec is disabled on this daemon (pegx api-key install, then --allow-exec)")
+    if result in (SIGNATURE_FAILED, SENT_PREVIOUSLY):
+        _fail(result)
+    if isinstance(result, str) and result.startswith(TRACEBACK):
+        click.echo(result, err=True)
+        sys.exit(1)
+    click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+# ------------------------------------------------------------------------------- backups
+@click.command("backup")
+@click.argument("dest", type=click.Path(file_okay=False))
+@url_option
+@datadir_option
+@password_option
+def backup_cmd(dest: str, url: str, datadir: str | None, password: str) -> None:
+    """Write a consistent copy of the ledger (and devnet chain) to DEST, even while serving."""
+    dest = str(Path(dest).resolve())
+    how, target = _route(url, datadir)
+    if how == "rpc":
+        job = _rpc(target, "pegx.backup", dest, password)
+        with click.progressbar(length=max(job["total"], 1), label="backup") as bar:
+            shown = 0
+            while True:
+                job = _rpc(target, "pegx.backup_progress", job["id"])
+                done = min(job["copied"], bar.length)
+                bar.update(done - shown)
+                shown = done
+                if job["done"]:
+                    bar.update(bar.length - shown)
+                    break
+                time.sleep(0.1)
+        if job["error"]:
+            _fail(job["error"])
+        manifest = job["result"]
+    else:
+        try:
+            with (Store(target.ledger_path, create=False) as store,
+                  click.progressbar(length=max(store.approximate_size(), 1),
+                                    label="backup") as bar):
+                manifest = tools.backup(store, target.path, dest,
+                                        lambda n: bar.update(min(n, bar.length)))
+        except (StoreError, tools.ToolError, OSError) as exc:
+            _fail(str(exc))
+    click.echo(f"backup written to {dest}: {manifest['ledger_records']:,d} ledger records, "
+               f"{manifest['ledger_bytes']:,d} bytes"
+               + (f", devnet {manifest['devnet']['lines']:,d} actions"
+                  if manifest.get("devnet") else ""))
+
+
+@click.command("restore")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@datadir_option
+def restore_cmd(src: str, datadir: str | None) -> None:
+    """Restore the backup SRC into an empty datadir."""
+    cfg = _config(datadir)
+    try:
+        tools.restore(src, cfg.path)
+    except (tools.ToolError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"restored {src} into {cfg.path}; check it with `pegx audit --datadir "
+               f"{cfg.path}`, then start it with `pegx serve --datadir {cfg.path}`")
+
+
+@click.command("verify-backup")
+@click.argument("dest", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the state and audit as JSON.")
+def verify_backup_cmd(dest: str, as_json: bool) -> None:
+    """Open the backup DEST read-only, print its state and audit it (against its devnet copy)."""
+    try:
+        manifest = tools.read_manifest(Path(dest))
+        with tempfile.TemporaryDirectory(prefix="pegx-verify-") as tmp:
+            chain = None
+            if (Path(dest) / tools.DEVNET_DIR).is_dir():  # audit against a copy of its chain
+                shutil.copytree(Path(dest) / tools.DEVNET_DIR, Path(tmp) / tools.DEVNET_DIR)
+                from pegx.chain.devnet import Devnet
+
+                chain = Devnet(tmp, block_seconds=0, **tools.devnet_params(Path(tmp)))
+            try:
+                with tools.opened(Path(dest), read_only=True) as ledger:
+                    state = tools.ledger_state(ledger)
+                    report = tools.audit(ledger, chain)
+            finally:
+                if chain is not None:
+                    chain.close()
+    except (StoreError, tools.ToolError, OSError, ValueError) as exc:
+        _fail(f"{dest}: {exc}")
+    if as_json:
+        click.echo(json.dumps({"manifest": manifest, "state": state, "audit": report},
+                              indent=2, sort_keys=True))
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest["created"]))
+        click.echo(f"backup of {manifest['source']} taken {when}")
+        for k, v in state.items():
+            click.echo(f"  {k:<18} {v:,d}" if isinstance(v, int) else f"  {k:<18} {v}")
+        _print_audit(report)
+    sys.exit(0 if report["ok"] else 1)
+
+
+# ------------------------------------------------------------------------------- audit
+def _fmt(v) -> str:
+    return f"{v:,d}" if isinstance(v, int) else str(v)
+
+
+def _print_audit(report: dict) -> None:
+    cols = report["columns"]
+    widths = [6] + [16] * (len(cols) - 1)
+    click.echo("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in report["steps"][:tools.MAX_LISTED]:
+        click.echo("  ".join(_fmt(v).rjust(w) for v, w in zip(row, widths, strict=True)))
+    if len(report["steps"]) > tools.MAX_LISTED:
+        click.echo(f"... {len(report['steps']) - tools.MAX_LISTED:,d} more steps differ")
+    totals = report["totals"]
+    click.echo("  ".join(["total".rjust(6)] + [_fmt(totals[c]).rjust(16) for c in cols[1:]]))
+    s = report["summary"]
+    click.echo(f"{s['accounts']:,d} users, {s['inputs']:,d} inputs ({s['in_flight']:,d} in "
+               f"flight), {s['withdraws_pending']:,d} pending withdraws, supply {s['supply']}, "
+               f"cycle {s['cycle']}, op {s['op_seq']:,d}; liquid assigned "
+               f"{s['liquid_assigned']:,d} of {s['exchange_liquid']:,d} sat")
+    for note in report["notes"]:
+        click.echo(f"note: {note}")
+    if report["ok"]:
+        click.echo("audit OK: every step balances and every invariant holds")
+        return
+    click.echo(f"audit FAILED: {len(report['problems'])} problem(s)")
+    for text in report["problems"]:
+        click.echo(f"  - {text}")
+
+
+@click.command("audit")
+@url_option
+@datadir_option
+@password_option
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+def audit_cmd(url: str, datadir: str | None, password: str, as_json: bool) -> None:
+    """Check conservation and every ledger invariant against the chain; exit 1 on any problem."""
+    how, target = _route(url, datadir)
+    if how == "rpc":
+        report = _rpc(target, "pegx.audit", password)
+    else:
+        try:
+            chain = tools.open_chain(target)
+            try:
+                with tools.opened(target.path) as ledger:
+                    report = tools.audit(ledger, chain)
+            finally:
+                if chain is not None:
+                    chain.close()
+        except LedgerLocked as exc:
+            _fail(f"{exc} (or run `pegx audit --url` against that daemon)")
+        except (StoreError, DevnetLogError, tools.ToolError, OSError) as exc:
+            _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print_audit(report)
+    sys.exit(0 if report["ok"] else 1)
+
+
+# ------------------------------------------------------------------------------- recover
+@click.command("recover")
+@click.argument("csv_file", metavar="CSV", type=click.Path(exists=True, dir_okay=False))
+@datadir_option
+@click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
+def recover_cmd(csv_file: str, datadir: str | None, dry_run: bool) -> None:
+    """Rebuild a lost ledger from CSV (user,liquid,reserve[,deposits]) and the chain's wallet.
+
+    Every user gets exactly their recorded liquid and reserve back (PegAPI.txt's recovery:
+    the exchange's other funds go to the pool, known deposits go back to their users, then the
+    pool settles the differences). Run with the daemon stopped; the datadir's ledger must be
+    empty or absent. Exchange settings (accounts, fee account, commission) must be set again.
+    """
+    cfg = _config(datadir)
+    try:
+        targets, owners = tools.read_balances_csv(csv_file)
+        chain = tools.open_chain(cfg)
+        if chain is None:
+            _fail(f"no chain data in {cfg.path} to rebuild the ledger from")
+        try:
+            plan = tools.recover(cfg.path, chain, targets, owners, dry_run=dry_run)
+        finally:
+            chain.close()
+    except (StoreError, DevnetLogError, tools.ToolError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"chain height {plan['height']:,d}, cycle {plan['cycle']}, supply "
+               f"{plan['supply']}: {plan['outputs']:,d} wallet outputs to register")
+    for key in plan["deposits_missing"]:
+        click.echo(f"note: deposit {key} is not an unspent wallet output (spent or unknown)")
+    click.echo(f"{'user':<24} {'from deposits (liquid/reserve)':>36} {'target':>36} "
+               f"{'move':>30}")
+    for row in plan["users"]:
+        f, t, m = row["from_deposits"], row["target"], row["moves"]
+        click.echo(f"{row['user']:<24} {_fmt(f[0]):>17}/{_fmt(f[1]):<18} "
+                   f"{_fmt(t[0]):>17}/{_fmt(t[1]):<18} {m[0]:>+14,d}/{m[1]:<+15,d}")
+    pool = plan["pool_after"]
+    click.echo(f"{plan['trades']:,d} trades; the pool keeps {pool['liquid']:,d} liquid and "
+               f"{pool['reserve']:,d} reserve sat")
+    if dry_run:
+        click.echo("dry run: nothing was written")
+    else:
+        click.echo(f"ledger rebuilt in {cfg.ledger_path} ({plan['ops']:,d} operations, one "
+                   f"atomic record); every user holds their recorded balance")
+
+
+def register(main: click.Group) -> None:
+    """Attach the operator's commands to the ``pegx`` group."""
+    main.add_command(api_key)
+    for cmd in (exec_cmd, backup_cmd, restore_cmd, verify_backup_cmd, audit_cmd, recover_cmd):
+        main.add_command(cmd)
