@@ -39,7 +39,7 @@ RESERVE_LIMIT_MSG = "Reserve withdraw limit reached, please wait until transacti
 LIQUID_LIMIT = 300  # pending liquid withdraws (the original allowed 301 by an off-by-one)
 RESERVE_LIMIT = 45
 FINISHED = ("Complete", "Failed/Declined", "Expired")
-_DIGITS = re.compile(r"^[+-]?\d{1,30}$")
+_DIGITS = re.compile(r"^[+-]?[0-9]{1,30}$")  # ASCII digits only: int() would take "١٢٣"
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -94,6 +94,9 @@ class PasswordGate:
         self.ledger = ledger
         self._fast: bytes | None = None
         self._mu = threading.Lock()
+        # scrypt takes ~16 MB and ~50 ms: one at a time, so a flood of wrong passwords from
+        # many connections cannot exhaust memory (it queues instead)
+        self._slow_mu = threading.Lock()
 
     def _record(self) -> dict | None:
         return self.ledger.record("settings", "password")
@@ -110,12 +113,17 @@ class PasswordGate:
             cached = self._fast
         if cached is not None:
             return hmac.compare_digest(fast, cached)
-        slow = hashlib.scrypt(passw.encode("utf-8", "surrogatepass"), salt=salt,
-                              n=rec["n"], r=rec["r"], p=rec["p"], maxmem=64 << 20)
-        ok = hmac.compare_digest(slow, bytes.fromhex(rec["hash"]))
-        if ok:
+        with self._slow_mu:
             with self._mu:
-                self._fast = fast
+                cached = self._fast
+            if cached is not None:  # another call proved the password meanwhile
+                return hmac.compare_digest(fast, cached)
+            slow = hashlib.scrypt(passw.encode("utf-8", "surrogatepass"), salt=salt,
+                                  n=rec["n"], r=rec["r"], p=rec["p"], maxmem=64 << 20)
+            ok = hmac.compare_digest(slow, bytes.fromhex(rec["hash"]))
+            if ok:
+                with self._mu:
+                    self._fast = fast
         return ok
 
     def set(self, newpassw: str) -> None:
@@ -256,10 +264,13 @@ class PegAPI:
                 new.append(txid)
         if new:
             with self.ledger.lock:  # first claim wins, even between two concurrent calls
-                taken = [t for t in new if self.ledger.tables["claims"].get(t) is not None]
+                claims = self.ledger.tables["claims"]
+                taken = [t for t in new if t in claims and claims[t].get("name") != name]
                 if taken:
                     return f"{taken[0]} was already deposited for another user."
-                self.ledger.put_many([("claims", t, {"name": name}) for t in new])
+                new = [t for t in new if t not in claims]
+                if new:
+                    self.ledger.put_many([("claims", t, {"name": name}) for t in new])
         return True
 
     def GetDeposits(self, txid="", passw=""):
@@ -405,22 +416,32 @@ class PegAPI:
             return (STOPPED, "")
         if style not in peg.STYLES:
             return ("Style must be 'liquid' or 'reserve'.", "")
+        full = self._limit_reached(style)
+        if full:
+            return (full, "")
+        # then Trade's own checks, as the original's Withdraw calls Trade: busy, names, funds
         if self._busy():
             return (BUSY, "")
         uid = os.urandom(16).hex()
         try:
             engine.check_name(user)
-            with self.ledger.lock:  # the limit is counted and taken atomically
-                pending = sum(1 for w in self.ledger.tables["withdraws"].values()
-                              if w["style"] == style)
-                if style == peg.LIQUID and pending >= LIQUID_LIMIT:
-                    return (LIQUID_LIMIT_MSG, "")
-                if style != peg.LIQUID and pending >= RESERVE_LIMIT:
-                    return (RESERVE_LIMIT_MSG, "")
+            with self.ledger.lock:  # the limit is counted and the slot taken atomically
+                full = self._limit_reached(style)
+                if full:
+                    return (full, "")
                 self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle())
         except EngineError as exc:
             return (str(exc), "")
         return (True, uid)
+
+    def _limit_reached(self, style: str) -> str | None:
+        """The limit message if ``style`` already has its maximum of pending withdraws."""
+        with self.ledger.lock:
+            pending = sum(1 for w in self.ledger.tables["withdraws"].values()
+                          if w["style"] == style)
+        if style == peg.LIQUID:
+            return LIQUID_LIMIT_MSG if pending >= LIQUID_LIMIT else None
+        return RESERVE_LIMIT_MSG if pending >= RESERVE_LIMIT else None
 
     def CheckWithdraw(self, ID, clear=0, passw=""):
         """CheckWithdraw(ID, clear=0, passw='') -> the batch record {status, txid, ID, block,
