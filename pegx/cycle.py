@@ -234,7 +234,14 @@ class ExchangeCycle:
                 continue
             u = self._utxos[key]
             if entry.get("change"):
-                owner = None
+                # an output of a transaction that still spends registered inputs belongs to a
+                # withdraw batch in flight: the desk registers it when that transaction
+                # completes, together with the spend, so the ledger never counts both
+                if any(i in inputs for i in self._tx_inputs.get(u.txid, ())):
+                    continue
+                # anything else the exchange's own transactions paid it (change surplus) is
+                # the house's, so Σ accounts == Σ registered inputs holds in value
+                owner = engine.HOUSE
                 claims.append(key)
             else:
                 claim = self.ledger.record("claims", key)
@@ -242,7 +249,8 @@ class ExchangeCycle:
                     continue
                 owner = claim["name"]
             items.append({"key": key, "value": u.value, "address": u.address,
-                          "vector": u.fractions, "owner": owner, "change": owner is None,
+                          "vector": u.fractions, "owner": owner,
+                          "change": owner == engine.HOUSE,
                           "frozen_until": u.frozen_until, "height": u.height})
         if not items:
             return
@@ -253,7 +261,7 @@ class ExchangeCycle:
                                   else tip.supply, now=now)
         for item in items:
             log.info("registered %s: %s sat for %s", item["key"], f"{item['value']:,d}",
-                     item["owner"] or "the exchange (change)")
+                     "the exchange (change)" if item["change"] else item["owner"])
 
     def _new_cycle(self, tip: Tip, now: int) -> None:
         """Recompute every balance at the new supply, then publish the new cycle."""

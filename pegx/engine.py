@@ -16,7 +16,8 @@ after the last checkpoint reproduces the exact state (DESIGN §3). Validation ha
 operation is logged; apply functions never fail on a validated operation.
 
 Invariants (checked by tests/test_engine_properties.py):
-* per step, Σ accounts == Σ registered inputs − burned (nothing is created or lost);
+* per step, Σ accounts + drift == Σ registered inputs (nothing is created or lost; the drift
+  vector, 0 in value, records where the chain's spends put fractions the ledger did not);
 * no negative step or balance; every account's liquid + reserve == its step total;
 * Σ account liquid <= the exchange's liquid after every recompute.
 """
@@ -396,6 +397,33 @@ class Exchange:
             self._put("withdraws", wid, None)
             self._put_vec("withdraws", wid, None)
 
+    def _apply_adjust(self, op: dict) -> None:
+        """Add a signed fraction vector to one account (the house's fee income or costs).
+
+        A credit lands in the reserve view until the recompute that follows it; a debit takes
+        balance like a trade in ``style``. Validated by the caller: the row stays >= 0.
+        """
+        name, vec = op["name"], decode_vec(op["vec"])
+        i = self._row(name)
+        self.matrix[i] += vec
+        self._dirty_rows.add(name)
+        total = int(vec.sum())
+        if total >= 0:
+            self.view[i, 1] += total
+        else:
+            self._move_view(name, None, -total, op.get("style", peg.LIQUID))
+
+    def _apply_drift(self, op: dict) -> None:
+        """Add to the per-step drift vector: registered inputs minus ledger accounts.
+
+        On-chain spends assign fractions in the chain's proportions, not the ledger's; the
+        difference per step is kept here so Σ accounts + drift == Σ registered inputs stays an
+        exact law (BitBay core keeps the same thing as its "pegshift").
+        """
+        cur = self.vectors.get(("meta", "drift"))
+        vec = decode_vec(op["vec"])
+        self._put_vec("meta", "drift", vec if cur is None else cur + vec)
+
     def _apply_put(self, op: dict) -> None:
         self._put(op["table"], op["key"], op.get("value"))
 
@@ -478,6 +506,12 @@ class Exchange:
             for key in sorted(self.vectors):
                 h.update(repr(key).encode() + self.vectors[key].astype("<i8").tobytes())
         return h.hexdigest()
+
+    def drift(self) -> np.ndarray:
+        """The per-step drift vector (registered inputs − ledger accounts); zeros if none."""
+        with self.lock:
+            v = self.vectors.get(("meta", "drift"))
+            return np.zeros(peg.PEG_SIZE, dtype=np.int64) if v is None else v.copy()
 
     def users(self) -> list[str]:
         with self.lock:
@@ -657,6 +691,17 @@ class Exchange:
         return {"op": "credit", "key": key, "value": int(value), "address": address,
                 "owner": owner, "change": int(bool(change)), "frozen_until": int(frozen_until),
                 "height": int(height), "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
+
+    @staticmethod
+    def adjust_op(name: str, vector: np.ndarray, style: str = peg.LIQUID) -> dict:
+        """The op that adds a signed vector to an account (see ``_apply_adjust``)."""
+        return {"op": "adjust", "name": name, "style": style,
+                "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
+
+    @staticmethod
+    def drift_op(vector: np.ndarray) -> dict:
+        """The op that adds a signed vector to the per-step drift (see ``_apply_drift``)."""
+        return {"op": "drift", "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
 
     @staticmethod
     def put_op(table: str, key: str, value) -> dict:

@@ -1,0 +1,295 @@
+"""Withdraw desk in-process: a real Devnet, a real LevelDB ledger and the real cycle, stepped
+block by block (no threads), so every assertion is deterministic. Conservation is checked after
+every single pass."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pegx import crypto, engine, peg
+from pegx.chain.devnet import Devnet
+from pegx.chain.devnet_peg import apply_peg_rules
+from pegx.cycle import ExchangeCycle
+from pegx.engine import Exchange
+from pegx.store import Store
+from pegx.withdraws import (
+    NO_FEES,
+    Plan,
+    WithdrawDesk,
+    commission,
+    conservation,
+    plan_batch,
+    window_task,
+)
+
+SUPPLY = 100
+COMM = {"min": 100000000, "max": 1000000000, "percent": "0.001"}
+
+
+def new_address() -> str:
+    return crypto.wif_to_address(crypto.generate_deposit_key())
+
+
+class Rig:
+    """Devnet + ledger + cycle + desk in one process; ``step`` checks the law every pass."""
+
+    def __init__(self, path: Path, supply: int = SUPPLY):
+        self.path = path
+        self.chain = Devnet(path / "chain", block_seconds=0, initial_supply=supply)
+        self.open()
+
+    def open(self) -> None:
+        self.ledger = Exchange(Store(self.path / "ledger"))
+        self.desk = WithdrawDesk(self.ledger, self.chain)
+        self.cycle = ExchangeCycle(self.ledger, self.chain, desk=self.desk)
+        self.step()
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def step(self) -> dict:
+        self.cycle.step()
+        law = conservation(self.ledger)
+        assert law["ok"] and law["drift_value"] == 0 and law["liquid_ok"], law
+        return law
+
+    def mine(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.chain.mine(1)
+            self.step()
+
+    def fund(self, user: str, amount: int) -> str:
+        key = crypto.generate_deposit_key()
+        address = crypto.wif_to_address(key)
+        self.ledger.put("addresses", address, {"wif": key, "imported": 0})
+        self.step()
+        op = self.chain.send(address, amount)
+        self.chain.mine(13)
+        self.step()
+        self.ledger.put("claims", op, {"name": user})
+        self.step()
+        assert self.ledger.record("claims", op) == {"name": user, "registered": 1}
+        return op
+
+    def setup(self, commission: dict = COMM) -> None:
+        self.acct0 = self.chain.new_address()
+        self.fee = new_address()  # not a wallet key: its balance only grows
+        s = self.ledger.exchange_settings()
+        s.update(exchangeaccounts=[self.acct0], exchangefeeaccount=self.fee,
+                 commission=dict(commission))
+        self.ledger.put("settings", "exchange", s)
+
+    def status(self, wid: str):
+        rec = self.ledger.record("history", wid)
+        if isinstance(rec, str):
+            rec = self.ledger.record("history", rec)
+        return rec
+
+    def until(self, pred, limit: int = 450) -> None:
+        for _ in range(limit):
+            if pred():
+                return
+            self.mine(1)
+        raise AssertionError(f"condition not reached in {limit} blocks")
+
+    def until_status(self, wid: str, status: str, limit: int = 450) -> dict:
+        self.until(lambda: (self.status(wid) or {}).get("status") == status, limit)
+        return self.status(wid)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+    r.chain.close()
+
+
+# ------------------------------------------------------------------------ pure parts
+def test_commission_floor_and_clamp():
+    assert commission(10**12, COMM) == 10**9  # 0.1 % = 1e9, at the max
+    assert commission(10**13, COMM) == 10**9  # clamped to max
+    assert commission(2 * 10**8, COMM) == 10**8  # 2e5 -> clamped to min
+    assert commission(333_333_333_333, {"min": 1, "max": 10**12, "percent": "0.003"}) == \
+        999_999_999  # floor, exact (a float product would give 1e9)
+
+
+def test_window_positions():
+    assert [window_task(h) for h in (9, 10, 74, 75, 119, 120, 144, 145, 174, 175, 210)] == \
+        [None, "liquid", "liquid", "reserve", "reserve", "maintenance", "maintenance", "status",
+         "status", None, "liquid"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_plans_satisfy_the_peg_rules_with_the_planned_fee(seed):
+    """Random inputs and withdraws: the devnet's rules accept every plan and leave exactly
+    the planned miner fee; payees get amount − commission of the right style."""
+    rng = random.Random(seed)
+    supply = rng.choice([0, 50, 300, 700])
+    style = rng.choice(peg.STYLES) if supply else peg.LIQUID
+    acct0, fee = new_address(), new_address()
+    addrs = [new_address() for _ in range(4)] + [acct0]
+    cands = []
+    for i in range(rng.randint(1, 8)):
+        value = rng.randint(10**9, 10**12)
+        vec = peg.std_spread(value) if rng.random() < 0.7 else np.roll(peg.std_spread(value),
+                                                                       rng.randint(0, 900))
+        cands.append((f"{i:064x}:0", rng.choice(addrs), vec))
+    payees = [new_address() for _ in range(3)]
+    wds = [(f"w{i}", {"address": rng.choice(payees), "amount": rng.randint(2 * 10**8, 5 * 10**9)})
+           for i in range(rng.randint(1, 6))]
+    plan = plan_batch(style, wds, cands, supply, acct0, fee, COMM, "ab" * 16)
+    if not isinstance(plan, Plan):
+        assert plan in ("Not enough funds", NO_FEES)
+        return
+    by_key = {k: (a, v) for k, a, v in cands}
+    res = apply_peg_rules([by_key[k] for k in plan.inputs], plan.outputs, supply)
+    assert res.fee == plan.fee
+    want: dict[str, int] = {}
+    for wid, rec in wds:
+        if wid in plan.ids:
+            want[rec["address"]] = want.get(rec["address"], 0) + rec["amount"] - commission(
+                rec["amount"], COMM)
+    for pos, out in enumerate(plan.outputs):
+        if out.address in want:
+            assert out.value == want.pop(out.address)
+            got = res.fractions[pos]
+            part = peg.reserve_of(got, supply) if style == peg.RESERVE else peg.liquid_of(
+                got, supply)
+            assert part == out.value  # all reserve (frozen) or all liquid
+    assert want == {}
+    assert plan.outputs[-1].data == b"ab" * 16
+    assert [o.address for o in plan.outputs[:-1] if o.address] == sorted(
+        o.address for o in plan.outputs if o.address in {w[1]["address"] for w in wds}) + \
+        sorted(o.address for i, o in enumerate(plan.outputs) if i in plan.house_vouts)
+
+
+# ------------------------------------------------------------------------ lifecycle
+def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
+    rig.setup()
+    rig.fund("alice", 10**11)
+    rig.fund("bobby", 5 * 10**10)
+    payee = new_address()
+    alice0 = rig.ledger.balance("alice")
+    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", payee, rig.cycle.cycle())
+    rig.ledger.withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
+    assert rig.ledger.balance("alice")["liquid"] == alice0["liquid"] - 10**10
+    rec = rig.until_status("w1", "Complete")
+    assert set(rec) == {"status", "txid", "ID", "block", "in0"}
+    c = commission(10**10, COMM)
+    assert rig.chain.balance(payee)["liquid"] == 10**10 - c
+    assert rig.chain.balance(rig.fee)["amount"] == c - (10000 + 500000)
+    rig.until_status("w2", "Complete")
+    bal = rig.chain.balance(payee)
+    assert bal["reserve"] == bal["frozen"] == 2 * 10**10 - c  # reserve goes out frozen (**F**)
+    assert rig.chain.balance(rig.fee)["amount"] == 2 * (c - 510000)
+    assert rig.ledger.row(engine.WITHDRAWS).sum() == 0
+    # the house holds exactly the fee income: commissions − (miner fee + dust), and the dust
+    # and miner fee of each batch add up to the estimated 510,000 sat
+    fees = sum(b["fee"] for b in rig.ledger.records("batches").values())
+    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * c - fees - 2 * 5575 - 5590
+    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * (c - 510000)
+    assert rig.ledger.balance("bobby") == {"liquid": rig.ledger.balance("bobby")["liquid"],
+                                           "reserve": 5 * 10**10 - 2 * 10**10
+                                           - rig.ledger.balance("bobby")["liquid"]}
+
+
+def test_malleated_withdraw_completes_and_records_txid2(rig):
+    rig.setup()
+    rig.fund("alice", 10**11)
+    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.until(lambda: rig.status("w1") is not None)
+    rig.chain.malleate_next()
+    rec = rig.until_status("w1", "Complete")
+    assert rec["txid2"] != rec["txid"]
+    assert rig.chain.get_transaction(rec["txid"]) is None
+    assert rig.chain.get_transaction(rec["txid2"]).confirmations >= 1
+
+
+def test_dropped_withdraw_is_refunded_only_once_it_cannot_confirm(rig):
+    rig.setup()
+    rig.fund("alice", 10**11)
+    rig.ledger.withdraw("w0", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.until_status("w0", "Complete")  # the house earns what the cancel will cost
+    before = rig.ledger.row("alice")
+    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.until(lambda: rig.status("w1") is not None)
+    master = rig.ledger.record("history", "w1")
+    batch = rig.ledger.record("batches", master)
+    assert rig.chain.drop(batch["txid"]) is True
+    seen = []
+    for _ in range(40):
+        rig.mine(1)
+        b = rig.ledger.record("batches", master)
+        st = rig.status("w1")["status"]
+        seen.append((b["state"], st))
+        if st == "Failed/Declined":
+            break
+        # while the batch's inputs are unspent it could still confirm: no refund yet
+        assert rig.ledger.record("withdraws", "w1") is not None
+    assert ("cancelling", "unconfirmed") in seen
+    assert seen[-1] == ("failed", "Failed/Declined")
+    cancel = rig.ledger.record("batches", master)["cancel"]
+    assert rig.chain.get_transaction(cancel["txid"]).confirmations >= 1
+    assert rig.ledger.record("withdraws", "w1") is None
+    assert (rig.ledger.row("alice") == before).all()  # the exact steps came back
+
+
+def test_unbatched_withdraw_expires_with_a_readable_status(rig):
+    rig.fund("alice", 10**11)  # no exchange accounts: nothing can be batched
+    before = rig.ledger.row("alice")
+    cyc = rig.cycle.cycle()
+    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), cyc)
+    rig.chain.mine(199)
+    rig.step()
+    assert rig.status("w1") is None  # one cycle later: still pending
+    rig.until(lambda: rig.status("w1") is not None, 250)
+    rec = rig.status("w1")
+    assert rec["status"] == "Expired" and rec["ID"] == "w1" and rec["txid"] == ""
+    assert rig.cycle.cycle() == cyc + 2
+    assert (rig.ledger.row("alice") == before).all()
+    assert rig.ledger.record("meta", "desk")["result"] in (
+        "No return address for exchange", "nothing to do at this block position",
+        "0 withdraws pending or in flight, 0 batches in flight", "Success")
+
+
+def test_crash_after_recording_resumes_from_the_ledger(rig):
+    """A batch recorded but never broadcast (a crash in between) is sent after a restart."""
+    rig.setup()
+    rig.fund("alice", 10**11)
+    rig.chain.reject_next_broadcast("node restarting")
+    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.until(lambda: rig.status("w1") is not None)
+    master = rig.ledger.record("history", "w1")
+    assert rig.chain.get_transaction(rig.ledger.record("batches", master)["txid"]) is None
+    rig.close()
+    rig.open()
+    rig.until_status("w1", "Complete")
+
+
+def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
+    rig.setup(commission={"min": 10**9, "max": 10**10, "percent": "0.001"})
+    rig.fund("alice", 10**11)
+    rig.ledger.withdraw("w1", "alice", 2 * 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.until_status("w1", "Complete")
+    # a deposit with a different liquidity shape (its liquid sits far above the supply)
+    rig.fund("bobby", 3 * 10**10)
+    key = crypto.generate_deposit_key()
+    address = crypto.wif_to_address(key)
+    rig.ledger.put("addresses", address, {"wif": key, "imported": 0})
+    rig.step()
+    vec = np.roll(peg.std_spread(4 * 10**10), 400)
+    op = rig.chain.send(address, 4 * 10**10, vec.tolist())
+    rig.chain.mine(13)
+    rig.step()
+    rig.ledger.put("claims", op, {"name": "carol"})
+    house = int(rig.ledger.row(engine.HOUSE).sum())
+    rig.until(lambda: any(b["kind"] == "maintenance" and b["state"] == "done"
+                          for b in rig.ledger.records("batches").values()), 450)
+    m = next(b for b in rig.ledger.records("batches").values() if b["kind"] == "maintenance")
+    assert int(rig.ledger.row(engine.HOUSE).sum()) == house - m["fee"] - 5575
+    assert rig.chain.balance(rig.acct0)["amount"] > 0
