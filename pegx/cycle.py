@@ -165,7 +165,6 @@ class ExchangeCycle:
     def step(self) -> None:
         """One pass (see the module docstring). Safe to call from tests directly."""
         tip = self.chain.tip()
-        self.tip = tip
         now = tip.time or int(time.time())
         self._import_keys()
         settings = self.ledger.exchange_settings()
@@ -176,6 +175,9 @@ class ExchangeCycle:
         self._loaded = True
         if self.desk is not None:
             self.desk.run(tip, now, self)
+        # published last: `tip` is the block this exchange has fully processed (pegx.status
+        # reports it, and tests wait on it to know a pass, window task included, is done)
+        self.tip = tip
 
     def _import_keys(self) -> None:
         for address, rec in self.ledger.records("addresses").items():

@@ -293,3 +293,97 @@ def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     m = next(b for b in rig.ledger.records("batches").values() if b["kind"] == "maintenance")
     assert int(rig.ledger.row(engine.HOUSE).sum()) == house - m["fee"] - 5575
     assert rig.chain.balance(rig.acct0)["amount"] > 0
+
+
+def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
+    """Several cycles of random deposits, trades (users and pool), withdraws of both styles and
+    supply moves, stepped block by block: the law holds after every pass, and at the end every
+    satoshi that left the exchange went to a payee, or was miner fee or OP_RETURN dust."""
+    rng = random.Random(20240611)
+    rig = Rig(tmp_path, supply=60)
+    try:
+        rig.setup(commission={"min": 2 * 10**6, "max": 10**8, "percent": "0.002"})
+        users = ["alice", "bobby", "carol", "dave", "erin"]
+        deposits: dict[str, str] = {}  # outpoint -> user, until claimed
+        addresses = {}
+        for u in users:
+            key = crypto.generate_deposit_key()
+            addresses[u] = crypto.wif_to_address(key)
+            rig.ledger.put("addresses", addresses[u], {"wif": key, "imported": 0})
+        rig.step()
+        payees = [new_address() for _ in range(4)]
+        deposited = 0
+        wid = drops = 0
+        done_withdrawing = 560
+        for height in range(1, 700):
+            r = rng.random()
+            if height < done_withdrawing and (height < 20 or r < 0.06):
+                u = rng.choice(users)
+                amount = rng.randint(10**9, 10**11)
+                deposits[rig.chain.send(addresses[u], amount)] = u
+                deposited += amount
+            if height in (150, 420):
+                rig.chain.vote("deflate", 2)
+            if height == 300:
+                rig.chain.vote("inflate", 3)
+            spendable = rig.cycle.spendable()
+            for op in [k for k in deposits if k in spendable]:
+                rig.ledger.put("claims", op, {"name": deposits.pop(op)})
+            for _ in range(3):
+                a, b = rng.sample(users, 2)
+                style = rng.choice(peg.STYLES)
+                bal = rig.ledger.balance(a)
+                if bal and bal[style] > 10:
+                    amt = rng.randint(1, bal[style] // 3 + 1)
+                    if rng.random() < 0.2:
+                        rig.ledger.trade(a, -amt, "", style)  # into the pool ...
+                        rig.ledger.trade(b, amt, "", style)  # ... and out to someone else
+                    else:
+                        rig.ledger.trade(a, amt, b, style)
+            if height < done_withdrawing and rng.random() < 0.08:
+                u = rng.choice(users)
+                style = rng.choice(peg.STYLES)
+                bal = rig.ledger.balance(u)
+                if bal and bal[style] > 3 * 10**7:
+                    wid += 1
+                    amt = rng.randint(2 * 10**7, bal[style] // 2)
+                    rig.ledger.withdraw(f"w{wid}", u, amt, style, rng.choice(payees),
+                                        rig.cycle.cycle())
+            queued = [b for b in rig.desk.active().values()
+                      if getattr(rig.chain.get_transaction(b["txid"]), "height", None) == 0]
+            if height % 3 == 0 and queued:  # the batch is first in the mempool: malleate it
+                rig.chain.malleate_next()
+            rig.mine(1)
+            for b in rig.desk.active().values():  # a batch just broadcast: drop two of them
+                if height > 200 and drops < 2 and b["kind"] != "maintenance":
+                    drops += rig.chain.drop(b["txid"])  # False once mined
+        rig.until(lambda: not rig.ledger.records("withdraws") and not rig.desk.active(), 450)
+        hist = rig.ledger.records("history")
+        finished = [hist[f"w{i}"] for i in range(1, wid + 1)]
+        statuses = [rec if isinstance(rec, dict) else hist[rec] for rec in finished]
+        assert wid >= 10
+        assert sum(s["status"] == "Complete" for s in statuses) >= wid // 2
+        assert rig.chain.tip().cycle >= 3
+        assert {s["status"] for s in statuses} == {"Complete", "Failed/Declined"}
+        assert any("txid2" in s for s in statuses)
+        # where did the coins go? registered + payees + (miner fees and dust) == deposited
+        law = rig.step()
+        paid = sum(rig.chain.balance(p)["amount"] for p in payees)
+        costs = 0
+        for b in rig.ledger.records("batches").values():
+            txs = []
+            if b["state"] == "done":
+                txs.append(rig.chain.get_transaction(b["final_txid"]))
+            if "cancel" in b and b["state"] == "failed":
+                txs.append(rig.chain.get_transaction(b["cancel"]["txid"]))
+            for tx in txs:
+                if tx is None or not tx.height:
+                    continue
+                value_in = sum(int(rig.chain.get_fractions(k).sum()) for k in tx.inputs)
+                costs += value_in - sum(o.value for o in tx.outputs if o.address is not None)
+        unclaimed = sum(int(rig.chain.get_fractions(k).sum()) for k in deposits)
+        assert law["registered"] + paid + costs + unclaimed == deposited
+        assert law["accounts"] == law["registered"]
+    finally:
+        rig.close()
+        rig.chain.close()
