@@ -296,9 +296,7 @@ def verify_backup_cmd(dest: str, as_json: bool) -> None:
             chain = None
             if (Path(dest) / tools.DEVNET_DIR).is_dir():  # audit against a copy of its chain
                 shutil.copytree(Path(dest) / tools.DEVNET_DIR, Path(tmp) / tools.DEVNET_DIR)
-                from pegx.chain.devnet import Devnet
-
-                chain = Devnet(tmp, block_seconds=0, **tools.devnet_params(Path(tmp)))
+                chain = tools.open_devnet(Path(tmp))
             try:
                 with tools.opened(Path(dest), read_only=True) as ledger:
                     state = tools.ledger_state(ledger)
@@ -327,10 +325,10 @@ def _fmt(v) -> str:
 
 def _print_audit(report: dict) -> None:
     cols = report["columns"]
-    widths = [6] + [16] * (len(cols) - 1)
-    click.echo("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
-    for row in report["steps"][:tools.MAX_LISTED]:
-        click.echo("  ".join(_fmt(v).rjust(w) for v, w in zip(row, widths, strict=True)))
+    click.echo("  ".join([cols[0].rjust(6)] + [c.rjust(16) for c in cols[1:]]))
+    for step, *amounts in report["steps"][:tools.MAX_LISTED]:
+        click.echo("  ".join([str(step).rjust(6)]
+                             + [_fmt(v).rjust(16) for v in amounts]))
     if len(report["steps"]) > tools.MAX_LISTED:
         click.echo(f"... {len(report['steps']) - tools.MAX_LISTED:,d} more steps differ")
     totals = report["totals"]

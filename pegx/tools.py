@@ -127,8 +127,10 @@ def backup(store: Store, datadir: Path, dest: str | os.PathLike,
         t0 = time.monotonic()
         records = store.copy_to(dest / LEDGER_DIR, progress)
         devnet = None
-        if (datadir / DEVNET_DIR / LOG_NAME).exists():
-            devnet = copy_devnet_log(datadir / DEVNET_DIR, dest / DEVNET_DIR)
+        src_log = devnet_log(datadir)
+        if src_log is not None:  # same place in the backup as in the datadir
+            devnet = copy_devnet_log(src_log.parent,
+                                     dest / src_log.parent.relative_to(datadir))
         for name in CONFIG_FILES:
             if (datadir / name).is_file():
                 shutil.copy2(datadir / name, dest / name)
@@ -254,28 +256,37 @@ def restore(src: str | os.PathLike, datadir: str | os.PathLike) -> dict:
 
 
 # ------------------------------------------------------------------------------- opening offline
-def devnet_params(datadir: Path) -> dict | None:
-    """The devnet parameters from its log header, or None if the datadir has no devnet."""
-    path = Path(datadir) / DEVNET_DIR / LOG_NAME
-    if not path.exists():
+def devnet_log(datadir: Path) -> Path | None:
+    """The devnet action log of ``datadir``, or None. The daemon passes ``<datadir>/devnet`` to
+    Devnet, which keeps its log in a ``devnet`` folder of that, so look there first."""
+    for parts in ((DEVNET_DIR, DEVNET_DIR), (DEVNET_DIR,)):
+        path = Path(datadir).joinpath(*parts, LOG_NAME)
+        if path.is_file():
+            return path
+    return None
+
+
+def open_devnet(datadir: Path):
+    """The devnet chain of ``datadir`` with the parameters of its log header (no block timer),
+    or None if it has none. Locks the log: the daemon must not be running on it."""
+    path = devnet_log(datadir)
+    if path is None:
         return None
     with open(path, "rb") as fh:
         header = json.loads(fh.readline() or b"{}")
     if header.get("a") != "header":
         raise ToolError(f"{path} has no devnet header")
-    return {k: header[k] for k in ("seed", "initial_supply", "walk_seed")}
+    from pegx.chain.devnet import Devnet
+
+    return Devnet(path.parent.parent, block_seconds=0,
+                  **{k: header[k] for k in ("seed", "initial_supply", "walk_seed")})
 
 
 def open_chain(cfg):
-    """The chain of a stopped daemon's datadir (devnet: its own log, no block timer), or None
-    for a devnet datadir without chain data."""
+    """The chain of a stopped daemon's datadir (devnet: its own log), or None for a devnet
+    datadir without chain data."""
     if cfg.chain == "devnet":
-        params = devnet_params(cfg.path)
-        if params is None:
-            return None
-        from pegx.chain.devnet import Devnet
-
-        return Devnet(cfg.path, block_seconds=0, **params)
+        return open_devnet(cfg.path)
     from pegx.chain.bitbayd import Bitbayd
 
     return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
@@ -303,21 +314,54 @@ def _limited(items: list[str]) -> list[str]:
     return items[:MAX_LISTED] + [f"... and {len(items) - MAX_LISTED:,d} more like this"]
 
 
+_LOW = (1 << 32) - 1
+_CHUNK = 4096  # rows per pass: bounded temporaries however large the ledger is
+
+
+def _exact_sum(a: np.ndarray, axis: int) -> np.ndarray:
+    """Exact int64 sums as Python ints: high and low 32-bit halves are summed separately, so
+    no total overflows (even of a corrupted row) for up to 2^31 terms."""
+    hi = (a >> 32).sum(axis=axis)
+    lo = (a & _LOW).sum(axis=axis)
+    return hi.astype(object) * (1 << 32) + lo.astype(object)
+
+
+def _scan_accounts(ledger: Exchange) -> dict:
+    """Column sums, row totals and negative steps of every account row; call under the lock.
+
+    Works in chunks of rows instead of copying the matrix (users x 1200 int64 can be GBs).
+    """
+    n = len(ledger.names)
+    cols = np.zeros(peg.PEG_SIZE, dtype=object)
+    totals = np.zeros(n, dtype=object)
+    negative = []
+    for start in range(0, n, _CHUNK):
+        chunk = ledger.matrix[start:min(n, start + _CHUNK)]
+        cols = cols + _exact_sum(chunk, 0)
+        totals[start:start + len(chunk)] = _exact_sum(chunk, 1)
+        for r in np.flatnonzero((chunk < 0).any(axis=1)):
+            neg = np.flatnonzero(chunk[r] < 0)
+            negative.append((start + int(r), int(neg[0]), int(chunk[r, neg[0]]), neg.size))
+    special = {name: ledger.matrix[ledger.index[name]].astype(object)
+               for name in (POOL, WITHDRAWS, HOUSE) if name in ledger.index}
+    return {"names": list(ledger.names), "view": ledger.view[:n].copy(), "cols": cols,
+            "totals": totals, "negative": negative, "special": special}
+
+
 def audit(ledger: Exchange, chain=None) -> dict:
     """Check the conservation law and every engine invariant; return a report.
 
     Report: ``ok``; ``problems`` (each names the step, account or input at fault); ``notes``;
     ``columns`` and ``steps`` (per-step rows, only for steps with a difference); ``totals``
-    (the same columns summed over all steps); ``summary``. Invariants: per step Σ accounts ==
-    Σ registered inputs (difference = accounts + drift - inputs); no negative step or balance; liquid + reserve == row total;
+    (the same columns summed over all steps); ``summary``. Invariants: per step Σ accounts +
+    drift == Σ registered inputs; no negative step or balance; liquid + reserve == row total;
     Σ liquid <= the exchange's liquid; the withdraws row == Σ pending withdraw vectors; every
     input is unspent on chain or in flight; claims registered <=> input registered.
+    The ledger lock is held while the rows are summed (calls wait, ~1 s per 100,000 accounts);
+    the chain is asked afterwards, without it.
     """
-    with ledger.lock:  # one consistent view; the chain is asked afterwards, without the lock
-        n = len(ledger.names)
-        names = list(ledger.names)
-        matrix = ledger.matrix[:n].copy()
-        view = ledger.view[:n].copy()
+    with ledger.lock:  # one consistent view
+        scan = _scan_accounts(ledger)
         tables = copy.deepcopy(ledger.tables)
         vectors = {k: v.copy() for k, v in ledger.vectors.items()
                    if k[0] in ("inputs", "withdraws") or k == DRIFT}
@@ -330,14 +374,11 @@ def audit(ledger: Exchange, chain=None) -> dict:
 
     inputs, claims, meta = tables["inputs"], tables["claims"], tables["meta"]
     engine_meta = meta.get("engine", {"supply": 0, "cycle": 0, "totals": {"liquid": 0}})
-    # per-step sums as Python ints (object arrays): a corrupted row must not overflow silently
-    big = matrix.astype(object)
-    col = {name: big[i] for i, name in enumerate(names)}
+    names, view = scan["names"], scan["view"]
     zero = np.zeros(peg.PEG_SIZE, dtype=object)
-    special = {POOL, WITHDRAWS, HOUSE}
-    users_idx = [i for i, name in enumerate(names) if name not in special]
-    users = big[users_idx].sum(axis=0) if users_idx else zero.copy()
-    pool, wds, house = (col.get(a, zero) for a in (POOL, WITHDRAWS, HOUSE))
+    pool, wds, house = (scan["special"].get(a, zero) for a in (POOL, WITHDRAWS, HOUSE))
+    users = scan["cols"] - pool - wds - house
+    users_count = len([a for a in names if a not in (POOL, WITHDRAWS, HOUSE)])
     ins = zero.copy()
     for key, rec in inputs.items():
         vec = vectors.get(("inputs", key))
@@ -349,32 +390,27 @@ def audit(ledger: Exchange, chain=None) -> dict:
                              f"value is {rec.get('value')!r}")
         ins = ins + vec.astype(object)
     drift = vectors[DRIFT].astype(object) if DRIFT in vectors else zero.copy()
-    accounts = users + pool + wds + house
-    diff = accounts + drift - ins
+    diff = users + pool + wds + house + drift - ins
     rows = np.stack([users, pool, wds, house, ins, drift, diff])
-    steps = [[i, *(int(x) for x in rows[:, i])] for i in np.flatnonzero(diff != 0)]
-    for i in np.flatnonzero(diff != 0):
+    differing = [int(i) for i in np.flatnonzero(diff != 0)]
+    steps = [[i, *(int(x) for x in rows[:, i])] for i in differing]
+    for i in differing:
         d = int(diff[i])
         problem("conservation", f"step {i}: accounts hold {abs(d):,d} sat "
                                 f"{'more' if d > 0 else 'less'} than the registered inputs")
     # accounts: no negatives, liquid + reserve == row total
-    totals_row = big.sum(axis=1) if n else []
-    for i, name in enumerate(names):
-        neg = np.flatnonzero(matrix[i] < 0)
-        if neg.size:
-            problem("negative", f"account {name!r}: step {int(neg[0])} is "
-                                f"{int(matrix[i, neg[0]]):,d} sat ({neg.size} negative steps)")
-        liquid, reserve = int(view[i, 0]), int(view[i, 1])
-        if liquid < 0 or reserve < 0:
-            problem("negative", f"account {name!r}: negative balance (liquid {liquid:,d}, "
-                                f"reserve {reserve:,d})")
-        if liquid + reserve != totals_row[i]:
-            bad = ""
-            if steps:  # the differing steps this account could explain
-                bad = " (see step " + ", ".join(str(s[0]) for s in steps[:5]) + ")"
-            problem("balance", f"account {name!r}: liquid + reserve = {liquid + reserve:,d} sat "
-                               f"but its steps sum to {totals_row[i]:,d} sat{bad}")
-    assigned = int(view[:, 0].sum()) if n else 0
+    for i, step, value, count in scan["negative"]:
+        problem("negative", f"account {names[i]!r}: step {step} is {value:,d} sat "
+                            f"({count} negative steps)")
+    see = f" (see step {', '.join(map(str, differing[:5]))})" if differing else ""
+    for i in np.flatnonzero((view < 0).any(axis=1)):
+        problem("negative", f"account {names[i]!r}: negative balance (liquid "
+                            f"{int(view[i, 0]):,d}, reserve {int(view[i, 1]):,d})")
+    published = view[:, 0].astype(object) + view[:, 1].astype(object)
+    for i in np.flatnonzero(published != scan["totals"]):
+        problem("balance", f"account {names[i]!r}: liquid + reserve = {int(published[i]):,d} "
+                           f"sat but its steps sum to {int(scan['totals'][i]):,d} sat{see}")
+    assigned = int(_exact_sum(view[:, 0], 0))
     ex_liquid = int(engine_meta.get("totals", {}).get("liquid", 0))
     if assigned > ex_liquid:
         problem("liquid", f"accounts hold {assigned:,d} sat liquid, more than the exchange's "
@@ -410,7 +446,7 @@ def audit(ledger: Exchange, chain=None) -> dict:
         except ChainError as exc:
             problem("chain", f"cannot check inputs against the chain: {exc}")
     totals = dict(zip(COLUMNS[1:], (int(x) for x in rows.sum(axis=1)), strict=True))
-    summary = {"accounts": len(users_idx), "inputs": len(inputs),
+    summary = {"accounts": users_count, "inputs": len(inputs),
                "in_flight": len(in_flight & set(inputs)),
                "withdraws_pending": len(tables["withdraws"]), "claims": len(claims),
                "supply": int(engine_meta.get("supply", 0)),
@@ -592,7 +628,8 @@ def _check_targets(ledger: Exchange, targets: dict[str, tuple[int, int]]) -> Non
 def ledger_state(ledger: Exchange) -> dict:
     """What verify-backup prints about a ledger."""
     state = ledger.store.state() or {}
-    return {"format": state.get("format"), "checkpoint_seq": ledger.ckpt_seq,
+    return {"format": state.get("format", "none (never checkpointed)"),
+            "checkpoint_seq": ledger.ckpt_seq,
             "op_seq": ledger.seq, "replayed": ledger.replayed,
             "accounts": len([n for n in ledger.names if n not in (POOL, WITHDRAWS, HOUSE)]),
             "inputs": len(ledger.tables["inputs"]),
