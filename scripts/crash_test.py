@@ -164,6 +164,8 @@ class Client:
         return outcome, result
 
     def step(self) -> None:
+        """One random call: trade, pool debit/credit, withdraw, an oversized trade or a
+        deposit step."""
         rng = self.rng
         u = rng.choice(self.users)
         r = rng.random()
@@ -261,9 +263,11 @@ class Summary:
 
     @property
     def ok(self) -> bool:
+        """Passed: every intended kill happened and no check failed."""
         return self.kills >= self.kills_intended and not self.failures
 
     def lines(self) -> list[str]:
+        """The printed summary."""
         r = sorted(self.restarts) or [0.0]
         return [
             (f"kills: {self.kills} of {self.kills_intended} intended "
@@ -497,11 +501,13 @@ class Run:
         self.desk = True
 
     def say(self, text: str) -> None:
+        """Print a progress line unless --quiet."""
         if not self.quiet:
             print(text, flush=True)
 
     # -------------------------------------------------------------- setup
     def setup(self) -> None:
+        """Start the daemon, set the exchange addresses, fund every user, start the clients."""
         d = self.daemon
         t0 = time.monotonic()
         d.start()
@@ -541,6 +547,7 @@ class Run:
                  f", withdraw desk {'present' if self.desk else 'absent'}")
 
     def log_path(self, k: int) -> Path:
+        """Client k's JSONL call log."""
         return self.workdir / f"client{k}.jsonl"
 
     # -------------------------------------------------------------- clients
@@ -629,6 +636,7 @@ class Run:
                 pass
 
     def mine_to(self, height: int) -> int:
+        """Mine up to ``height`` (if below it); returns the new height."""
         x = proxy(self.daemon.url)
         now = x.devnet.info()["height"]
         return x.devnet.mine(height - now) if height > now else now
@@ -662,6 +670,7 @@ class Run:
         return what
 
     def round(self, i: int, label: str) -> None:
+        """Load, (deliberate mining), SIGKILL, pause the clients, restart, verify."""
         d = self.daemon
         self.set_phase(True)
         stop = threading.Event()
@@ -709,6 +718,7 @@ class Run:
                 for i in range(n)]
 
     def run(self) -> Summary:
+        """Setup, every kill round, then a clean stop/start; failures end the run early."""
         try:
             self.setup()
             for i, label in enumerate(self.labels(self.summary.kills_intended), 1):
@@ -730,6 +740,7 @@ class Run:
         return self.summary
 
     def close(self) -> None:
+        """Stop the clients (the processes this run started) and the daemon."""
         self.phase.value = -1
         for p in self.procs:
             p.join(10)
