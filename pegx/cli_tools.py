@@ -407,12 +407,12 @@ def recover_cmd(csv_file: str, datadir: str | None, dry_run: bool) -> None:
                f"{plan['supply']}: {plan['outputs']:,d} wallet outputs to register")
     for key in plan["deposits_missing"]:
         click.echo(f"note: deposit {key} is not an unspent wallet output (spent or unknown)")
-    click.echo(f"{'user':<24} {'from deposits (liquid/reserve)':>36} {'target':>36} "
-               f"{'move':>30}")
+    pair = "{:>17,d} / {:<17,d}".format
+    click.echo(f"{'user':<20} {'from deposits: liquid / reserve':^37} "
+               f"{'recorded: liquid / reserve':^37} move liquid / reserve")
     for row in plan["users"]:
         f, t, m = row["from_deposits"], row["target"], row["moves"]
-        click.echo(f"{row['user']:<24} {_fmt(f[0]):>17}/{_fmt(f[1]):<18} "
-                   f"{_fmt(t[0]):>17}/{_fmt(t[1]):<18} {m[0]:>+14,d}/{m[1]:<+15,d}")
+        click.echo(f"{row['user']:<20} {pair(*f)} {pair(*t)} {m[0]:+,d} / {m[1]:+,d}")
     pool = plan["pool_after"]
     click.echo(f"{plan['trades']:,d} trades; the pool keeps {pool['liquid']:,d} liquid and "
                f"{pool['reserve']:,d} reserve sat")

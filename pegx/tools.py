@@ -49,6 +49,7 @@ MANIFEST = "backup.json"
 LEDGER_DIR = "ledger"
 DEVNET_DIR = "devnet"
 CONFIG_FILES = ("pegx.toml", "api_public_key")
+IN_FLIGHT = ("sent", "cancelling")  # withdraw batch states whose transaction may be on chain
 MAX_LISTED = 20  # problems of one kind listed before "... and N more"
 # where the engine keeps the per-step drift: registered inputs - accounts, from on-chain spends
 # that split fractions in the chain's proportions rather than the ledger's
@@ -436,8 +437,7 @@ def audit(ledger: Exchange, chain=None) -> dict:
     for key, claim in claims.items():
         if not claim.get("registered") and key in inputs:
             problem("claim", f"input {key} is registered but its claim is not")
-    in_flight = {k for b in tables["batches"].values() if isinstance(b, dict)
-                 for k in b.get("ins", [])}
+    in_flight = _in_flight(tables["batches"])
     if chain is None:
         notes.append("no chain: inputs and claims were not checked against it")
     else:
@@ -458,13 +458,20 @@ def audit(ledger: Exchange, chain=None) -> dict:
             "steps": steps, "totals": totals, "summary": summary}
 
 
+def _in_flight(batches: dict) -> set[str]:
+    """Inputs spent by exchange transactions not settled yet (withdraw batches being sent or
+    cancelled): they may be spent on chain while still registered."""
+    return {k for b in batches.values()
+            if isinstance(b, dict) and b.get("state", "sent") in IN_FLIGHT
+            for k in b.get("ins", [])}
+
+
 def _check_chain(ledger: Exchange, chain, inputs: dict, claims: dict, in_flight: set,
                  problem: Callable[[str, str], None]) -> None:
     gone = [k for k in inputs if k not in in_flight and not chain.is_unspent(k)]
     if gone:  # the desk may have batched them since our view: look again before blaming
         fresh_inputs = ledger.records("inputs")
-        fresh_flight = {k for b in ledger.records("batches").values() if isinstance(b, dict)
-                        for k in b.get("ins", [])}
+        fresh_flight = _in_flight(ledger.records("batches"))
         gone = [k for k in gone if k in fresh_inputs and k not in fresh_flight]
     for key in gone:
         problem("chain", f"input {key} is registered but spent or unknown on chain "
