@@ -32,7 +32,8 @@ def build_chain(cfg: Config):
     if cfg.chain == "devnet":
         from pegx.chain.devnet import Devnet
 
-        return Devnet(cfg.devnet_path, block_seconds=cfg.block_seconds,
+        # Devnet keeps its files in <datadir>/devnet (cfg.devnet_path) itself
+        return Devnet(cfg.path, block_seconds=cfg.block_seconds,
                       initial_supply=cfg.initial_supply,
                       walk_seed=None if cfg.devnet_walk < 0 else cfg.devnet_walk,
                       seed=cfg.devnet_seed)

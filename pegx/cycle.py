@@ -170,7 +170,7 @@ class ExchangeCycle:
         settings = self.ledger.exchange_settings()
         self._refresh_spendable(tip, settings)
         self._register(tip, now)
-        if not self._loaded or tip.cycle > self.cycle():
+        if tip.cycle > self.cycle() or (not self._loaded and self._stale(tip)):
             self._new_cycle(tip, now)
         self._loaded = True
         if self.desk is not None:
@@ -178,6 +178,12 @@ class ExchangeCycle:
         # published last: `tip` is the block this exchange has fully processed (pegx.status
         # reports it, and tests wait on it to know a pass, window task included, is done)
         self.tip = tip
+
+    def _stale(self, tip: Tip) -> bool:
+        """At start-up: do the published balances need a recompute? Only if none was ever
+        published or the supply moved; a restart within a cycle must not reshuffle anyone's
+        liquid and reserve (trades moved them since the last recompute)."""
+        return self.ledger.record("meta", "engine") is None or self.ledger.supply != tip.supply
 
     def _import_keys(self) -> None:
         for address, rec in self.ledger.records("addresses").items():

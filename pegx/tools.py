@@ -258,13 +258,9 @@ def restore(src: str | os.PathLike, datadir: str | os.PathLike) -> dict:
 
 # ------------------------------------------------------------------------------- opening offline
 def devnet_log(datadir: Path) -> Path | None:
-    """The devnet action log of ``datadir``, or None. The daemon passes ``<datadir>/devnet`` to
-    Devnet, which keeps its log in a ``devnet`` folder of that, so look there first."""
-    for parts in ((DEVNET_DIR, DEVNET_DIR), (DEVNET_DIR,)):
-        path = Path(datadir).joinpath(*parts, LOG_NAME)
-        if path.is_file():
-            return path
-    return None
+    """The devnet action log of ``datadir`` (``<datadir>/devnet/actions.jsonl``), or None."""
+    path = Path(datadir) / DEVNET_DIR / LOG_NAME
+    return path if path.is_file() else None
 
 
 def open_devnet(datadir: Path):

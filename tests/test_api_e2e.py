@@ -467,10 +467,6 @@ def test_shutdown_exits_cleanly_and_the_ledger_reopens(tmp_path):
         d.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cycle.py: the first pass after a start recomputes every balance (`not self._loaded`) "
-    "although the cycle has not changed, so a restart reshuffles liquid/reserve mid-cycle "
-    "while GetCycle stays put"))
 def test_a_restart_within_a_cycle_keeps_every_balance(tmp_path):
     d = Daemon(tmp_path / "dd")
     with d:
