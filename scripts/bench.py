@@ -1,0 +1,316 @@
+"""pegx benchmarks on synthetic data; prints one table of results against the targets.
+
+    python scripts/bench.py            # full run (100,000 users; a few minutes)
+    python scripts/bench.py --quick    # 1,000 / 10,000 users, fewer trades (< 60 s)
+    python scripts/bench.py --only trades
+
+Every benchmark case runs in a fresh child process (this script with ``--worker``), so resident
+memory and page cache effects of one case do not leak into the next. A benchmark is a function
+``(param, quick) -> list[Row]`` registered in ``BENCHES`` with the params it runs for; add new
+ones (XML-RPC, ...) the same way.
+
+Targets are reported, never asserted: 100,000 users recomputed in <= 1 s; >= 2,000 durable
+engine trades/s single-threaded; <= 1.5 GB RSS for 100,000 users.
+
+Setup uses the engine's public API only: users are created by ONE ``credit_inputs`` call of N
+inputs, each a full 1200-step STD spread with a distinct owner. The recompute breakdown reads
+``Exchange.tables``/``vectors``/``matrix`` (public attributes) and times ``input_totals`` and
+``peg.assign_balances`` on them directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pegx import peg
+from pegx.engine import Exchange, input_totals
+from pegx.store import Store
+
+SUPPLY = 500
+GB = 1 << 30
+
+
+@dataclass
+class Row:
+    """One measured figure; ``target`` with ``better`` ('lower'/'higher') makes it a check."""
+
+    name: str
+    value: float
+    unit: str
+    target: float | None = None
+    better: str = "lower"
+    note: str = ""
+
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        ratio = self.value / self.target if self.target else float("inf")
+        ok = ratio <= 1 if self.better == "lower" else ratio >= 1
+        return f"{ratio:.2f}x {'ok' if ok else 'MISS'}"
+
+
+@dataclass
+class Bench:
+    """A named benchmark: ``fn(param, quick)`` run once per param of the mode."""
+
+    fn: Callable[[int, bool], list[Row]]
+    full: tuple[int, ...]
+    quick: tuple[int, ...]
+
+
+# ------------------------------------------------------------------ helpers
+def proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM of this process in bytes (Linux /proc)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(val.split()[0]) * 1024
+    return out
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def full_profiles(n: int) -> list[dict]:
+    """N inputs, each a full 1200-step STD spread (~1,000 BAY) with a distinct owner.
+
+    64 distinct spreads are shared between the inputs: the engine copies every vector it
+    registers, and std_spread is a 1200-step Python loop, too slow to run 100,000 times.
+    """
+    bases = [peg.std_spread(10**11 + 7919 * k) for k in range(64)]
+    assert all(b.all() for b in bases)  # every step non-zero: a full profile
+    return [{"key": f"{i:064x}:0", "value": int(bases[i % 64].sum()), "address": "Bbench",
+             "vector": bases[i % 64], "owner": f"user{i:07d}"} for i in range(n)]
+
+
+def tmp_ledger() -> Path:
+    return Path(tempfile.mkdtemp(prefix="pegx-bench-")) / "ledger"
+
+
+def label(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+# ------------------------------------------------------------------ benchmarks
+def bench_users(n: int, quick: bool) -> list[Row]:
+    """Build N users with full profiles, then recompute, memory and restart figures."""
+    path = tmp_ledger()
+    big = n >= 100_000
+    rows: list[Row] = []
+    try:
+        items = full_profiles(n)
+        ex = Exchange(Store(path), capacity=n + 16)
+        t = time.perf_counter()
+        ex.credit_inputs(items, supply=SUPPLY, now=0)
+        build = time.perf_counter() - t
+        del items
+        rows.append(Row(f"users {label(n)}: build (1 credit_inputs)", build, "s",
+                        note="one durable step incl. its checkpoint"))
+        mem = proc_status()
+        rows.append(Row(f"users {label(n)}: RSS after build", mem["VmRSS"] / GB, "GB",
+                        1.5 if big else None))
+        rows.append(Row(f"users {label(n)}: peak RSS (VmHWM)", mem["VmHWM"] / GB, "GB"))
+
+        # As the daemon runs it: default checkpoint thresholds, so a recompute (which changes
+        # every account's published balance) also writes its checkpoint before returning.
+        runs = [timed(lambda s=s: ex.recompute(s, now=0)) for s in (SUPPLY + 1, SUPPLY + 2,
+                                                                     SUPPLY + 3)]
+        rows.append(Row(f"users {label(n)}: recompute (median of 3)", statistics.median(runs),
+                        "s", 1.0 if big else None, note="incl. the checkpoint it triggers"))
+
+        # The same without the checkpoint, and its two parts.
+        ex.checkpoint_ops = ex.checkpoint_rows = 1 << 62
+        ex.checkpoint_seconds = float("inf")
+        runs = [timed(lambda s=s: ex.recompute(s, now=0)) for s in (SUPPLY, SUPPLY + 1,
+                                                                     SUPPLY + 2)]
+        rows.append(Row(f"users {label(n)}: recompute, no checkpoint", statistics.median(runs),
+                        "s"))
+        with ex.lock:
+            t_in = timed(lambda: input_totals(ex.tables["inputs"], ex.vectors, SUPPLY, 0))
+            m = ex.matrix[:len(ex.names)]
+            t_assign = timed(lambda: peg.assign_balances(m, SUPPLY, 10**15))
+        rows.append(Row(f"users {label(n)}:  . input_totals ({n:,d} inputs)", t_in, "s"))
+        rows.append(Row(f"users {label(n)}:  . assign_balances", t_assign, "s"))
+        rows.append(Row(f"users {label(n)}:  . checkpoint of all rows", timed(ex.checkpoint),
+                        "s"))
+
+        ex.recompute(SUPPLY, now=0)  # one logged op after the checkpoint to replay
+        digest = ex.digest()
+        ex.store.close()  # no checkpoint: like a crash
+        t = time.perf_counter()
+        ex = Exchange(Store(path))
+        restart = time.perf_counter() - t
+        assert ex.digest() == digest and ex.replayed == 1
+        rows.append(Row(f"users {label(n)}: restart (open + replay 1)", restart, "s"))
+        rows.append(Row(f"users {label(n)}: ledger on disk", ex.store.approximate_size() / GB,
+                        "GB"))
+        ex.close()
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return rows
+
+
+def bench_trades(threads: int, quick: bool) -> list[Row]:
+    """Durable user->user trades through the engine (fsync on), 1 or N threads, and restart."""
+    n_users = 300
+    total = (1_500 if quick else 6_000) * (1 if threads == 1 else 2)
+    path = tmp_ledger()
+    rows: list[Row] = []
+    try:
+        ex = Exchange(Store(path))
+        items = [{**it, "vector": peg.std_spread(10**12), "value": 10**12}
+                 for it in full_profiles(n_users)]
+        ex.credit_inputs(items, supply=SUPPLY, now=0)
+        names = [it["owner"] for it in items]
+        rng = np.random.default_rng(threads)
+        plan = [(names[a], int(x), names[b]) for a, b, x in zip(
+            rng.integers(0, n_users, total), rng.integers(0, n_users, total),
+            rng.integers(1_000, 10**6, total), strict=True) if a != b]
+        seq0, commits0 = ex.seq, ex.journal.commits
+
+        def run(part: list) -> None:
+            for u1, amount, u2 in part:
+                ex.trade(u1, amount, u2)
+
+        t = time.perf_counter()
+        if threads == 1:
+            run(plan)
+        else:
+            workers = [threading.Thread(target=run, args=(plan[k::threads],))
+                       for k in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        wall = time.perf_counter() - t
+        records = ex.seq - seq0
+        group = records / max(1, ex.journal.commits - commits0)
+        rows.append(Row(f"trades, {threads} thread{'s' if threads > 1 else ''} (durable)",
+                        len(plan) / wall, "ops/s", 2000 if threads == 1 else None, "higher",
+                        note=f"{len(plan):,d} trades; {group:.1f} records per fsync"))
+        if threads == 1:
+            ex.checkpoint()
+            run(plan[:500])  # a log tail after the checkpoint, to replay on restart
+            digest = ex.digest()
+            ex.store.close()
+            t = time.perf_counter()
+            ex = Exchange(Store(path))
+            rows.append(Row(f"restart after trades ({n_users} users, replay {ex.replayed})",
+                            time.perf_counter() - t, "s"))
+            assert ex.digest() == digest
+        ex.close()
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return rows
+
+
+def bench_fsync(_: int, quick: bool) -> list[Row]:
+    """The floor under durable trades: one synced ~100-byte put per batch via Store.batch()."""
+    path = tmp_ledger()
+    n = 1_000 if quick else 3_000
+    try:
+        store = Store(path)
+        value = b"x" * 100
+
+        def puts() -> None:
+            for i in range(n):
+                with store.batch() as wb:
+                    wb.put(b"Tbench\x00" + i.to_bytes(8, "big"), value)
+
+        rate = n / timed(puts)
+        store.close()
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return [Row("fsync floor: synced 100 B put", rate, "ops/s", better="higher",
+                note="plyvel via Store.batch(), 1 put per batch")]
+
+
+BENCHES: dict[str, Bench] = {
+    "fsync": Bench(bench_fsync, (0,), (0,)),
+    "trades": Bench(bench_trades, (1, 8), (1, 8)),
+    "users": Bench(bench_users, (10_000, 100_000), (1_000, 10_000)),
+}
+
+
+# ------------------------------------------------------------------ driver
+def run_worker(name: str, param: int, quick: bool) -> None:
+    rows = BENCHES[name].fn(param, quick)
+    print(json.dumps([asdict(r) for r in rows]))
+
+
+def run_child(name: str, param: int, quick: bool) -> list[Row]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--param", str(param)]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["?"])[-1]
+        return [Row(f"{name} {param}: FAILED", float("nan"), "", note=tail[:80])]
+    return [Row(**r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def print_table(rows: list[Row]) -> None:
+    def fmt(v: float) -> str:
+        if np.isnan(v):
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
+
+    head = ("benchmark", "value", "unit", "target", "ratio/ok", "note")
+    body = [(r.name, fmt(r.value), r.unit,
+             "" if r.target is None else f"{'<=' if r.better == 'lower' else '>='} "
+                                        f"{fmt(r.target)}",
+             r.verdict(), r.note) for r in rows]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    for i, line in enumerate([head, *body]):
+        print("  ".join(c.ljust(w) if k in (0, 2, 5) else c.rjust(w)
+                        for k, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks (each case in a child process) and print one table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=sorted(BENCHES), action="append",
+                    help="run only this benchmark (repeatable)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--param", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        run_worker(args.worker, args.param, args.quick)
+        return 0
+    rows: list[Row] = []
+    t0 = time.perf_counter()
+    for name in args.only or list(BENCHES):
+        bench = BENCHES[name]
+        for param in bench.quick if args.quick else bench.full:
+            print(f"running {name} {param or ''}...", file=sys.stderr, flush=True)
+            rows += run_child(name, param, args.quick)
+    print()
+    print_table(rows)
+    print(f"\n{'quick' if args.quick else 'full'} run, {time.perf_counter() - t0:.0f} s; "
+          f"{os.cpu_count()} CPUs; targets are reported, not asserted")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
