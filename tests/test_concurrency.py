@@ -33,6 +33,7 @@ USERS = [f"trader{i:02d}" for i in range(8)]
 DEPOSIT = 1000 * BAY
 THREADS = 16
 TRADES_PER_THREAD = 40
+RESERVE_LIMIT = "Reserve withdraw limit reached, please wait until transactions clear."
 BUSY = "Exchange is busy. Please try again in a few minutes."
 REFUSALS = ("Insufficient liquid balance", "Insufficient reserve balance",
             "Insufficient funds in liquid pool. Please make the debit before the credit.",
@@ -241,3 +242,62 @@ def test_sixteen_concurrent_claims_of_one_deposit_credit_exactly_one_user(exchan
     got = {u: x.GetBalance(u) for u in claimants}
     assert got[winners[0]]["liquid"] + got[winners[0]]["reserve"] == 77 * BAY
     assert all(b is False for u, b in got.items() if u != winners[0]), got  # never created
+
+
+def test_trades_and_withdraws_while_the_withdraw_windows_run(exchange):
+    """Withdraws batched, broadcast and confirmed while trades go on: every user ends at
+    start + acknowledged trades - completed withdraws, exactly, and the audit is clean."""
+    x = exchange.proxy()
+    # without a change address and a fee address the desk cannot batch (withdraws expire)
+    assert x.ExchangeSettings([x.devnet.new_address()], x.devnet.new_address()) is True
+    names = [*USERS, "pool", "withdraws"]
+    initial = balances(x, names)
+    acked, lock = Counter(), threading.Lock()
+    traders = [Trader(exchange.url, 100 + seed, acked, lock) for seed in range(8)]
+    withdrawn: list[tuple[str, int, str]] = []
+    refused: Counter = Counter()
+
+    def withdrawer(seed: int) -> None:
+        r, proxy = random.Random(seed), exchange.proxy()
+        for _ in range(6):
+            user, amount = r.choice(USERS), r.randint(2 * BAY, 20 * BAY)
+            to = crypto.wif_to_address(crypto.generate_deposit_key())
+            got = proxy.Withdraw(user, str(amount), to, r.choice(("liquid", "reserve")))
+            if got[0] is True:
+                with lock:
+                    withdrawn.append((user, amount, got[1]))
+            else:
+                refused[got[0]] += 1
+
+    workers = traders + [threading.Thread(target=withdrawer, args=(s,)) for s in range(4)]
+    for t in workers:
+        t.start()
+    for _ in range(200):  # through the liquid (10-74) and reserve (75-119) windows
+        x.devnet.mine(7)
+        settled(x)
+        done = not any(t.is_alive() for t in workers)
+        if done and x.pegx.status()["withdraws"].get("pending", 0) == 0 and all(
+                isinstance(s := x.CheckWithdraw(w), dict) and s["status"] == "Complete"
+                for _, _, w in withdrawn):
+            break
+    for t in workers:
+        t.join(60)
+        assert getattr(t, "error", None) is None, t.error
+    assert len(withdrawn) >= 10, (withdrawn, refused)
+    assert set(refused) <= {"Insufficient liquid balance", "Insufficient reserve balance",
+                            RESERVE_LIMIT}, refused
+    statuses = Counter(x.CheckWithdraw(w)["status"] for _, _, w in withdrawn)
+    assert statuses == {"Complete": len(withdrawn)}, statuses
+    deltas: Counter = Counter()
+    for t in traders:
+        deltas.update(t.deltas)
+    for user, amount, _ in withdrawn:
+        deltas[user] -= amount
+    final = balances(x, names)
+    for name in names:
+        expected = initial[name]["liquid"] + initial[name]["reserve"] + deltas[name]
+        assert final[name]["liquid"] + final[name]["reserve"] == expected, name
+    assert final["withdraws"] == {"liquid": 0, "reserve": 0}
+    if "pegx.audit" in x.system.listMethods():
+        report = x.pegx.audit("")
+        assert report["ok"] is True, report["problems"]
