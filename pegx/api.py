@@ -92,7 +92,10 @@ class PasswordGate:
 
     def __init__(self, ledger: Exchange):
         self.ledger = ledger
-        self._fast: bytes | None = None
+        # (stored hash, salted SHA-256 of the proven password): the shortcut is only valid for
+        # the record it was proven against, so a SetPassword racing a check cannot leave a
+        # shortcut for the old password behind (which would lock everyone out)
+        self._fast: tuple[str, bytes] | None = None
         self._mu = threading.Lock()
         # scrypt takes ~16 MB and ~50 ms: one at a time, so a flood of wrong passwords from
         # many connections cannot exhaust memory (it queues instead)
@@ -101,32 +104,44 @@ class PasswordGate:
     def _record(self) -> dict | None:
         return self.ledger.record("settings", "password")
 
+    def _shortcut(self, rec: dict, passw: str) -> bool | None:
+        """True/False from the in-memory shortcut, or None when it does not apply to ``rec``."""
+        fast = hashlib.sha256(bytes.fromhex(rec["salt"]) + passw.encode("utf-8", "surrogatepass"))
+        with self._mu:
+            cached = self._fast
+        if cached is None or cached[0] != rec["hash"]:
+            return None
+        return hmac.compare_digest(fast.digest(), cached[1])
+
     def check(self, passw) -> bool:
         rec = self._record()
         if not rec:
             return True  # blank password: every call passes, as the original
         if not isinstance(passw, str):
             passw = ""
-        salt = bytes.fromhex(rec["salt"])
-        fast = hashlib.sha256(salt + passw.encode("utf-8", "surrogatepass")).digest()
-        with self._mu:
-            cached = self._fast
-        if cached is not None:
-            return hmac.compare_digest(fast, cached)
+        quick = self._shortcut(rec, passw)
+        if quick is not None:
+            return quick
         with self._slow_mu:
-            with self._mu:
-                cached = self._fast
-            if cached is not None:  # another call proved the password meanwhile
-                return hmac.compare_digest(fast, cached)
-            slow = hashlib.scrypt(passw.encode("utf-8", "surrogatepass"), salt=salt,
-                                  n=rec["n"], r=rec["r"], p=rec["p"], maxmem=64 << 20)
+            rec = self._record()  # SetPassword may have replaced it while we waited
+            if not rec:
+                return True
+            quick = self._shortcut(rec, passw)
+            if quick is not None:  # another call proved this record's password meanwhile
+                return quick
+            salt = bytes.fromhex(rec["salt"])
+            secret = passw.encode("utf-8", "surrogatepass")
+            slow = hashlib.scrypt(secret, salt=salt, n=rec["n"], r=rec["r"], p=rec["p"],
+                                  maxmem=64 << 20)
             ok = hmac.compare_digest(slow, bytes.fromhex(rec["hash"]))
             if ok:
                 with self._mu:
-                    self._fast = fast
+                    self._fast = (rec["hash"], hashlib.sha256(salt + secret).digest())
         return ok
 
     def set(self, newpassw: str) -> None:
+        # no _slow_mu here: a check queued behind a running scrypt re-reads the record, and a
+        # shortcut proven against the old record never applies to the new one (its hash differs)
         if newpassw == "":
             self.ledger.put("settings", "password", None)
         else:

@@ -51,6 +51,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 from xml.parsers.expat import ExpatError
 from xmlrpc.client import Fault, Marshaller, gzip_decode, gzip_encode, loads
@@ -137,6 +138,31 @@ class _Marshaller(Marshaller):
         dispatch[_t] = dump_long
     dispatch[np.bool_] = Marshaller.dump_bool
     del _t
+
+
+MAX_DEPTH = 64  # no call takes anything nested this deep; repr() of deeper values recurses
+
+
+def _check_params(params: tuple) -> str:
+    """Why the parameters cannot reach a method ('' if they can).
+
+    Refused before dispatch: values nested deeper than MAX_DEPTH (any repr() of them in an
+    error message would raise RecursionError) and <bigdecimal> values (no call takes a decimal:
+    amounts are int or a string of satoshi; a Decimal sNaN even raises on comparison).
+    """
+    stack = [(p, 1) for p in params]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"parameters are nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, Decimal):
+            return ("decimal values are not accepted: send amounts as an int or a decimal "
+                    "string of satoshi")
+        if isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+    return ""
 
 
 def _clean_text(text: str) -> str:
@@ -541,6 +567,9 @@ class RPCServer:
                 f"request is not an XML-RPC method call ({type(exc).__name__})"))
         if not name:
             return self._count_fault(Fault(FAULT_INVALID_REQUEST, "request has no methodName"))
+        problem = _check_params(params)
+        if problem:
+            return self._count_fault(Fault(FAULT_INVALID_REQUEST, problem))
         return self._call(name, params)
 
     def _value_fault(self, exc: Exception) -> Fault:

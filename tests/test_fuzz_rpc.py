@@ -174,11 +174,9 @@ SPECIAL_INTS = [0, 1, -1, 6, 7, 15, 16, 10001, 2**31 - 1, 2**31, -(2**31) - 1, 2
                 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 2 * 10**17 + 1, 10**30, -(10**30),
                 10**4000]
 SPECIAL_FLOATS = [NAN, INF, -INF, -0.0, 0.5, 1e8, 1e300, 2.0**53, 2.0**64, -1e8]
-DECIMALS = [Decimal("NaN"), Decimal("Infinity"), Decimal("1E+999999"), Decimal("-0"),
-            Decimal("1.5"), Decimal(100000), Decimal(-7)]
-# Known bugs (see the xfail tests below): kept out of the random calls until they are fixed,
-# so the fuzzer keeps guarding everything else.
 SNAN = Decimal("sNaN")
+DECIMALS = [Decimal("NaN"), Decimal("Infinity"), Decimal("1E+999999"), Decimal("-0"),
+            Decimal("1.5"), Decimal(100000), Decimal(-7), SNAN]
 
 
 def deep_array(depth: int) -> Xml:
@@ -214,7 +212,7 @@ scalars = st.one_of(
     st.floats(), st.sampled_from(SPECIAL_FLOATS), st.sampled_from(DECIMALS),
     st.binary(max_size=40), st.text(max_size=30), st.sampled_from(WEIRD_STRINGS),
     st.sampled_from(LONG_STRINGS), st.sampled_from(DATES),
-    st.sampled_from([HUGE_LITERAL, deep_array(40), deep_struct(40)]),
+    st.sampled_from([HUGE_LITERAL, deep_array(40), deep_struct(40), deep_array(3000)]),
 )
 junk = st.recursive(
     scalars,
@@ -804,13 +802,7 @@ def test_http_framing_abuse_is_refused_and_the_daemon_keeps_serving(world, daemo
     assert c.value("pegx.noop") is True
 
 
-# ------------------------------------------------------------------------- known bugs
-@pytest.mark.xfail(strict=True, reason=(
-    "rpcserver: <bigdecimal>sNaN</bigdecimal> reaches the API as Decimal('sNaN'); comparing it "
-    "with an int (StartExchange 'start in (0, 1)', CheckWithdraw 'clear == 1') raises "
-    "decimal.InvalidOperation (not ValueError/TypeError), so the caller gets Fault 2 'internal "
-    "error' and the daemon log a traceback. Fix: refuse <bigdecimal> (or any Decimal) in "
-    "rpcserver._parse_and_call with Fault -32600, as no API argument is a decimal."))
+# ------------------------------------- once bugs: <bigdecimal> sNaN and deep nesting (fixed)
 @pytest.mark.parametrize("method,args", [("StartExchange", (Ref("password"), SNAN)),
                                          ("StartExchange", (Ref("password"), 1, SNAN)),
                                          ("CheckWithdraw", ("abc", SNAN, Ref("password")))])
@@ -822,12 +814,6 @@ def test_signalling_nan_decimal_gets_a_clean_fault_or_value(world, method, args)
     assert not out.fault or out.code != FAULT_INTERNAL
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rpcserver: params nested ~1000+ levels deep parse fine (the unmarshaller is not "
-    "recursive) but any repr()/str() of them in an error message raises RecursionError "
-    "(devnet.drop/vote/balance 'got {x!r}', ExchangeSettings '{addr!r}', system.methodHelp "
-    "'str(name)'), which becomes Fault 2 'internal error'. Fix: in rpcserver._parse_and_call "
-    "refuse params nested deeper than e.g. 64 levels with Fault -32600 before dispatch."))
 @pytest.mark.parametrize("method,wrap", [("devnet.drop", False), ("devnet.vote", False),
                                          ("ExchangeSettings", True),
                                          ("system.methodHelp", False)])

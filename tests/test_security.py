@@ -152,15 +152,6 @@ def test_password_change_does_not_keep_the_old_one_alive(guarded):
     assert x.SetPassword(RIGHT, "n3w-Pass") is True
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api.PasswordGate.check reads the password record before it waits for _slow_mu; if "
-    "SetPassword replaces the record meanwhile (set() does not take _slow_mu), the waiting "
-    "check runs scrypt against the OLD record, answers True for the old password, and caches "
-    "sha256(old salt + old password) as the shortcut: from then on every password, the new "
-    "one included, is refused until a restart (a lockout an attacker can provoke by keeping "
-    "_slow_mu busy with wrong passwords while the operator changes it). Fix: read the record "
-    "inside _slow_mu and cache (record hash, digest), using the shortcut only while the "
-    "record's hash is unchanged; or take _slow_mu in set()."))
 def test_a_check_in_flight_during_a_password_change_cannot_lock_everyone_out(ledger):
     gate = PasswordGate(ledger)
     gate.set("old-password")
