@@ -654,7 +654,8 @@ def test_fuzzing_reached_the_money_paths(world):
 # arguments plausible: the systematic complement of the random calls above.
 HOSTILE = [None, True, False, 0, -1, 2**31, 2**63, -(2**63) - 1, 10**30, 10**4000, NAN, INF, -INF,
            -0.0, 0.5, 1e300, *DECIMALS[:3], b"", b"\x00\xff" * 50, "", " ", MEGA, "漢字" * 4000, "\x00", "\ufffe", "ＥＸＣＨＡＮＧＥ", "Pool", "-5", "1e5", [], [None],
-           {}, {"a": [1, {"b": None}]}, DATES[1], deep_array(40), deep_struct(40), HUGE_LITERAL]
+           {}, {"a": [1, {"b": None}]}, DATES[1], deep_array(40), deep_struct(40), HUGE_LITERAL,
+           SNAN, deep_array(3000)]
 PLAUSIBLE = {
     "SetPassword": (Ref("password"), Ref("password")),
     "StartExchange": (Ref("password"), 1, 0),
