@@ -98,12 +98,18 @@ def _b58check_encode(payload: bytes) -> str:
     return base58.b58encode_check(payload).decode("ascii")
 
 
+MAX_B58_LEN = 64  # addresses are 34 characters, compressed WIF keys 52
+
+
 def _b58check_decode(text: object, what: str) -> bytes:
     """Decode base58check strictly, with a message naming ``what`` was being read."""
     if not isinstance(text, str):
         raise CryptoError(f"{what} must be a str, got {type(text).__name__}")
     if not text:
         raise CryptoError(f"empty {what}")
+    if len(text) > MAX_B58_LEN:
+        # base58 decoding is quadratic: a 100,000-character "address" cost 12-22 s of CPU
+        raise CryptoError(f"{what} too long ({len(text):,d} characters; at most {MAX_B58_LEN})")
     bad = sorted(set(text) - _B58_CHARS)
     if bad:
         raise CryptoError(f"invalid base58 character {bad[0]!r} in {what}")

@@ -41,6 +41,9 @@ from pegx.chain.base import (
 
 log = logging.getLogger(__name__)
 
+NO_RETURN_ADDRESS = "No return address for exchange"
+NO_FEE_ADDRESS = "No address for collecting withdraw fees"
+
 TASK_SPACING = 25  # blocks between two window tasks (ORIGINAL §2.7)
 FEE_PER_OUTPUT = 10000
 FEE_BASE = 500000
@@ -336,6 +339,10 @@ class WithdrawDesk:
             result = f"{type(exc).__name__}: {exc}"
             log.exception("withdraw task %s at height %s failed", task, f"{tip.height:,d}")
         self.last_result = str(result)
+        if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.tables["withdraws"]:
+            # withdraws keep being accepted and would silently expire: say why, each window
+            log.warning("withdraws are pending but cannot be batched: %s (set it with "
+                        "ExchangeSettings)", result)
         self.ledger.put("meta", "desk", {"last_task_height": tip.height, "task": task,
                                          "result": self.last_result})
 
@@ -356,9 +363,9 @@ class WithdrawDesk:
         """Build, record and broadcast one batch of pending ``style`` withdraws."""
         settings = self.ledger.exchange_settings()
         if not settings["exchangeaccounts"]:
-            return "No return address for exchange"
+            return NO_RETURN_ADDRESS
         if not settings["exchangefeeaccount"]:
-            return "No address for collecting withdraw fees"
+            return NO_FEE_ADDRESS
         pending = sorted(((w, r) for w, r in self.ledger.records("withdraws").items()
                           if r["style"] == style and "batch" not in r),
                          key=lambda item: (item[1]["cycle"], item[0]))
@@ -379,7 +386,7 @@ class WithdrawDesk:
         """Account maintenance (ORIGINAL §3.6), paid by the house account."""
         settings = self.ledger.exchange_settings()
         if not settings["exchangeaccounts"]:
-            return "No return address for exchange"
+            return NO_RETURN_ADDRESS
         master = os.urandom(16).hex()
         plan = plan_maintenance(self._candidates(cycle), tip.supply,
                                 settings["exchangeaccounts"][0], master)

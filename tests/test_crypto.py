@@ -365,3 +365,11 @@ def test_verify_refuses_without_raising() -> None:
     assert verify_message(None, sig, pub) is False  # type: ignore[arg-type]
     nist = ecdsa.SigningKey.generate(curve=ecdsa.NIST256p).get_verifying_key()
     assert verify_message(msg, sig, nist) is False  # wrong curve
+
+
+def test_overlong_base58_is_refused_before_decoding():
+    """Decoding is quadratic in the length: a long string must be refused up front."""
+    with pytest.raises(crypto.CryptoError, match="too long"):
+        crypto.validate_address("1" * 100_000)
+    with pytest.raises(crypto.CryptoError, match="too long"):
+        crypto.wif_to_private_key("P" * 65)
