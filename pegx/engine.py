@@ -116,25 +116,37 @@ def check_amount(amount, *, allow_negative: bool = False) -> int:
     return amount
 
 
-def input_totals(inputs: dict, vectors: dict, supply: int, now: int) -> dict:
+FIGURE_CHUNK = 2048  # input vectors stacked per vectorised figures() call
+
+
+def input_totals(inputs: dict, vectors: dict, supply: int, now: int,
+                 cache: dict | None = None) -> dict:
     """Exchange totals {liquid, reserve, subpremium, frozen} over registered inputs (ORIGINAL §3.2).
 
     Frozen inputs (or unfrozen less than 12 h ago) count as frozen. Otherwise the liquid part
     minus nfreeze (the ~3-step buffer) is liquid and the rest reserve; an input whose liquidity
-    rating is below 200 adds its liquid to subpremium.
+    rating is below 200 adds its liquid to subpremium. ``cache`` (key -> (supply, liquid,
+    reserve, nfreeze, subpremium)) keeps each input's figures until the supply moves, so a
+    recompute after a deposit only computes the new input.
     """
+    cache = {} if cache is None else cache
+    missing = [k for k in inputs if cache.get(k, (None,))[0] != supply]
+    for at in range(0, len(missing), FIGURE_CHUNK):
+        chunk = missing[at:at + FIGURE_CHUNK]
+        stack = np.stack([vectors[("inputs", k)] for k in chunk])
+        liquid, reserve, nf, sub = peg.figures(stack, supply)
+        for j, k in enumerate(chunk):
+            cache[k] = (supply, int(liquid[j]), int(reserve[j]), int(nf[j]), bool(sub[j]))
     t = {"liquid": 0, "reserve": 0, "subpremium": 0, "frozen": 0}
     for key, rec in inputs.items():
-        vec = vectors[("inputs", key)]
+        _, liquid, reserve, nf, sub = cache[key]
         frozen_until = rec.get("frozen_until", 0)
         if frozen_until and frozen_until > now - FROZEN_GRACE:
-            t["frozen"] += int(vec.sum())
+            t["frozen"] += liquid + reserve
             continue
-        liquid, reserve = peg.split(vec, supply)
-        nf = peg.nfreeze(vec, supply)
         t["liquid"] += liquid - nf
         t["reserve"] += reserve + nf
-        if liquid and peg.rating(vec, supply)[0] < peg.SUBPREMIUM_RATING:
+        if sub:
             t["subpremium"] += liquid
     return t
 
@@ -159,6 +171,8 @@ class Exchange:
         self.tables: dict[str, dict] = {t: {} for t in self.TABLES}
         self.vectors: dict[tuple[str, str], np.ndarray] = {}
         self._dirty_rows: set[str] = set()
+        self._dirty_views: set[str] = set()
+        self._figures: dict[str, tuple] = {}  # input key -> figures at a supply (input_totals)
         self._dirty_recs: set[tuple[str, str]] = set()
         self._dirty_vecs: set[tuple[str, str]] = set()
         self._ckpt_mu = threading.Lock()
@@ -171,11 +185,11 @@ class Exchange:
         state = self.store.state()
         self.ckpt_seq = state["seq"] if state else 0
         for k, v in self.store.scan(keys.ACCOUNT):
-            name = keys.unpack_account(k)
-            i = self._add_account(name, dirty=False)
-            lr = np.frombuffer(v[:16], dtype="<i8")
-            self.view[i] = lr
-            self.matrix[i] = np.frombuffer(v[16:], dtype="<i8")
+            i = self._add_account(keys.unpack_account(k), dirty=False)
+            self.matrix[i] = np.frombuffer(v, dtype="<i8")
+        for k, v in self.store.scan(keys.BALANCE):
+            i = self._row(keys.unpack_balance(k))
+            self.view[i] = np.frombuffer(v, dtype="<i8")
         for k, v in self.store.scan(keys.TABLE):
             table, key = keys.unpack_record(k)
             self.tables.setdefault(table, {})[key] = json.loads(v)
@@ -263,10 +277,11 @@ class Exchange:
             puts: list[tuple[bytes, bytes]] = []
             deletes: list[bytes] = []
             for name in self._dirty_rows:
-                i = self.index[name]
                 puts.append((keys.pack_account(name),
-                             self.view[i].astype("<i8").tobytes()
-                             + self.matrix[i].astype("<i8").tobytes()))
+                             self.matrix[self.index[name]].astype("<i8").tobytes()))
+            for name in self._dirty_views | self._dirty_rows:
+                puts.append((keys.pack_balance(name),
+                             self.view[self.index[name]].astype("<i8").tobytes()))
             for table, key in self._dirty_recs:
                 rec = self.tables[table].get(key)
                 k = keys.pack_record(table, key)
@@ -282,6 +297,7 @@ class Exchange:
                 else:
                     puts.append((k, vec.astype("<i8").tobytes()))
             self._dirty_rows.clear()
+            self._dirty_views.clear()
             self._dirty_recs.clear()
             self._dirty_vecs.clear()
             prev = self.ckpt_seq
@@ -316,6 +332,7 @@ class Exchange:
         """Move ``amount`` of balance in ``style``, overflowing into the other style if the
         source holds less of it (after a recompute reshuffled liquid and reserve)."""
         i = self.index[src]
+        self._dirty_views.add(src)
         s = 0 if style == peg.LIQUID else 1
         first = min(amount, int(self.view[i, s]))
         second = amount - first
@@ -323,6 +340,7 @@ class Exchange:
         self.view[i, 1 - s] -= second
         if dst is not None:
             j = self._row(dst)
+            self._dirty_views.add(dst)
             self.view[j, s] += first
             self.view[j, 1 - s] += second
 
@@ -355,6 +373,7 @@ class Exchange:
         for key in op["keys"]:
             self._put("inputs", key, None)
             self._put_vec("inputs", key, None)
+            self._figures.pop(key, None)
 
     def _apply_recompute(self, op: dict) -> None:
         n = len(self.names)
@@ -362,7 +381,7 @@ class Exchange:
                                                  op["totals"]["liquid"])
         self.view[:n, 0] = liquid
         self.view[:n, 1] = reserve
-        self._dirty_rows.update(self.names)
+        self._dirty_views.update(self.names)  # 16 bytes each at the next checkpoint
         meta = dict(self.meta)
         meta.update(supply=op["supply"], totals=op["totals"])
         if op.get("cycle") is not None:
@@ -613,19 +632,17 @@ class Exchange:
 
     def _recompute_locked(self, ops: list[dict], *, supply: int, now: int,
                           cycle: int | None = None) -> int:
+        """Apply ``ops``, then a recompute whose totals include what they register or spend;
+        log all of it as one record (call with the lock held)."""
         supply = peg.check_supply(supply)
-        inputs = dict(self.tables["inputs"])
-        vectors = dict(self.vectors)
-        for op in ops:  # the totals must include what these ops register or spend
-            if op["op"] == "credit":
-                inputs[op["key"]] = op
-                vectors[("inputs", op["key"])] = decode_vec(op["vec"])
-            elif op["op"] == "spend":
-                for k in op["keys"]:
-                    inputs.pop(k, None)
-        totals = input_totals(inputs, vectors, supply, now)
-        return self._submit(ops + [{"op": "recompute", "supply": supply, "totals": totals,
-                                    "cycle": cycle}])
+        for op in ops:
+            self._apply(op)
+        totals = input_totals(self.tables["inputs"], self.vectors, supply, now, self._figures)
+        recompute = {"op": "recompute", "supply": supply, "totals": totals, "cycle": cycle}
+        self._apply(recompute)
+        self.seq += 1
+        self.journal.append(self.seq, ops + [recompute])
+        return self.seq
 
     def withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int) -> None:
         """Move ``amount`` from ``user`` to the ``withdraws`` account under withdraw id ``wid``."""

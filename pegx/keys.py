@@ -17,9 +17,13 @@ STATE = b"S"
 # acknowledged state change, replayed in seq order after the checkpoint on start-up".
 OPLOG = b"L"
 
-# Key: b"R" + account name (utf-8) / Value: <qq liquid, reserve> + 1200 x <q step amounts> /
-# "an account's per-step ledger row and its published {liquid, reserve} view".
+# Key: b"R" + account name (utf-8) / Value: 1200 x <q step amounts /
+# "an account's per-step ledger row".
 ACCOUNT = b"R"
+
+# Key: b"B" + account name (utf-8) / Value: <qq liquid, reserve> / "an account's published
+# balance; kept apart from the row so a recompute rewrites 16 bytes per account, not 9,600".
+BALANCE = b"B"
 
 # Key: b"T" + table name (ascii) + b"\x00" + record key (utf-8) / Value: JSON /
 # "small structured state: deposit claims, inputs, withdraws, history, settings, addresses,
@@ -54,6 +58,18 @@ def unpack_account(key: bytes) -> str:
     """Inverse of pack_account."""
     if key[:1] != ACCOUNT:
         raise ValueError(f"not an account key: {key!r}")
+    return key[1:].decode("utf-8")
+
+
+def pack_balance(name: str) -> bytes:
+    """The key of an account's published balance."""
+    return BALANCE + name.encode("utf-8")
+
+
+def unpack_balance(key: bytes) -> str:
+    """Inverse of pack_balance."""
+    if key[:1] != BALANCE:
+        raise ValueError(f"not a balance key: {key!r}")
     return key[1:].decode("utf-8")
 
 

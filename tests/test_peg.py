@@ -114,3 +114,26 @@ def test_assign_balances_top_down_with_a_pro_rata_cut():
     assert l3.tolist() == [40, 40] and r3.tolist() == [7, 9]
     l4, r4, _ = peg.assign_balances(m, 10, 0)
     assert l4.tolist() == [0, 0] and (r4 == totals).all()
+
+
+@pytest.mark.parametrize("supply", [0, 3, 500, 1100, 1198])
+def test_vectorised_figures_equal_the_scalar_ones(supply):
+    rng = np.random.default_rng(7)
+    m = np.zeros((200, peg.PEG_SIZE), dtype=np.int64)
+    for i in range(200):
+        kind = i % 4
+        if kind == 0:
+            m[i] = peg.std_spread(int(rng.integers(1, 10**14)))
+        elif kind == 1:
+            m[i, rng.integers(0, peg.PEG_SIZE, 20)] = rng.integers(0, 10**12, 20)
+        elif kind == 2:  # equal amounts: shares land exactly on the 10 % thresholds
+            m[i, rng.integers(0, peg.PEG_SIZE, 10)] = 10
+        else:
+            m[i, 1190:] = rng.integers(0, 10**9, 10)
+    liquid, reserve, nf, sub = peg.figures(m, supply)
+    for i in range(200):
+        v = m[i]
+        assert (liquid[i], reserve[i]) == peg.split(v, supply)
+        assert nf[i] == peg.nfreeze(v, supply)
+        assert sub[i] == (peg.liquid_of(v, supply) > 0
+                          and peg.rating(v, supply)[0] < peg.SUBPREMIUM_RATING)
