@@ -102,7 +102,9 @@ class PasswordGate:
         self._slow_mu = threading.Lock()
 
     def _record(self) -> dict | None:
-        return self.ledger.record("settings", "password")
+        # read without the ledger lock and deep copy: every call starts here, and a record is
+        # only ever replaced whole (never mutated in place)
+        return self.ledger.tables["settings"].get("password")
 
     def _shortcut(self, rec: dict, passw: str) -> bool | None:
         """True/False from the in-memory shortcut, or None when it does not apply to ``rec``."""

@@ -29,6 +29,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 
@@ -53,6 +54,7 @@ ROW_BYTES = peg.PEG_SIZE * 8
 
 DEFAULT_COMMISSION = {"min": 100000000, "max": 1000000000, "percent": "0.001"}
 DEFAULT_CONFIRMATIONS = 7
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_MSG = "Name reserved for exchange operations. Please use different name."
 SHORT_MSG = "Name is too short in length."
 
@@ -97,7 +99,7 @@ def check_name(name, *, allow_internal: bool = False) -> str:
         raise NameError_(SHORT_MSG)
     if len(name) > MAX_NAME:
         raise NameError_(f"Name is too long (at most {MAX_NAME} characters).")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _CONTROL.search(name):
         raise NameError_("Name contains control characters.")
     return name
 
