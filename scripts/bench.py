@@ -258,6 +258,50 @@ def bench_fsync(_: int, quick: bool) -> list[Row]:
                 note="plyvel via Store.batch(), 1 put per batch")]
 
 
+def bench_oplog(n_ops: int, quick: bool) -> list[Row]:
+    """Restart after ``n_ops`` logged trades (checkpoints as the daemon makes them), no clean
+    close: how long the log of a busy day takes to come back."""
+    n_users = 1_000
+    path = tmp_ledger()
+    try:
+        ex = Exchange(Store(path))
+        items = [{**it, "vector": peg.std_spread(10**12), "value": 10**12}
+                 for it in full_profiles(n_users)]
+        ex.credit_inputs(items, supply=SUPPLY, now=0)
+        names = [it["owner"] for it in items]
+        rng = np.random.default_rng(5)
+        a, b = rng.integers(0, n_users, n_ops), rng.integers(0, n_users, n_ops)
+        t = time.perf_counter()
+
+        def run(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                if a[i] != b[i]:
+                    ex.trade(names[a[i]], 1_000 + i % 977, names[b[i]])
+        step = -(-n_ops // 8)
+        ts = [threading.Thread(target=run, args=(k, min(k + step, n_ops)))
+              for k in range(0, n_ops, step)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        build = time.perf_counter() - t
+        seq, pending = ex.seq, ex.seq - ex.ckpt_seq
+        digest = ex.digest()
+        ex.store.close()  # a crash: whatever the last checkpoint did not cover is replayed
+        t = time.perf_counter()
+        ex = Exchange(Store(path))
+        restart = time.perf_counter() - t
+        assert ex.digest() == digest and ex.seq == seq
+        rows = [Row(f"oplog: {seq:,d} logged ops (8 threads)", seq / build, "ops/s",
+                    better="higher", note=f"{n_users:,d} users, checkpoints every 5,000 ops"),
+                Row(f"oplog: restart after {seq:,d} ops", restart, "s", 10.0,
+                    note=f"{pending:,d} ops replayed after the last checkpoint")]
+        ex.close()
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return rows
+
+
 def bench_rpc(clients: int, quick: bool) -> list[Row]:
     """Durable Trade calls/s over XML-RPC next to a no-op on the same daemon, and multicall.
 
@@ -323,6 +367,7 @@ def bench_rpc(clients: int, quick: bool) -> list[Row]:
 BENCHES: dict[str, Bench] = {
     "fsync": Bench(bench_fsync, (0,), (0,)),
     "rpc": Bench(bench_rpc, (1, 8), (1, 8)),
+    "oplog": Bench(bench_oplog, (1_000_000,), (20_000,)),
     "trades": Bench(bench_trades, (1, 8), (1, 8)),
     "users": Bench(bench_users, (10_000, 100_000), (1_000, 10_000)),
 }
