@@ -186,8 +186,6 @@ class Exchange:
     def _load(self) -> None:
         state = self.store.state()
         self.ckpt_seq = state["seq"] if state else 0
-        # size the matrix once: growing it row by row copied up to the whole ledger each time
-        self._reserve_rows(self.store.count(keys.ACCOUNT) + len(INTERNAL))
         for k, v in self.store.scan(keys.ACCOUNT):
             i = self._add_account(keys.unpack_account(k), dirty=False)
             self.matrix[i] = np.frombuffer(v, dtype="<i8")
@@ -216,21 +214,15 @@ class Exchange:
             "%s ops replayed", f"{len(self.names):,d}", f"{len(self.tables['inputs']):,d}",
             f"{len(self.tables['withdraws']):,d}", f"{self.ckpt_seq:,d}", f"{self.replayed:,d}")
 
-    def _reserve_rows(self, cap: int) -> None:
-        """Make room for ``cap`` accounts (np.zeros: untouched rows cost no memory)."""
-        if cap <= self.matrix.shape[0]:
-            return
-        n = len(self.names)
-        m = np.zeros((cap, peg.PEG_SIZE), dtype=np.int64)
-        m[:n] = self.matrix[:n]
-        v = np.zeros((cap, 2), dtype=np.int64)
-        v[:n] = self.view[:n]
-        self.matrix, self.view = m, v
-
     def _add_account(self, name: str, *, dirty: bool = True) -> int:
         i = len(self.names)
         if i >= self.matrix.shape[0]:
-            self._reserve_rows(max(8, int(self.matrix.shape[0] * 1.5)))
+            cap = max(8, int(self.matrix.shape[0] * 1.5))
+            m = np.zeros((cap, peg.PEG_SIZE), dtype=np.int64)
+            m[:i] = self.matrix[:i]
+            v = np.zeros((cap, 2), dtype=np.int64)
+            v[:i] = self.view[:i]
+            self.matrix, self.view = m, v
         self.names.append(name)
         self.index[name] = i
         if dirty:

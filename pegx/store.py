@@ -132,10 +132,6 @@ class Store:
         src = snapshot if snapshot is not None else self.db
         return src.iterator(prefix=prefix)
 
-    def count(self, prefix: bytes) -> int:
-        """How many keys are under ``prefix`` (values are not copied out)."""
-        return sum(1 for _ in self.db.iterator(prefix=prefix, include_value=False))
-
     @contextlib.contextmanager
     def batch(self):
         """An all-or-nothing, fsynced write batch: nothing is written if the body raises."""
