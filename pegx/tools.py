@@ -37,7 +37,7 @@ import numpy as np
 
 from pegx import engine, peg
 from pegx.chain.base import ChainError
-from pegx.chain.devnet_log import LOG_NAME
+from pegx.chain.devnet_log import LOG_NAME, fsync_path
 from pegx.engine import HOUSE, POOL, WITHDRAWS, Exchange
 from pegx.store import Store
 
@@ -62,28 +62,20 @@ class ToolError(ValueError):
 
 
 # ------------------------------------------------------------------------------- files
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     """fsync every file and directory under ``root`` (and root itself)."""
     for dirpath, _, files in os.walk(root):
         for name in files:
-            _fsync(Path(dirpath) / name)
-        _fsync(Path(dirpath))
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
 
 
 def _write_json_atomic(path: Path, value: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    _fsync(tmp)
+    fsync_path(tmp)
     tmp.replace(path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -248,7 +240,7 @@ def restore(src: str | os.PathLike, datadir: str | os.PathLike) -> dict:
             if (src / name).is_file():
                 shutil.copy2(src / name, datadir / name)
         _fsync_tree(datadir)
-        _fsync(datadir.parent)
+        fsync_path(datadir.parent)
     except BaseException:
         _clear_dir(datadir)
         raise

@@ -183,6 +183,15 @@ def bench_users(n: int, quick: bool) -> list[Row]:
     return rows
 
 
+def funded_ledger(path: Path, n_users: int) -> tuple[Exchange, list[str]]:
+    """A ledger whose ``n_users`` users each hold a registered 10,000 BAY STD deposit."""
+    ex = Exchange(Store(path))
+    items = [{**it, "vector": peg.std_spread(10**12), "value": 10**12}
+             for it in full_profiles(n_users)]
+    ex.credit_inputs(items, supply=SUPPLY, now=0)
+    return ex, [it["owner"] for it in items]
+
+
 def bench_trades(threads: int, quick: bool) -> list[Row]:
     """Durable user->user trades through the engine (fsync on), 1 or N threads, and restart."""
     n_users = 300
@@ -190,11 +199,7 @@ def bench_trades(threads: int, quick: bool) -> list[Row]:
     path = tmp_ledger()
     rows: list[Row] = []
     try:
-        ex = Exchange(Store(path))
-        items = [{**it, "vector": peg.std_spread(10**12), "value": 10**12}
-                 for it in full_profiles(n_users)]
-        ex.credit_inputs(items, supply=SUPPLY, now=0)
-        names = [it["owner"] for it in items]
+        ex, names = funded_ledger(path, n_users)
         rng = np.random.default_rng(threads)
         plan = [(names[a], int(x), names[b]) for a, b, x in zip(
             rng.integers(0, n_users, total), rng.integers(0, n_users, total),
@@ -264,11 +269,7 @@ def bench_oplog(n_ops: int, quick: bool) -> list[Row]:
     n_users = 1_000
     path = tmp_ledger()
     try:
-        ex = Exchange(Store(path))
-        items = [{**it, "vector": peg.std_spread(10**12), "value": 10**12}
-                 for it in full_profiles(n_users)]
-        ex.credit_inputs(items, supply=SUPPLY, now=0)
-        names = [it["owner"] for it in items]
+        ex, names = funded_ledger(path, n_users)
         rng = np.random.default_rng(5)
         a, b = rng.integers(0, n_users, n_ops), rng.integers(0, n_users, n_ops)
         t = time.perf_counter()

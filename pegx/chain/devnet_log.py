@@ -27,7 +27,8 @@ class DevnetLogError(RuntimeError):
     """The log cannot be used: locked by another process, corrupt, or of another version."""
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (so a rename or a new file in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -43,7 +44,7 @@ class ActionLog:
         fresh = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         if fresh:
-            _fsync_dir(self.directory.parent)
+            fsync_path(self.directory.parent)
         self.path = self.directory / LOG_NAME
         self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the life of the log
         try:
@@ -58,7 +59,7 @@ class ActionLog:
             if not self.records:
                 self.append({"a": "header", "format": FORMAT, "version": VERSION, **header})
                 self.records = []
-                _fsync_dir(self.directory)
+                fsync_path(self.directory)
             else:
                 self._check_header(self.records.pop(0), header)
         except Exception:
