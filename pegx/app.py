@@ -15,12 +15,16 @@ import threading
 import time
 from pathlib import Path
 
-from pegx import __version__, api, engine, tools
+from pegx import __version__
+from pegx.admin import tools
 from pegx.config import Config
-from pegx.cycle import ExchangeCycle
-from pegx.execapi import ExecAPI
-from pegx.rpcserver import CallError, RPCServer
-from pegx.store import Store
+from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.withdraws import WithdrawDesk
+from pegx.ledger import engine
+from pegx.ledger.store import Store
+from pegx.rpc import api
+from pegx.rpc.execapi import ExecAPI
+from pegx.rpc.server import CallError, RPCServer
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +77,7 @@ class App:
         except BaseException:
             self.store.close()
             raise
-        desk = None
-        try:
-            from pegx.withdraws import WithdrawDesk
-
-            desk = WithdrawDesk(self.ledger, self.chain)
-        except ImportError:  # the withdraw desk is optional until it lands
-            log.warning("withdraw processing is not available in this build")
+        desk = WithdrawDesk(self.ledger, self.chain)
         self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=cfg.poll_seconds,
                                    on_shutdown=self.request_shutdown, desk=desk)
         pub = read_public_key(cfg.path)
@@ -159,7 +157,7 @@ class App:
 
     def audit(self, passw=""):
         """pegx.audit(passw='') -> the audit report (conservation and every ledger invariant
-        checked against the chain; see pegx.tools.audit)."""
+        checked against the chain; see pegx.admin.tools.audit)."""
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
         return tools.audit(self.ledger, self.chain)

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from pegx import peg
-from pegx.engine import Exchange, input_totals
-from pegx.store import Store
+from pegx.ledger.engine import Exchange, input_totals
+from pegx.ledger.store import Store
 
 SUPPLY = 500
 GB = 1 << 30

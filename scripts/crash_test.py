@@ -60,7 +60,7 @@ INT32 = 2**31
 FUNDING = 2 * 10**12  # 20,000 BAY per user: far above 2^31, so every balance is an <i8>
 START_LIMIT = 30.0  # seconds a restart may take before the run fails
 NO_DESK = "withdraw processing is not available"
-BATCH_LINE = re.compile(r"(liquid|reserve) batch [0-9a-f]+: tx ")  # pegx.withdraws' log line
+BATCH_LINE = re.compile(r"(liquid|reserve) batch [0-9a-f]+: tx ")  # pegx.exchange.withdraws' log line
 
 
 # ------------------------------------------------------------------------ XML-RPC transport

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from pegx.engine import Exchange
-from pegx.store import Store
+from pegx.ledger.engine import Exchange
+from pegx.ledger.store import Store
 
 # tests (and scripts) import the shared daemon fixture module as `daemon`
 sys.path.insert(0, str(Path(__file__).parent))

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pegx import engine
-from pegx.api import PasswordGate, coerce_amount
+from pegx.ledger import engine
+from pegx.rpc.api import PasswordGate, coerce_amount
 
 
 @pytest.mark.parametrize(("value", "want"), [

@@ -9,9 +9,9 @@ from pathlib import Path
 from daemon import Daemon, assert_returns, wait_until
 
 from pegx import crypto, peg
-from pegx.engine import Exchange
-from pegx.store import Store
-from pegx.withdraws import conservation
+from pegx.exchange.withdraws import conservation
+from pegx.ledger.engine import Exchange
+from pegx.ledger.store import Store
 
 SUPPLY = 100
 COMM = {"min": 10**8, "max": 10**9, "percent": "0.001"}

@@ -11,9 +11,9 @@ import pytest
 from pegx import crypto
 from pegx.chain.base import Chain, ChainRejected, TxOut
 from pegx.chain.devnet import Devnet
-from pegx.chain.devnet_ledger import GENESIS_TIME, block_time
-from pegx.chain.devnet_log import LOG_NAME, DevnetLogError
-from pegx.chain.devnet_peg import FREEZE_SECONDS, parse_f_notation, ratio_part
+from pegx.chain.devnet.ledger import GENESIS_TIME, block_time
+from pegx.chain.devnet.log import LOG_NAME, DevnetLogError
+from pegx.chain.devnet.peg import FREEZE_SECONDS, parse_f_notation, ratio_part
 from pegx.peg import PEG_SIZE, std_spread
 
 S = 500  # supply index used by most tests: 1e11 STD -> liquid 657,048,351

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from pegx import peg
-from pegx.engine import (
+from pegx.ledger.engine import (
     POOL,
     WITHDRAWS,
     AmountError,
@@ -19,7 +19,7 @@ from pegx.engine import (
     NameError_,
     UnknownAccount,
 )
-from pegx.store import LedgerLocked, Store, StoreError
+from pegx.ledger.store import LedgerLocked, Store, StoreError
 
 SUPPLY = 500
 
@@ -162,7 +162,7 @@ def test_second_open_is_refused_and_first_keeps_its_lock(tmp_path):
     s = Store(tmp_path / "l")
     with pytest.raises(LedgerLocked):
         Store(tmp_path / "l")
-    code = ("import sys; from pegx.store import Store, LedgerLocked\n"
+    code = ("import sys; from pegx.ledger.store import Store, LedgerLocked\n"
             "try:\n    Store(sys.argv[1])\nexcept LedgerLocked as e:\n    print('locked', e)\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "l")],
                          capture_output=True, text=True, check=True).stdout
@@ -191,8 +191,8 @@ def test_a_batch_whose_body_raises_writes_nothing(tmp_path):
 CHILD = textwrap.dedent("""
     import sys
     from pegx import peg
-    from pegx.engine import Exchange
-    from pegx.store import Store
+    from pegx.ledger.engine import Exchange
+    from pegx.ledger.store import Store
     ex = Exchange(Store(sys.argv[1]), checkpoint_ops=int(sys.argv[2]))
     ex.put("claims", "k:0", {"name": "alice"})
     ex.credit_inputs([{"key": "k:0", "value": 10**12, "vector": peg.std_spread(10**12),

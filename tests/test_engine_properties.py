@@ -30,8 +30,8 @@ from hypothesis.stateful import (
 )
 
 from pegx import peg
-from pegx.engine import HOUSE, INTERNAL, POOL, EngineError, Exchange, FundsError
-from pegx.store import Store
+from pegx.ledger.engine import HOUSE, INTERNAL, POOL, EngineError, Exchange, FundsError
+from pegx.ledger.store import Store
 
 USERS = ("alice", "bobby", "carol", "dave1", "erin1", "frank")
 # The whole ledger stays under the total BAY supply (~1e17 sat), so every amount passes

@@ -1,4 +1,4 @@
-"""Tests for pegx.execapi: the signed API(command) exec call.
+"""Tests for pegx.rpc.execapi: the signed API(command) exec call.
 
 Signatures are built here the way the original documents it (PegAPI.txt):
 ``base64.b64encode(highlevelcrypto.sign(txhash(code), privkey))``, i.e. a DER
@@ -17,7 +17,7 @@ from ecdsa import SECP256k1, SigningKey
 from ecdsa.util import sigencode_der
 
 from pegx.crypto import CryptoError, sign_message, txhash
-from pegx.execapi import ExecAPI
+from pegx.rpc.execapi import ExecAPI
 
 OPERATOR = SigningKey.from_string(bytes([7]) * 32, curve=SECP256k1)
 INTRUDER = SigningKey.from_string(bytes([9]) * 32, curve=SECP256k1)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from pegx.rpcserver import (
+from pegx.rpc.server import (
     FAULT_BAD_PARAMS,
     FAULT_BAD_RESULT,
     FAULT_INTERNAL,
@@ -239,7 +239,7 @@ def test_errors_inside_methods(server, caplog):
     assert (f.faultCode, f.faultString) == (FAULT_USER, "ValueError: bad amount 'x'")
     f = fault_of(c.busy)
     assert (f.faultCode, f.faultString) == (7, "Server is busy")
-    with caplog.at_level(logging.ERROR, logger="pegx.rpcserver"):
+    with caplog.at_level(logging.ERROR, logger="pegx.rpc.server"):
         f = fault_of(c.boom)
     assert (f.faultCode, f.faultString) == (FAULT_INTERNAL, "internal error (see the daemon log)")
     assert "secret" not in f.faultString
@@ -445,7 +445,7 @@ def test_registration_rules(server):
 
 
 def test_non_loopback_host_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="pegx.rpcserver"):
+    with caplog.at_level(logging.WARNING, logger="pegx.rpc.server"):
         srv = start("0.0.0.0")
     try:
         assert any("not loopback" in r.getMessage() for r in caplog.records)
@@ -455,7 +455,7 @@ def test_non_loopback_host_warns(caplog):
 
 
 def test_loopback_host_does_not_warn(caplog):
-    with caplog.at_level(logging.WARNING, logger="pegx.rpcserver"):
+    with caplog.at_level(logging.WARNING, logger="pegx.rpc.server"):
         srv = RPCServer("127.0.0.1", 0)
     srv.stop()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

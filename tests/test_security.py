@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pegx import crypto
-from pegx.api import PasswordGate
+from pegx.rpc.api import PasswordGate
 
 BAY = 100_000_000
 WRONG = "Incorrect Password"

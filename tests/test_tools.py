@@ -14,11 +14,13 @@ import pytest
 from click.testing import CliRunner
 from daemon import Daemon, wait_until
 
-from pegx import keys, peg, tools
+from pegx import peg
+from pegx.admin import tools
 from pegx.chain.base import Utxo
 from pegx.cli import main
 from pegx.crypto import wif_to_address
-from pegx.store import Store
+from pegx.ledger import schema
+from pegx.ledger.store import Store
 
 USERS = ("alice", "bobby", "carol")
 
@@ -119,11 +121,11 @@ def test_audit_names_a_corrupted_step_and_account(served):
     shutil.copytree(served["datadir"], datadir)
     assert cli("audit", "--datadir", str(datadir))[0] == 0
     with Store(datadir / "ledger", create=False) as store:  # bit rot in one step of one row
-        raw = bytearray(store.get(keys.pack_account("alice")))
+        raw = bytearray(store.get(schema.pack_account("alice")))
         row = np.frombuffer(raw, dtype="<i8").copy()
         row[1000] += 777
         with store.batch() as wb:
-            wb.put(keys.pack_account("alice"), row.astype("<i8").tobytes())
+            wb.put(schema.pack_account("alice"), row.astype("<i8").tobytes())
     code, out = cli("audit", "--datadir", str(datadir))
     assert code == 1, out
     assert "audit FAILED" in out

@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pegx import crypto, engine, peg
+from pegx import crypto, peg
 from pegx.chain.devnet import Devnet
-from pegx.chain.devnet_peg import apply_peg_rules
-from pegx.cycle import ExchangeCycle
-from pegx.engine import Exchange
-from pegx.store import Store
-from pegx.withdraws import (
+from pegx.chain.devnet.peg import apply_peg_rules
+from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.withdraws import (
     NO_FEES,
     Plan,
     WithdrawDesk,
@@ -25,6 +23,9 @@ from pegx.withdraws import (
     plan_batch,
     window_task,
 )
+from pegx.ledger import engine
+from pegx.ledger.engine import Exchange
+from pegx.ledger.store import Store
 
 SUPPLY = 100
 COMM = {"min": 100000000, "max": 1000000000, "percent": "0.001"}

@@ -18,8 +18,8 @@ import json
 import logging
 import threading
 
-from pegx import keys
-from pegx.store import Store
+from pegx.ledger import schema
+from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Journal:
                 try:
                     with self.store.batch() as wb:
                         for s, data in batch:
-                            wb.put(keys.pack_seq(s), data)
+                            wb.put(schema.pack_seq(s), data)
                 except BaseException as exc:  # memory is ahead of disk: nothing may ack now
                     self._mu.acquire()
                     self._failed = exc
@@ -104,8 +104,8 @@ class Journal:
                 for k, v in puts:
                     wb.put(k, v)
                 for s in range(prev_seq + 1, seq + 1):
-                    wb.delete(keys.pack_seq(s))
-                wb.put(keys.STATE, Store.state_value(seq))
+                    wb.delete(schema.pack_seq(s))
+                wb.put(schema.STATE, Store.state_value(seq))
         except BaseException as exc:
             with self._mu:
                 self._failed = exc
@@ -116,7 +116,7 @@ class Journal:
 
 def read_log(store: Store, after: int):
     """Yield (seq, ops) for every logged record with seq > ``after``, in order."""
-    for k, v in store.scan(keys.OPLOG):
-        seq = keys.unpack_seq(k)
+    for k, v in store.scan(schema.OPLOG):
+        seq = schema.unpack_seq(k)
         if seq > after:
             yield seq, json.loads(v)

@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 
 from pegx import crypto
-from pegx.chain import devnet_tx as dtx
 from pegx.chain.base import (
     CYCLE_BLOCKS,
     ChainRejected,
@@ -53,8 +52,9 @@ from pegx.chain.base import (
     outpoint,
     split_outpoint,
 )
-from pegx.chain.devnet_ledger import DIRECTIONS, Ledger, LedgerTx, block_time
-from pegx.chain.devnet_log import ActionLog
+from pegx.chain.devnet import tx as dtx
+from pegx.chain.devnet.ledger import DIRECTIONS, Ledger, LedgerTx, block_time
+from pegx.chain.devnet.log import ActionLog
 from pegx.peg import MAX_SUPPLY_INDEX, PEG_SIZE
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The operator's toolkit: online and offline backup, restore, verify, audit and recovery.
 
-Everything here works on the real parts (a :class:`pegx.store.Store`, an
-:class:`pegx.engine.Exchange`, a :class:`pegx.chain.base.Chain`) and is used two ways: inside
+Everything here works on the real parts (a :class:`pegx.ledger.store.Store`, an
+:class:`pegx.ledger.engine.Exchange`, a :class:`pegx.chain.base.Chain`) and is used two ways: inside
 the daemon through ``pegx.*`` calls (it holds the only LevelDB handle), or on a stopped daemon's
 datadir by ``pegx`` commands that open it directly.
 
@@ -35,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pegx import engine, peg
+from pegx import peg
 from pegx.chain.base import ChainError
-from pegx.chain.devnet_log import LOG_NAME, fsync_path
-from pegx.engine import HOUSE, POOL, WITHDRAWS, Exchange
-from pegx.store import Store
+from pegx.chain.devnet.log import LOG_NAME, fsync_path
+from pegx.ledger import engine
+from pegx.ledger.engine import HOUSE, POOL, WITHDRAWS, Exchange
+from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
 

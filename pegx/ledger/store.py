@@ -22,7 +22,7 @@ from typing import Self
 
 import plyvel
 
-from pegx import keys
+from pegx.ledger import schema
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Store:
 
     def state(self) -> dict | None:
         """The state record (format, seq of the last checkpointed op), or None for a new ledger."""
-        raw = self.db.get(keys.STATE)
+        raw = self.db.get(schema.STATE)
         return None if raw is None else json.loads(raw)
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Every LevelDB key prefix of the ledger, with its meaning (STYLE §3).
 
 One byte per prefix; integers in keys are fixed-width big-endian so prefix scans come back in
-order. Only pegx.store and the modules it serves (engine, journal) use these.
+order. Only pegx.ledger.store and the modules it serves (engine, journal) use these.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ import threading
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
-from pegx import crypto, engine, peg
-from pegx.engine import EngineError, Exchange
+from pegx import crypto, peg
+from pegx.ledger import engine
+from pegx.ledger.engine import EngineError, Exchange
 
 log = logging.getLogger(__name__)
 

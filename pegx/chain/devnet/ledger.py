@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pegx import crypto
-from pegx.chain import devnet_tx as dtx
 from pegx.chain.base import CYCLE_BLOCKS, ChainRejected, TxOut, cycle_of, outpoint, split_outpoint
-from pegx.chain.devnet_peg import FREEZE_SECONDS, apply_peg_rules
+from pegx.chain.devnet import tx as dtx
+from pegx.chain.devnet.peg import FREEZE_SECONDS, apply_peg_rules
 from pegx.peg import MAX_SUPPLY_INDEX, PEG_SIZE, std_spread
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import click
 
-from pegx import crypto, tools
-from pegx.chain.devnet_log import DevnetLogError
+from pegx import crypto
+from pegx.admin import tools
+from pegx.chain.devnet.log import DevnetLogError
 from pegx.config import ConfigError, load
-from pegx.execapi import SENT_PREVIOUSLY, SIGNATURE_FAILED
-from pegx.store import LedgerLocked, Store, StoreError
+from pegx.ledger.store import LedgerLocked, Store, StoreError
+from pegx.rpc.execapi import SENT_PREVIOUSLY, SIGNATURE_FAILED
 
 DEFAULT_URL = "http://127.0.0.1:55779"
 PUBLIC_KEY_FILE = "api_public_key"  # the name pegx.app reads at start-up

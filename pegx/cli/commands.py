@@ -94,7 +94,7 @@ def serve(config_file, **flags) -> None:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from pegx.app import App
-    from pegx.store import StoreError
+    from pegx.ledger.store import StoreError
 
     try:
         app = App(cfg)
@@ -232,11 +232,3 @@ def settings_cmd() -> None:
     for name, (kind, default, help_) in SETTINGS.items():
         click.echo(f"{name:<20} PEGX_{name.upper():<20} {kind.__name__:<6} "
                    f"{default!s:<24} {help_}")
-
-
-try:  # the operator's toolkit (issue: signed exec and tools) registers its commands here
-    from pegx.cli_tools import register as _register_tools
-
-    _register_tools(main)
-except ImportError:
-    pass

@@ -11,7 +11,7 @@ One :class:`Exchange` holds, in memory and under one lock:
   addresses, exec hashes, meta) and the fraction **vectors** some records own.
 
 Every change is an *operation* (a JSON dict) applied by a deterministic ``_apply_*`` function
-and logged through :class:`pegx.journal.Journal` before the call returns, so replaying the log
+and logged through :class:`pegx.ledger.journal.Journal` before the call returns, so replaying the log
 after the last checkpoint reproduces the exact state (DESIGN §3). Validation happens before an
 operation is logged; apply functions never fail on a validated operation.
 
@@ -35,9 +35,10 @@ import time
 
 import numpy as np
 
-from pegx import keys, peg
-from pegx.journal import Journal, read_log
-from pegx.store import Store
+from pegx import peg
+from pegx.ledger import schema
+from pegx.ledger.journal import Journal, read_log
+from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -186,17 +187,17 @@ class Exchange:
     def _load(self) -> None:
         state = self.store.state()
         self.ckpt_seq = state["seq"] if state else 0
-        for k, v in self.store.scan(keys.ACCOUNT):
-            i = self._add_account(keys.unpack_account(k), dirty=False)
+        for k, v in self.store.scan(schema.ACCOUNT):
+            i = self._add_account(schema.unpack_account(k), dirty=False)
             self.matrix[i] = np.frombuffer(v, dtype="<i8")
-        for k, v in self.store.scan(keys.BALANCE):
-            i = self._row(keys.unpack_balance(k))
+        for k, v in self.store.scan(schema.BALANCE):
+            i = self._row(schema.unpack_balance(k))
             self.view[i] = np.frombuffer(v, dtype="<i8")
-        for k, v in self.store.scan(keys.TABLE):
-            table, key = keys.unpack_record(k)
+        for k, v in self.store.scan(schema.TABLE):
+            table, key = schema.unpack_record(k)
             self.tables.setdefault(table, {})[key] = json.loads(v)
-        for k, v in self.store.scan(keys.VECTOR):
-            table, key = keys.unpack_vector(k)
+        for k, v in self.store.scan(schema.VECTOR):
+            table, key = schema.unpack_vector(k)
             self.vectors[(table, key)] = np.frombuffer(v, dtype="<i8").astype(np.int64)
         seq = self.ckpt_seq
         for seq, ops in read_log(self.store, self.ckpt_seq):
@@ -279,21 +280,21 @@ class Exchange:
             puts: list[tuple[bytes, bytes]] = []
             deletes: list[bytes] = []
             for name in self._dirty_rows:
-                puts.append((keys.pack_account(name),
+                puts.append((schema.pack_account(name),
                              self.matrix[self.index[name]].astype("<i8").tobytes()))
             for name in self._dirty_views | self._dirty_rows:
-                puts.append((keys.pack_balance(name),
+                puts.append((schema.pack_balance(name),
                              self.view[self.index[name]].astype("<i8").tobytes()))
             for table, key in self._dirty_recs:
                 rec = self.tables[table].get(key)
-                k = keys.pack_record(table, key)
+                k = schema.pack_record(table, key)
                 if rec is None:
                     deletes.append(k)
                 else:
                     puts.append((k, json.dumps(rec, separators=(",", ":")).encode()))
             for table, key in self._dirty_vecs:
                 vec = self.vectors.get((table, key))
-                k = keys.pack_vector(table, key)
+                k = schema.pack_vector(table, key)
                 if vec is None:
                     deletes.append(k)
                 else:

@@ -25,7 +25,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 import numpy as np
 
-from pegx import engine, peg
+from pegx import peg
 from pegx.chain.base import (
     CYCLE_BLOCKS,
     FREEZE_NOTARY_VALUE,
@@ -38,6 +38,7 @@ from pegx.chain.base import (
     TxOut,
     outpoint,
 )
+from pegx.ledger import engine
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ One thread, woken every ``poll_seconds`` and on new blocks. Each pass:
    the output's fractions, and refreshes balances at once;
 4. on a new cycle, recomputes every balance at the new supply before GetCycle moves;
 5. runs the block-window tasks (withdraw batches, maintenance, status checks) via a
-   :class:`pegx.withdraws.WithdrawDesk` when one is attached.
+   :class:`pegx.exchange.withdraws.WithdrawDesk` when one is attached.
 
 A failing pass is logged and retried with capped backoff; the thread never dies silently
-(``last_error`` shows what went wrong). This class is also the API's :class:`pegx.api.Control`.
+(``last_error`` shows what went wrong). This class is also the API's :class:`pegx.rpc.api.Control`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from pegx import engine, peg
+from pegx import peg
 from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
+from pegx.ledger import engine
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Operator tools: backup, restore, audit, recover."""

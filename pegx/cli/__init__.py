@@ -1,0 +1,8 @@
+"""The command line: `pegx serve`, the client commands and the operator's tools."""
+
+from pegx.cli.commands import main
+from pegx.cli.tools import register
+
+register(main)
+
+__all__ = ["main"]

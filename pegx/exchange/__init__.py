@@ -1,0 +1,1 @@
+"""Following the chain: the exchange-cycle thread and the withdraw desk."""

@@ -1,0 +1,1 @@
+"""The ledger: engine (the façade and its lock), op log, store (the only plyvel user), key schema."""
