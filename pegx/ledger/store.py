@@ -1,4 +1,8 @@
-"""The only module that imports plyvel (DESIGN §3, STYLE §2).
+"""The only module that imports LevelDB (DESIGN §3, STYLE §2).
+
+LevelDB comes from ``plyvel`` on Python 3.11-3.12 and from its maintained fork ``plyvel-next``
+(imported as ``plyvel_next``, same API) on 3.13 and later, where plyvel ships no wheels; the
+choice matches the environment markers in pyproject.toml, so an install needs wheels only.
 
 Durability is bound once here: every batch is written with ``transaction=True, sync=True``, so
 a batch whose body raises writes nothing, and a batch that returns is on disk. One handle per
@@ -14,13 +18,17 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
-import plyvel
+if sys.version_info >= (3, 13):
+    import plyvel_next as plyvel
+else:
+    import plyvel
 
 from pegx.ledger import schema
 
