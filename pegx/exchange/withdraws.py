@@ -297,6 +297,24 @@ def conservation(ledger: engine.Exchange) -> dict:
             "liquid_ok": user_liquid <= liquid}
 
 
+def house_outpoints(batch: dict) -> set[str]:
+    """The outputs of the exchange's own transaction ``batch`` that come back to it: the
+    plan's ``house_vouts`` (reserve back to its address, change, fee, notary to acct0) under
+    every txid the transaction had (sent, malleated, mined), and a cancel's one output.
+
+    These and only these are change: ``_complete`` and ``_decline`` register exactly them
+    (``_settle``), and the cycle flags exactly them ``change`` in Spendable. A payee output is
+    not, even when it pays one of the exchange's addresses: it is a deposit to claim.
+    """
+    out = set()
+    for txid in {batch.get("txid"), batch.get("txid2"), batch.get("final_txid")} - {None}:
+        out.update(outpoint(txid, v) for v in batch.get("house_vouts", ()))
+    cancel = batch.get("cancel")
+    if cancel:
+        out.add(outpoint(cancel["txid"], 0))
+    return out
+
+
 def _fmt(n: int) -> str:
     return f"{n:,d} sat"
 
