@@ -171,7 +171,10 @@ class App:
         for rec in history.values():
             if isinstance(rec, dict):
                 by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
+        desk = self.cycle.desk
         return {
+            # why pending withdraws cannot go out ('' if nothing stands in their way)
+            "withdraws_not_batchable": desk.not_batchable() if desk is not None else "",
             "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,
             "datadir": str(self.cfg.path), "running": True, "started": self.cycle.started(),
             "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,

@@ -25,6 +25,8 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import base58
+
 WARMUP_MESSAGE = "Loading block index..."
 
 
@@ -60,6 +62,21 @@ def _txid(rawhex: str) -> str:
     return hashlib.sha256(hashlib.sha256(bytes.fromhex(rawhex)).digest()).digest()[::-1].hex()
 
 
+def _validateaddress(address: str, mine: dict[str, str]) -> dict:
+    """validateaddress in the node's shape (rpcmisc.cpp; replies/validateaddress.json): only
+    ``isvalid`` for a bad address, ``ismine: false`` and nothing more for a foreign one."""
+    try:
+        raw = base58.b58decode_check(address)
+    except ValueError:
+        raw = b""
+    if len(raw) != 21 or raw[0] != 25:
+        return {"isvalid": False}
+    if address not in mine:
+        return {"isvalid": True, "address": address, "ismine": False}
+    return {"isvalid": True, "address": address, "ismine": True, "watchonly": False,
+            "isscript": False, "pubkey": mine[address], "iscompressed": True, "account": ""}
+
+
 class FakeNode:
     """Start with ``FakeNode()``; ``url`` carries the credentials; ``close()`` stops it."""
 
@@ -83,6 +100,7 @@ class FakeNode:
             "errors": {},  # method -> (code, message): that method always fails
             "imported": [],
             "sent": [],
+            "mine": {},  # address -> pubkey hex: the wallet's own keys (validateaddress)
         }
         self.calls: list[tuple[str, list]] = []
         self.connections = 0  # TCP connections accepted
@@ -175,6 +193,8 @@ class FakeNode:
             if signed is None or locked:
                 return {"hex": params[0], "complete": False}
             return {"hex": signed, "complete": True}
+        if method == "validateaddress":
+            return _validateaddress(params[0], st["mine"])
         if method == "sendrawtransaction":
             st["sent"].append(params[0])
             return _txid(params[0])

@@ -53,6 +53,7 @@ FULL = {"SetPassword": ["", PW], "StartExchange": [PW, 1, 0], "ShutDown": [PW],
         "Withdraw": [_REQ, _REQ, _REQ, "liquid", PW], "CheckWithdraw": [_REQ, 0, PW],
         "GetCycle": [PW], "API": [_REQ]}
 ADDR = crypto.wif_to_address(crypto.generate_deposit_key())
+OWN = "<an address of the daemon's wallet>"  # replaced by the fixture's (ExchangeSettings)
 LONG = "n" * 10_000
 
 
@@ -65,7 +66,15 @@ def daemon(tmp_path_factory):
         assert x.Trade("alice", str(100 * BAY), "bobby") is True
         assert x.Trade("alice", str(BAY), "bobby", "reserve") is True
         assert x.SetPassword(PW) is True
+        d.own = x.devnet.new_address()
         yield d
+
+
+def own(value, address: str):
+    """``value`` with OWN replaced by the wallet address ``address`` (inside lists too)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(own(v, address) for v in value)
+    return address if value == OWN else value
 
 
 def snapshot(x) -> dict:
@@ -207,10 +216,13 @@ CASES = [
     # ExchangeSettings: nothing is applied unless everything is valid
     ("ExchangeSettings", (None,), ACCOUNTS_MSG),
     ("ExchangeSettings", ({"a": ADDR},), ACCOUNTS_MSG),
-    ("ExchangeSettings", ([ADDR], None), ("Exchange fee account is not a valid address: "
-                                          "address must be a str, got NoneType.")),
-    ("ExchangeSettings", ([ADDR], ADDR, None), COMMISSION_SHAPE),
-    ("ExchangeSettings", ([ADDR], ADDR, [1, 2, 3]), COMMISSION_SHAPE),
+    ("ExchangeSettings", ([OWN], None), ("Exchange fee account is not a valid address: "
+                                         "address must be a str, got NoneType.")),
+    ("ExchangeSettings", ([OWN], ADDR, None), COMMISSION_SHAPE),
+    ("ExchangeSettings", ([OWN], ADDR, [1, 2, 3]), COMMISSION_SHAPE),
+    ("ExchangeSettings", ([OWN, ADDR], ADDR, None),  # the accounts first, as the original
+     (f"Exchange account '{ADDR}' is not an address of the exchange's wallet: the wallet "
+      "could not spend the change sent to it.")),
     ("ExchangeSettings", ("", "", {"min": "x", "max": BAY, "percent": 0}), COMMISSION_VALUES),
     ("ExchangeSettings", ("", "", {"min": BAY, "max": BAY, "percent": math.nan}),
      COMMISSION_VALUES),
@@ -230,7 +242,7 @@ CASES = [
     ("ExchangeSettings", ("", "", "", "7"), CONFIRMATIONS),
     ("ExchangeSettings", ("", "", "", True), CONFIRMATIONS),
     ("ExchangeSettings", ("", "", "", -1), "Not enough confirmations"),
-    ("ExchangeSettings", ([ADDR], ADDR, {"min": BAY, "max": BAY, "percent": 0}, 2**31 - 1),
+    ("ExchangeSettings", ([OWN], ADDR, {"min": BAY, "max": BAY, "percent": 0}, 2**31 - 1),
      "Too many confirmations"),
     ("ExchangeSettings", ("", "", "", 10, None), WRONG),
     # Withdraw: always a 2-tuple
@@ -266,7 +278,7 @@ CASES = [
 @pytest.mark.parametrize(("method", "args", "want"), CASES,
                          ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(CASES)])
 def test_bad_argument_gets_a_clear_answer(daemon, method, args, want):
-    args = (*args, *FULL[method][len(args):])  # the defaults, and the right password
+    args = own((*args, *FULL[method][len(args):]), daemon.own)  # defaults, right password
     got = outcome(daemon.proxy(), method, *args)
     assert got == want and type(got) is type(want), f"{method}{args!r:.200}: {got!r:.300}"
 
@@ -407,7 +419,7 @@ def test_deposit_of_junk_claims_nothing(daemon, name, txids):
     assert isinstance(got, (str, xmlrpc.client.Fault)) or (got is True and txids == [])
 
 
-VALID_SETTINGS = (st.just([ADDR]), st.just(ADDR),
+VALID_SETTINGS = (st.just([OWN]), st.just(ADDR),
                   st.just({"min": 10000, "max": 20000, "percent": 0.01}), st.integers(7, 15))
 BAD_SETTINGS = (  # a list of junk is as bad as no list: none of it is an address
     JUNK.filter(lambda v: v != "") | st.just([]),
@@ -428,7 +440,7 @@ def settings_args(draw):
 
 @given(args=settings_args())
 def test_exchange_settings_with_any_bad_field_change_nothing(daemon, args):
-    got = outcome(daemon.proxy(), "ExchangeSettings", *args, PW)
+    got = outcome(daemon.proxy(), "ExchangeSettings", *own(args, daemon.own), PW)
     assert got is not True
     assert got is False or isinstance(got, (str, xmlrpc.client.Fault)), got
 

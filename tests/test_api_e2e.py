@@ -483,10 +483,11 @@ def test_a_restart_within_a_cycle_keeps_every_balance(tmp_path):
 
 def test_exchange_settings_validate_everything_and_persist(tmp_path):
     d = exec_daemon(tmp_path / "dd")
-    acct, fee = new_address(), new_address()
+    fee = new_address()  # the fee account need not be the wallet's; exchange accounts must
     commission = {"min": 20000, "max": 50000, "percent": 0.002}
     with d:
         x = d.proxy()
+        acct = x.devnet.new_address()
         d.fund("alice", 10 * BAY)  # mines 13 blocks, so the next deposit lands mid-cycle
         defaults = settings_of(x)
         assert defaults == {"exchangeaccounts": [], "exchangefeeaccount": "",

@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 from decimal import Decimal
+from pathlib import Path
 
 import base58
 import numpy as np
@@ -287,6 +288,33 @@ def test_import_key(chain, node):
     with pytest.raises(ChainRejected):
         chain.import_key("not a key")
     assert node.calls == []
+
+
+REPLIES = Path("/work/shared/bitbayd/replies")
+
+
+def test_is_mine_asks_validateaddress(chain, node):
+    """``ismine`` of validateaddress, in the shapes of rpcmisc.cpp: a foreign address gets
+    ``ismine: false``, a malformed one only ``isvalid: false``."""
+    foreign = base58.b58encode_check(bytes([25]) + bytes(20)).decode()
+    node.state["mine"] = {ADDR: "02" + "ab" * 32}
+    assert chain.is_mine(ADDR) is True
+    assert chain.is_mine(foreign) is False
+    assert chain.is_mine("Bnot-an-address") is False
+    assert node.calls == [("validateaddress", [ADDR]), ("validateaddress", [foreign]),
+                          ("validateaddress", ["Bnot-an-address"])]
+    node.state["errors"]["validateaddress"] = (-32601, "Method not found")
+    with pytest.raises(NodeError):
+        chain.is_mine(ADDR)
+
+
+def test_fake_validateaddress_answers_like_the_real_node(chain, node):
+    recorded = json.loads(REPLIES.joinpath("validateaddress.json").read_text())
+    real = json.loads(recorded["raw_reply"])["result"]
+    node.state["mine"] = {real["address"]: real["pubkey"]}
+    got = chain.validateaddress(real["address"])
+    assert list(got.items()) == list(real.items())  # the same keys, in the same order
+    assert chain.is_mine(real["address"]) is True
 
 
 def test_create_transaction_matches_hand_assembled(chain, node):

@@ -56,6 +56,12 @@ class Rig:
         self.cycle.step()
         law = conservation(self.ledger)
         assert law["ok"] and law["drift_value"] == 0 and law["liquid_ok"], law
+        # the cycle's change flag and the desk's registration agree: change (confirmed long
+        # after its batch settled) is the house's; nothing else is
+        claims = self.ledger.records("claims")
+        for key, entry in self.cycle.spendable().items():
+            house = claims.get(key, {}).get("name") == engine.HOUSE
+            assert bool(entry.get("change")) == house, (key, entry, claims.get(key))
         return law
 
     def mine(self, n: int = 1) -> None:

@@ -164,6 +164,11 @@ class Chain(Protocol):
         """Add a private key (WIF) to the wallet without rescan; returns its address."""
         ...
 
+    def is_mine(self, address: str) -> bool:
+        """True if the wallet holds the private key of ``address`` (it can spend what the
+        address receives); False for any other address, valid or not."""
+        ...
+
     def create_transaction(
         self, inputs: list[str], outputs: list[TxOut], passphrase: str = ""
     ) -> SignedTx:

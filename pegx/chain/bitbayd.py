@@ -438,6 +438,10 @@ class Bitbayd:
         """``importprivkey wif label rescan``."""
         self._rpc("importprivkey", str(wif), str(label), bool(rescan))
 
+    def validateaddress(self, address: str) -> dict:
+        """``validateaddress address``: ``{isvalid[, address, ismine, watchonly, ...]}``."""
+        return self._rpc("validateaddress", str(address))
+
     def walletpassphrase(self, passphrase: str, seconds: int = UNLOCK_SECONDS) -> None:
         """``walletpassphrase passphrase seconds``."""
         self._rpc("walletpassphrase", str(passphrase), int(seconds))
@@ -644,6 +648,17 @@ class Bitbayd:
             self._unlock(passphrase)
         self.importprivkey(wif, "", False)
         return address
+
+    @_bounded
+    def is_mine(self, address: str) -> bool:
+        """``validateaddress``'s ``ismine``: the wallet can spend what ``address`` receives
+        (a watch-only address is not the wallet's own)."""
+        if not isinstance(address, str):
+            return False
+        res = self.validateaddress(address)
+        if not isinstance(res, dict):
+            raise NodeError(LOCAL_CHECK, f"unreadable reply {res!r}", "validateaddress")
+        return res.get("isvalid") is True and res.get("ismine") is True
 
     def _tx_time(self) -> int:
         """nTime for a new transaction: the tip's block time, so that the next block (whose

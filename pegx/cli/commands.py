@@ -133,7 +133,10 @@ def status(url, as_json) -> None:
         _print(st)
         return
     ex = st["exchange"]
-    lines = [
+    lines = []
+    if st.get("withdraws_not_batchable"):  # a problem first, before the figures
+        lines.append(f"withdraws pending but not batchable: {st['withdraws_not_batchable']}")
+    lines += [
         f"pegx {st['version']} (pid {st['pid']}) on {st['chain']}, datadir {st['datadir']}",
         (f"exchange   started={st['started']} loaded={st['loaded']} "
          f"cycle thread={'alive' if st['cycle_thread_alive'] else 'stopped'}"),

@@ -4,10 +4,13 @@ One thread, woken every ``poll_seconds`` and on new blocks. Each pass:
 
 1. imports new deposit keys into the wallet (GenerateDepositAddress only records them);
 2. rebuilds the Spendable view: wallet outputs paying exchange addresses that meet the
-   confirmation rule (>= exchangeconfirmations, +5 within 7 blocks of a cycle boundary), change
-   from the exchange's own transactions flagged ``change``;
-3. registers claimed deposits (and exchange change) in the ledger, crediting the claimant with
-   the output's fractions, and refreshes balances at once;
+   confirmation rule (>= exchangeconfirmations, +5 within 7 blocks of a cycle boundary); the
+   outputs the exchange's own transactions return to it (the batches' house outputs, see
+   :func:`pegx.exchange.withdraws.house_outpoints`) are flagged ``change``, and only those: a
+   payee output paying a watched address is a deposit like any other;
+3. registers claimed deposits in the ledger, crediting the claimant with the output's
+   fractions, and refreshes balances at once (change is the withdraw desk's to register, in
+   the commit that spends its transaction's inputs);
 4. on a new cycle, recomputes every balance at the new supply before GetCycle moves;
 5. runs the block-window tasks (withdraw batches, maintenance, status checks) via a
    :class:`pegx.exchange.withdraws.WithdrawDesk` when one is attached.
@@ -25,6 +28,7 @@ from collections.abc import Callable
 
 from pegx import peg
 from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
+from pegx.exchange.withdraws import house_outpoints
 from pegx.ledger import engine
 
 log = logging.getLogger(__name__)
@@ -73,7 +77,6 @@ class ExchangeCycle:
         self._passphrase = ""
         self._spendable: dict[str, dict] = {}
         self._utxos: dict[str, Utxo] = {}
-        self._tx_inputs: dict[str, list[str]] = {}
         self.last_error: str = ""
         self.last_error_time = 0.0
         self.passes = 0
@@ -128,6 +131,11 @@ class ExchangeCycle:
 
     def spendable(self) -> dict:
         return dict(self._spendable)
+
+    def owns_address(self, address: str) -> bool:
+        """Is ``address`` one of the wallet's own (can it spend what the address receives)?
+        Raises ChainError when the node cannot say."""
+        return self.chain.is_mine(address)
 
     def utxo(self, key: str) -> Utxo | None:
         """The wallet output behind a Spendable entry (for the withdraw desk)."""
@@ -206,22 +214,20 @@ class ExchangeCycle:
             out.add(settings["exchangefeeaccount"])
         return out
 
-    def _is_change(self, u: Utxo, ours: set[str]) -> bool:
-        """An output of a transaction that spends exchange inputs (its own withdraw/maintenance
-        transactions), not merely any transaction ending in OP_RETURN (ORIGINAL §5 item 35)."""
-        ins = self._tx_inputs.get(u.txid)
-        if ins is None:
-            tx = self.chain.get_transaction(u.txid)
-            ins = [] if tx is None else list(tx.inputs)
-            self._tx_inputs[u.txid] = ins
-        return any(i in ours for i in ins)
+    def house(self) -> set[str]:
+        """Every output the exchange's own transactions returned to it (its change), from the
+        batch records alone: no chain lookup, nothing cached between passes."""
+        with self.ledger.lock:
+            batches = list(self.ledger.tables["batches"].values())
+        out: set[str] = set()
+        for batch in batches:
+            out |= house_outpoints(batch)
+        return out
 
     def _refresh_spendable(self, tip: Tip, settings: dict) -> None:
         watched = self.watched(settings)
         conf = settings["exchangeconfirmations"]
-        ours = set(self.ledger.tables["inputs"])
-        for batch in self.ledger.records("batches").values():
-            ours.update(batch.get("ins", []))
+        house = self.house()
         spendable, utxos = {}, {}
         for u in self.chain.list_unspent():
             if u.address not in watched or u.height == 0:
@@ -230,47 +236,39 @@ class ExchangeCycle:
                 continue
             if u.confirmations < confirmations_needed(u.height, conf):
                 continue
-            spendable[u.key] = spendable_entry(u, tip.supply, self._is_change(u, ours))
+            # change is what the exchange's own transactions sent back to it, not every output
+            # of them (a payee may be a deposit address) nor any transaction ending in
+            # OP_RETURN (ORIGINAL §5 item 35)
+            spendable[u.key] = spendable_entry(u, tip.supply, u.key in house)
             utxos[u.key] = u
         self._spendable, self._utxos = spendable, utxos
 
     def _register(self, tip: Tip, now: int) -> None:
-        """Credit claimed deposits and register exchange change, as one step."""
+        """Credit claimed deposits, as one step.
+
+        Change is never registered here: the withdraw desk registers a transaction's house
+        outputs in the commit that spends its inputs (``WithdrawDesk._settle``), so the ledger
+        never counts both, and no coin reaches the house account but by a recorded batch.
+        """
         inputs = self.ledger.tables["inputs"]
-        items, claims = [], []
+        items = []
         for key, entry in self._spendable.items():
-            if key in inputs:
+            if key in inputs or entry.get("change"):
+                continue
+            claim = self.ledger.record("claims", key)
+            if claim is None or claim.get("registered"):
                 continue
             u = self._utxos[key]
-            if entry.get("change"):
-                # an output of a transaction that still spends registered inputs belongs to a
-                # withdraw batch in flight: the desk registers it when that transaction
-                # completes, together with the spend, so the ledger never counts both
-                if any(i in inputs for i in self._tx_inputs.get(u.txid, ())):
-                    continue
-                # anything else the exchange's own transactions paid it (change surplus) is
-                # the house's, so Σ accounts == Σ registered inputs holds in value
-                owner = engine.HOUSE
-                claims.append(key)
-            else:
-                claim = self.ledger.record("claims", key)
-                if claim is None or claim.get("registered"):
-                    continue
-                owner = claim["name"]
             items.append({"key": key, "value": u.value, "address": u.address,
-                          "vector": u.fractions, "owner": owner,
-                          "change": owner == engine.HOUSE,
+                          "vector": u.fractions, "owner": claim["name"], "change": False,
                           "frozen_until": u.frozen_until, "height": u.height})
         if not items:
             return
-        if claims:
-            self.ledger.put_many([("claims", k, {"name": "exchange", "registered": 1})
-                                  for k in claims])
         self.ledger.credit_inputs(items, supply=self.ledger.supply if self._loaded
                                   else tip.supply, now=now)
         for item in items:
             log.info("registered %s: %s sat for %s", item["key"], f"{item['value']:,d}",
-                     "the exchange (change)" if item["change"] else item["owner"])
+                     item["owner"])
 
     def _new_cycle(self, tip: Tip, now: int) -> None:
         """Recompute every balance at the new supply, then publish the new cycle."""

@@ -297,6 +297,24 @@ def conservation(ledger: engine.Exchange) -> dict:
             "liquid_ok": user_liquid <= liquid}
 
 
+def house_outpoints(batch: dict) -> set[str]:
+    """The outputs of the exchange's own transaction ``batch`` that come back to it: the
+    plan's ``house_vouts`` (reserve back to its address, change, fee, notary to acct0) under
+    every txid the transaction had (sent, malleated, mined), and a cancel's one output.
+
+    These and only these are change: ``_complete`` and ``_decline`` register exactly them
+    (``_settle``), and the cycle flags exactly them ``change`` in Spendable. A payee output is
+    not, even when it pays one of the exchange's addresses: it is a deposit to claim.
+    """
+    out = set()
+    for txid in {batch.get("txid"), batch.get("txid2"), batch.get("final_txid")} - {None}:
+        out.update(outpoint(txid, v) for v in batch.get("house_vouts", ()))
+    cancel = batch.get("cancel")
+    if cancel:
+        out.add(outpoint(cancel["txid"], 0))
+    return out
+
+
 def _fmt(n: int) -> str:
     return f"{n:,d} sat"
 
@@ -344,8 +362,38 @@ class WithdrawDesk:
             # withdraws keep being accepted and would silently expire: say why, each window
             log.warning("withdraws are pending but cannot be batched: %s (set it with "
                         "ExchangeSettings)", result)
+        # why each style's last batch task could not batch (pegx status shows it); a batch
+        # sent, even one whose broadcast failed (tracking resends it), clears it
+        blocked = dict(state.get("blocked", {}))
+        if task in (peg.LIQUID, peg.RESERVE):
+            if result in ("Success", "Transaction declined"):
+                blocked.pop(task, None)
+            else:
+                blocked[task] = self.last_result
         self.ledger.put("meta", "desk", {"last_task_height": tip.height, "task": task,
-                                         "result": self.last_result})
+                                         "result": self.last_result, "blocked": blocked})
+
+    def not_batchable(self) -> str:
+        """Why the pending (unbatched) withdraws cannot be batched, as the last batch task of
+        their style said ('' when nothing is pending or nothing stood in the way)."""
+        blocked = (self.ledger.record("meta", "desk") or {}).get("blocked", {})
+        with self.ledger.lock:
+            styles = {w["style"] for w in self.ledger.tables["withdraws"].values()
+                      if "batch" not in w}
+        why = {s: blocked[s] for s in peg.STYLES if s in styles and blocked.get(s)}
+        if len(set(why.values())) == 1:
+            return next(iter(why.values()))
+        return "; ".join(f"{s}: {r}" for s, r in why.items())
+
+    def _unspendable_return(self, acct0: str) -> str | None:
+        """Why change must not go to ``acct0`` (the wallet has no key for it), or None.
+        ExchangeSettings refuses such accounts; this guards settings stored before it did."""
+        if self.chain.is_mine(acct0):
+            return None
+        log.warning("exchange account %s is not an address of the wallet: nothing is sent "
+                    "until ExchangeSettings names one that is", acct0)
+        return (f"Exchange account {acct0} is not an address of the exchange's wallet, which "
+                "could not spend the change sent to it")
 
     # ---------------------------------------------------------------- batching
     def _candidates(self, cycle) -> list[Candidate]:
@@ -372,6 +420,9 @@ class WithdrawDesk:
                          key=lambda item: (item[1]["cycle"], item[0]))
         if not pending:
             return "Success"
+        refused = self._unspendable_return(settings["exchangeaccounts"][0])
+        if refused:
+            return refused
         master = os.urandom(16).hex()
         plan = plan_batch(style, pending, self._candidates(cycle), tip.supply,
                           settings["exchangeaccounts"][0], settings["exchangefeeaccount"],
@@ -388,6 +439,9 @@ class WithdrawDesk:
         settings = self.ledger.exchange_settings()
         if not settings["exchangeaccounts"]:
             return NO_RETURN_ADDRESS
+        refused = self._unspendable_return(settings["exchangeaccounts"][0])
+        if refused:
+            return refused
         master = os.urandom(16).hex()
         plan = plan_maintenance(self._candidates(cycle), tip.supply,
                                 settings["exchangeaccounts"][0], master)

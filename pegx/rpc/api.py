@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
 from pegx import crypto, peg
+from pegx.chain.base import ChainError
 from pegx.ledger import engine
 from pegx.ledger.engine import EngineError, Exchange
 
@@ -55,6 +56,7 @@ class Control(Protocol):
     def shutdown(self) -> None: ...         # asynchronous: the call answers first
     def set_wallet_passphrase(self, passphrase: str) -> None: ...
     def spendable(self) -> dict: ...        # {"txid:vout": entry} of confirmed exchange inputs
+    def owns_address(self, address: str) -> bool: ...  # the wallet's own key? (ChainError)
     def cycle(self) -> int: ...             # GetCycle: the cycle of the last published balances
 
 
@@ -368,6 +370,9 @@ class PegAPI:
                     crypto.validate_address(addr)
                 except crypto.CryptoError as exc:
                     return f"Exchange account {addr!r} is not a valid address: {exc}."
+            refused = self._not_in_wallet(exchangeaccounts)
+            if refused:
+                return refused
             new["exchangeaccounts"] = list(exchangeaccounts)
         if exchangefeeaccount != "":
             try:
@@ -410,6 +415,23 @@ class PegAPI:
             new["exchangeconfirmations"] = conf
         self.ledger.put("settings", "exchange", new)
         return True
+
+    def _not_in_wallet(self, accounts) -> str | None:
+        """The refusal for the first exchange account the wallet does not own, or None.
+
+        The exchange's change goes to these accounts and later withdraws spend it: change sent
+        where the wallet has no key is lost to the exchange, and the withdraws after it stall.
+        """
+        for addr in accounts:
+            try:
+                mine = self.control.owns_address(addr)
+            except ChainError as exc:
+                return (f"Could not ask the node whether exchange account {addr!r} is the "
+                        f"wallet's: {exc}.")
+            if not mine:
+                return (f"Exchange account {addr!r} is not an address of the exchange's wallet: "
+                        "the wallet could not spend the change sent to it.")
+        return None
 
     def Withdraw(self, user, amount, address, style="liquid", passw=""):
         """Withdraw(user, amount, address, style='liquid', passw='') -> (True, id) or

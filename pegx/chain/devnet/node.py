@@ -279,6 +279,11 @@ class Devnet:
                 self._record({"a": "import", "wif": wif})
             return address
 
+    def is_mine(self, address: str) -> bool:
+        """True if ``address`` is one of the wallet's keys (imported or derived)."""
+        with self._lock:
+            return isinstance(address, str) and address in self._ledger.wallet
+
     def create_transaction(
         self, inputs: list[str], outputs: list[TxOut], passphrase: str = ""
     ) -> SignedTx:
