@@ -94,7 +94,12 @@ def _window(vec: np.ndarray, supply: int, width: int) -> int:
 
 
 def nfreeze(vec: np.ndarray, supply: int) -> int:
-    """Liquid that the next 1-3 step deflation may freeze: Σ steps S..S+2, step 1199 excluded."""
+    """Liquid that the next 1-3 step deflation may freeze: Σ steps S..S+2, step 1199 excluded.
+
+    Decided (PegAPI.md, "Peg math next to the node"): at S >= 1196 this is Σ steps S..1198,
+    not cut at the network's last supply index 1198. That is the original's FutureFreeze and
+    the node's own buffer-3 exchange peg (CPegLevel: min(S + 3, 1199)).
+    """
     return _window(vec, supply, NFREEZE_STEPS)
 
 
@@ -223,6 +228,9 @@ def deduction(src: np.ndarray, amount: int, style: str, supply: int) -> np.ndarr
 
     Takes from the steps of the requested style in proportion, then remainder units from the
     highest step down, then overflows into the other style only if the style runs short.
+    Decided (PegAPI.md): the node's MoveRatioPartTo places the remainder from the lowest
+    non-zero step up instead (±1 sat per step, same total); pegx keeps the original's order so
+    per-step ledgers stay those of the original exchange.
     Raises PegError when ``src`` holds less than ``amount`` in total.
     """
     check_style(style)
@@ -249,7 +257,10 @@ def assign_balances(
     from the top step down until ``budget`` (the exchange's real liquid) is used up; the step
     where it runs out is split pro rata with floor shares; everything else is reserve. The
     result does not depend on account order, assigns every unit (liquid + reserve == each row's
-    total) and never hands out more liquid than the budget.
+    total) and never hands out more liquid than the budget. Decided (PegAPI.md): the floors
+    leave 1..users-1 sat of the partial step as reserve where the node's updatepegbalances,
+    slicing the pool user after user, hands those units to whoever comes first; an
+    order-independent result is worth those few satoshi.
     Returns (liquid, reserve, totals) as Python-int-safe int64 arrays.
     """
     supply = check_supply(supply)

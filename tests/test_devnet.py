@@ -13,7 +13,7 @@ from pegx.chain.base import Chain, ChainRejected, TxOut
 from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.ledger import GENESIS_TIME, block_time
 from pegx.chain.devnet.log import LOG_NAME, DevnetLogError
-from pegx.chain.devnet.peg import FREEZE_SECONDS, parse_f_notation, ratio_part
+from pegx.chain.devnet.peg import FREEZE_SECONDS
 from pegx.peg import PEG_SIZE, std_spread
 
 S = 500  # supply index used by most tests: 1e11 STD -> liquid 657,048,351
@@ -333,31 +333,70 @@ def test_f_notated_reserve_spend_freezes_the_payee(dn):
         spend(dn, [f"{txid}:1"], [TxOut(49_000_000_000, address=payee)])
 
 
-def test_f_notation_is_validated(dn):
-    assert parse_f_notation(b"**F**2:2:3", 0, 4) == [2, 3]
-    for data, match in [
-        (b"**F**1:1", "a == b"),
-        (b"**F**0", "itself"),
-        (b"**F**9", "does not exist"),
-        (b"**F**x", "bad notation"),
-    ]:
-        with pytest.raises(ChainRejected, match=match):
-            parse_f_notation(data, 0, 3)
+def test_f_notation_follows_the_node(dn):
+    """The node reads each part of a **F** list with C strtol (pegstd.strtol0) and checks only
+    that it is an output index other than the notary's own. (Before pegstd the devnet refused
+    **F**1:1 and a **F** notary at an index with no input, and accepted nothing but digits.)"""
     a, key = funded(dn)
-    with pytest.raises(ChainRejected, match="no input 1"):
-        spend(dn, [key], [TxOut(E11 - 20_000, address=a), TxOut(5590, data=b"**F**0")])
+    b = dn.new_address()
+
+    def outs(note: bytes) -> list[TxOut]:
+        return [TxOut(5590, data=note), TxOut(10**9, address=b), TxOut(E11 - 10**9 - 30_000,
+                                                                        address=a)]
+
+    for note, cause in [
+        (b"**F**0", "P-I-N-4: Freeze notary: output refers itself"),
+        (b"**F**3", "P-I-N-3: Freeze notary: not convertible to output index"),
+        (b"**F**x", "P-I-N-3"),
+        (b"**F**1:", "P-I-N-3"),
+        (b"**F**-1", "P-I-N-3"),
+    ]:
+        with pytest.raises(ChainRejected, match=cause):
+            spend(dn, [key], outs(note))
+    assert dn.is_unspent(key) and dn.info()["mempool"] == 0
+    for note in (b"**F**0x1", b"**F**1:1", b"**F** +1abc", b"**F**01"):
+        a, key = funded(dn)
+        txid = spend(dn, [key], outs(note))
+        dn.mine()
+        frozen = {u.key: u.frozen_until for u in dn.list_unspent()}
+        assert frozen[f"{txid}:1"] > 0 and frozen[f"{txid}:2"] == 0, note
+        assert dn.get_fractions(f"{txid}:1")[S:].sum() == 0, note  # all reserve
+    # a **F** notary with no input at its index is a plain notary: it takes reserve, freezes nothing
+    a, key = funded(dn)
+    half = RES_E11 // 2
+    txid = spend(dn, [key], [TxOut(half, address=a), TxOut(5590, data=b"**F**0"),
+                             TxOut(E11 - half - 5590 - 30_000, address=a)])
+    dn.mine()
+    assert all(u.frozen_until == 0 for u in dn.list_unspent() if u.txid == txid)
+    assert int(dn.get_fractions(f"{txid}:1")[:S].sum()) == 5590
 
 
-def test_ratio_part_rounding():
-    vec = np.array([0, 3, 3, 3] + [0] * (PEG_SIZE - 4), dtype=np.int64)
-    assert ratio_part(vec, 4)[:4].tolist() == [0, 2, 1, 1]  # remainder from first non-zero up
-    big = std_spread(10**17)
-    part = ratio_part(big, 12_345_678_901_234_567)
-    assert int(part.sum()) == 12_345_678_901_234_567
-    exact = [v * 12_345_678_901_234_567 / 10**17 for v in big.tolist()]
-    assert max(abs(p - e) for p, e in zip(part.tolist(), exact)) < 1.5
-    with pytest.raises(ValueError):
-        ratio_part(vec, 10)
+def test_shared_freeze_takes_the_last_named_address_first(dn):
+    """Two inputs at two addresses, a shared **F**2:2:2 at each input's index: the node fills the
+    notaries first (reserve, sorted addresses), then the payee from the address of the *last*
+    input naming it, then the other's. So the reserve left over sits at the first input's
+    address, whatever the sort order; reserve sent back to the second address must come from
+    liquidity and the spend fails. The devnet's old rules (each notary paying its own input's
+    reserve before any output) accepted the refused spend below and refused the accepted one."""
+    (x, kx), (y, ky) = funded(dn), funded(dn)
+    payee, change = dn.new_address(), dn.new_address()
+    pay = RES_E11 + RES_E11 // 2
+    left = RES_E11 - RES_E11 // 2 - 2 * 5590
+
+    def outs(home: str) -> list[TxOut]:
+        return [TxOut(5590, data=b"**F**2:2:2"), TxOut(5590, data=b"**F**2:2:2"),
+                TxOut(pay, address=payee), TxOut(left, address=home),
+                TxOut(2 * LIQ_E11 - 50_000, address=change), TxOut(5575, data=b"id")]
+
+    with pytest.raises(ChainRejected, match=r"output 3 \(to .*no liquidity left.*\[node: P-G-3"):
+        spend(dn, [kx, ky], outs(y))
+    txid = spend(dn, [kx, ky], outs(x))
+    dn.mine()
+    got = dn.get_fractions(f"{txid}:2")
+    assert int(got[:S].sum()) == pay and int(got.sum()) == pay
+    frozen = {u.key: u.frozen_until for u in dn.list_unspent() if u.txid == txid}
+    assert frozen[f"{txid}:2"] > 0 and [frozen[f"{txid}:{i}"] for i in (3, 4)] == [0, 0]
+    assert dn.balance(x)["reserve"] == left and dn.balance(y)["amount"] == 0
 
 
 # ---------------------------------------------------------------------- mempool and levers

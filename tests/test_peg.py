@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pegx import peg
+from pegx.chain import pegstd
 
 
 def test_std_spread_of_1e11_matches_bitbay_core():
@@ -137,3 +138,53 @@ def test_vectorised_figures_equal_the_scalar_ones(supply):
         assert nf[i] == peg.nfreeze(v, supply)
         assert sub[i] == (peg.liquid_of(v, supply) > 0
                           and peg.rating(v, supply)[0] < peg.SUBPREMIUM_RATING)
+
+
+# ------------------------------------------- decided differences from the node (PegAPI.md)
+
+
+def test_decision_nfreeze_near_the_top_keeps_step_1198_and_leaves_out_1199():
+    """At S >= 1196 nfreeze is Σ steps S..1198: step 1199 is left out (the original's
+    FutureFreeze) and the window is not cut at the network's last supply index 1198 (which
+    would make step 1198 never freezable). It is the node's own buffer-3 exchange peg,
+    CPegLevel's min(S + 3, 1199), so the held-back liquid equals what the node holds back."""
+    v = np.arange(1, peg.PEG_SIZE + 1, dtype=np.int64)  # every step non-zero, all different
+    for s in range(1190, peg.MAX_SUPPLY_INDEX + 1):
+        buffered = min(s + 3, peg.PEG_SIZE - 1)  # CPegLevel: nSupply = min(supply + buffer, 1199)
+        assert peg.nfreeze(v, s) == int(v[s:buffered].sum()), s
+    assert peg.nfreeze(v, 1196) == 1197 + 1198 + 1199  # steps 1196, 1197, 1198 (values i + 1)
+    assert peg.nfreeze(v, 1198) == 1199  # step 1198 alone; 0 if capped at 1198
+    _, _, nf, _ = peg.figures(v[None, :], 1197)
+    assert int(nf[0]) == 1198 + 1199
+
+
+def test_decision_trade_remainder_units_go_top_down_unlike_the_nodes_bottom_up():
+    """A trade's remainder units go from the highest step of the style down (the original's
+    order, ORIGINAL §5: per-step ledgers stay those of the original exchange); the node's
+    MoveRatioPartTo places them from the lowest non-zero step up. Same total, ±1 per step."""
+    src = peg.zeros()
+    src[5:12] = 10  # 70 sat of liquid at supply 5: 7 steps
+    mine = peg.deduction(src, 40, peg.LIQUID, 5)
+    node_src, node = src.copy(), peg.zeros()
+    pegstd.move_ratio_part(node_src, node, 40)
+    assert mine[5:12].tolist() == [5, 5, 6, 6, 6, 6, 6]  # floor 5 each, 5 units from the top
+    assert node[5:12].tolist() == [6, 6, 6, 6, 6, 5, 5]  # from the lowest step up
+    assert int(mine.sum()) == int(node.sum()) == 40
+    assert int(np.abs(mine - node).max()) == 1
+
+
+def test_decision_assign_balances_floors_the_partial_step_for_every_user():
+    """Under a pegshift the step where the exchange's liquid runs out is split pro rata with a
+    floor per user, so up to users - 1 sat of that step stay reserve: the users get 1..users-1
+    sat less liquid than the node's updatepegbalances, whose sequential pool slices hand out
+    the last units to whoever comes first. Kept: the result must not depend on account order,
+    and liquid never exceeds the exchange's real liquid."""
+    m = np.zeros((3, peg.PEG_SIZE), dtype=np.int64)
+    m[:, 1199] = 100  # the top step, fully liquid: 300
+    m[:, 1198] = 100  # the partial step: 300, of which 200 are liquid
+    liquid, reserve, totals = peg.assign_balances(m, 10, 500)
+    assert liquid.tolist() == [166, 166, 166]  # 100 + floor(100 * 200 / 300) each
+    assert 500 - int(liquid.sum()) == 2  # 1 <= deficit <= users - 1
+    assert (liquid + reserve == totals).all()
+    l2, _, _ = peg.assign_balances(m[[2, 0, 1]].copy(), 10, 500)
+    assert l2.tolist() == liquid.tolist()
