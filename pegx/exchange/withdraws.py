@@ -53,6 +53,8 @@ RESERVE_BATCH = 45  # distinct recipients per reserve batch
 MAX_INPUTS = 100
 MAINT_INPUTS = 45
 MAINT_MIN = 10**8  # merge only when at least 1 BAY of liquid is involved
+MIN_PAYOUT = 10000  # a payee gets more: Withdraw refuses amounts <= min commission + this
+MAX_DROPS = 8  # NO_FUNDS retries, each leaving the largest withdraw for a later window
 MAX_REFUSALS = 3  # refused rebroadcasts (one per block) before the batch is cancelled
 CANCEL_FEE = 2 * MIN_FEE_PER_IO  # one input, one output
 CONFIRMATIONS = 1  # a mined transaction completes its withdraws
@@ -173,40 +175,97 @@ def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: 
     return Plan([k for k, _, _ in sel], outs, vouts, fee, total=total, commission=comm)
 
 
+def accepted_commission(rec: dict, cfg: dict) -> int:
+    """The commission a withdraw pays: the one kept when it was accepted (Withdraw stores it);
+    for a withdraw accepted before commissions were kept, the settings ``cfg`` of now."""
+    kept = rec.get("commission")
+    return commission(rec["amount"], cfg) if kept is None else int(kept)
+
+
 def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[Candidate],
                supply: int, acct0: str, fee_acct: str, cfg: dict, master: str) -> Plan | str:
     """The batch transaction for pending ``withdraws`` of ``style`` (ORIGINAL §3.5 C-H, fixed).
 
-    Commission per withdraw, recipients merged by address, fees = 10000 per withdraw + 500000
-    (the dust outputs and the miner fee come out of it, the rest of the commission goes to the
-    fee account). Inputs: liquid takes the smallest input that covers the batch alone, else the
-    largest first; reserve takes the largest reserve first, then liquid inputs if the fees need
-    them. Outputs in a fixed order: ``**F**`` notaries (reserve), recipients by address,
-    exchange outputs by address (reserve back to its own address, change, fee), the id.
+    Each withdraw pays the commission kept when it was accepted (:func:`accepted_commission`);
+    one whose payee would get ``MIN_PAYOUT`` or less is left out (it expires and is refunded),
+    so no output is ever negative. Recipients are merged by address, fees = 10000 per withdraw
+    + 500000 (the dust outputs and the miner fee come out of it, the rest of the commission
+    goes to the fee account). Inputs: liquid takes the smallest input that covers the batch
+    alone, else the largest first; reserve takes the largest reserve first, then liquid inputs
+    if the fees need them. When the inputs cannot fund the whole batch, the largest withdraws
+    wait for a later window (up to ``MAX_DROPS`` tries beyond what the inputs' total rules
+    out), so one withdraw never holds back the others. Outputs in a fixed order: ``**F**``
+    notaries (reserve), recipients by address, exchange outputs by address (reserve back to its
+    own address, change, fee), the id.
     Returns a :class:`Plan`, or the original's message when nothing can be built.
     """
-    recipients: dict[str, int] = {}
-    ids, total, comm = [], 0, 0
+    chosen: list[tuple[str, dict, int]] = []  # (id, record, commission)
+    addresses: set[str] = set()
     for wid, rec in withdraws:
+        c = accepted_commission(rec, cfg)
+        if rec["amount"] - c <= MIN_PAYOUT:  # only a withdraw accepted before commissions
+            log.warning("withdraw %s left out: a commission of %s leaves its payee %s (it "
+                        "expires and is refunded)", wid, _fmt(c), _fmt(rec["amount"] - c))
+            continue
         addr = rec["address"]
-        if style == peg.RESERVE and addr not in recipients and len(recipients) >= RESERVE_BATCH:
+        if style == peg.RESERVE and addr not in addresses and len(addresses) >= RESERVE_BATCH:
             break
-        if style == peg.LIQUID and len(ids) >= LIQUID_BATCH:
+        if style == peg.LIQUID and len(chosen) >= LIQUID_BATCH:
             break
-        c = commission(rec["amount"], cfg)
-        recipients[addr] = recipients.get(addr, 0) + rec["amount"] - c
-        ids.append(wid)
-        total += rec["amount"]
-        comm += c
-    if not ids:
+        chosen.append((wid, rec, c))
+        addresses.add(addr)
+    if not chosen:
         return "Success"
-    if estimated_fees(len(ids)) > comm:
-        return NO_FEES
     # an input at a payee's address would pay that payee reserve first: keep them apart
-    cands = [c for c in candidates if c[1] not in recipients and int(c[2].sum()) > 0]
+    cands = [c for c in candidates if c[1] not in addresses and int(c[2].sum()) > 0]
     lq = {k: peg.liquid_of(v, supply) for k, _, v in cands}
     rs = {k: peg.reserve_of(v, supply) for k, _, v in cands}
     by_liquid = sorted(cands, key=lambda c: (-lq[c[0]], c[0]))
+    by_reserve = sorted(cands, key=lambda c: (-rs[c[0]], c[0]))
+    # what the inputs can give at most: for liquid exactly what a batch needs (its liquid
+    # change is Σ selected liquid − Σ amounts), for reserve a bound (payees' reserve)
+    if style == peg.LIQUID:
+        most = sum(lq[k] for k, _, _ in by_liquid[:MAX_INPUTS])
+    else:
+        most = sum(rs[k] for k, _, _ in by_reserve[:RESERVE_BATCH])
+
+    def need() -> int:
+        if style == peg.LIQUID:
+            return sum(r["amount"] for _, r, _ in chosen)
+        return sum(r["amount"] - c for _, r, c in chosen)
+
+    def drop_largest() -> None:
+        i = max(range(len(chosen)), key=lambda j: (chosen[j][1]["amount"], j))
+        wid, rec, _ = chosen.pop(i)
+        log.info("withdraw %s (%s) waits for a later batch: the exchange's %s inputs cannot "
+                 "fund it with the others now", wid, _fmt(rec["amount"]), style)
+
+    while len(chosen) > 1 and need() > most:
+        drop_largest()
+    plan = _plan_chosen(style, chosen, by_liquid, by_reserve, lq, rs, supply, acct0, fee_acct,
+                        master)
+    for _ in range(MAX_DROPS):
+        if plan != NO_FUNDS or len(chosen) == 1:
+            break
+        drop_largest()
+        plan = _plan_chosen(style, chosen, by_liquid, by_reserve, lq, rs, supply, acct0,
+                            fee_acct, master)
+    return plan
+
+
+def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: list[Candidate],
+                 by_reserve: list[Candidate], lq: dict, rs: dict, supply: int, acct0: str,
+                 fee_acct: str, master: str) -> Plan | str:
+    """Select inputs for exactly the ``chosen`` withdraws and build their transaction."""
+    recipients: dict[str, int] = {}
+    ids, total, comm = [], 0, 0
+    for wid, rec, c in chosen:
+        recipients[rec["address"]] = recipients.get(rec["address"], 0) + rec["amount"] - c
+        ids.append(wid)
+        total += rec["amount"]
+        comm += c
+    if estimated_fees(len(ids)) > comm:
+        return NO_FEES
 
     def build(sel):
         return _build(style, sel, recipients, total, comm, len(ids), supply, acct0, fee_acct,
@@ -227,7 +286,7 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
         plan = build(sel) if sel else NO_FUNDS
     else:
         got = 0
-        for c in sorted(cands, key=lambda c: (-rs[c[0]], c[0])):
+        for c in by_reserve:
             if got >= total - comm or len(sel) >= RESERVE_BATCH or rs[c[0]] == 0:
                 break
             sel.append(c)
