@@ -531,21 +531,46 @@ class WithdrawDesk:
         log.info("withdraw status: %s", text)
         return text
 
+    def _spenders(self, key: str) -> list[Tx]:
+        """Transactions (mined or in the mempool) that may spend ``key``: the devnet names its
+        spender; on a real node, every transaction that paid the wallet and spends ``key``
+        (each of ours pays an exchange address: change, notary or the cancel's output)."""
+        spender = getattr(self.chain, "spender", None)
+        if spender is not None:
+            txids = [t for t in [spender(key)] if t is not None]
+        else:
+            txids = sorted({u.txid for u in self.chain.list_unspent()})
+        found = []
+        for txid in txids:
+            tx = self.chain.get_transaction(txid)
+            if tx is not None and key in tx.inputs:
+                found.append(tx)
+        return found
+
     def _find(self, master: str, b: dict) -> Tx | None:
         """The batch's transaction, or its malleated twin: same first input and OP_RETURN id."""
         tx = self.chain.get_transaction(b.get("txid2") or b["txid"])
         if tx is not None:
             return tx
-        spender = getattr(self.chain, "spender", None)
-        if spender is not None:
-            txids = [spender(b["ins"][0])]
-        else:  # a real node: look at the transactions that paid the exchange
-            txids = sorted({u.txid for u in self.chain.list_unspent()})
-        for txid in txids:
-            if txid is None or txid == b["txid"]:
-                continue
-            t = self.chain.get_transaction(txid)
-            if t is not None and t.inputs[:1] == b["ins"][:1] and t.op_return == master.encode():
+        for t in self._spenders(b["ins"][0]):
+            if t.txid != b["txid"] and t.inputs[:1] == b["ins"][:1] and \
+                    t.op_return == master.encode():
+                return t
+        return None
+
+    def _find_cancel(self, b: dict) -> Tx | None:
+        """The batch's cancel, or its malleated twin: the one transaction spending exactly the
+        cancel's input into one output of value − CANCEL_FEE at the input's own address."""
+        c = b["cancel"]
+        tx = self.chain.get_transaction(c.get("txid2") or c["txid"])
+        if tx is not None:
+            return tx
+        rec = self.ledger.record("inputs", c["in"])  # registered until the cancel settles
+        if rec is None:
+            return None
+        want = [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])]
+        for t in self._spenders(c["in"]):
+            if t.inputs == [c["in"]] and list(t.outputs) == want:
                 return t
         return None
 
@@ -617,8 +642,13 @@ class WithdrawDesk:
 
     def _track_cancel(self, master: str, b: dict, tip: Tip, now: int) -> None:
         c = b["cancel"]
-        ctx = self.chain.get_transaction(c["txid"])
+        ctx = self._find_cancel(b)
         if ctx is not None:
+            if ctx.txid != c["txid"] and c.get("txid2") != ctx.txid:
+                c["txid2"] = ctx.txid
+                self.ledger.put("batches", master, b)
+                log.info("batch %s: cancel tx %s was malleated into %s", master, c["txid"],
+                         ctx.txid)
             if ctx.height and ctx.confirmations >= CONFIRMATIONS:
                 self._decline(master, b, ctx, now, "cancelled after refusals")
             return
@@ -714,6 +744,14 @@ class WithdrawDesk:
         ops += [{"op": "refund", "id": w} for w in ids]
         if cancel is not None:
             self._settle([gone], cancel, [0], [], ops)
+        else:
+            for key in b["ins"]:
+                if not self.chain.is_unspent(key):
+                    # neither the batch nor its cancel spent it: where the coins went is not
+                    # ours to guess, so it stays registered and `pegx audit` names it
+                    log.error("batch %s: input %s was spent by a transaction that is neither "
+                              "the batch nor its cancel; it stays registered until an operator "
+                              "accounts for it", master, key)
         hist = self.ledger.record("history", master) or {
             "txid": b["txid"], "ID": master, "block": b["height"], "in0": b["ins"][0]}
         hist["status"] = "Failed/Declined"
