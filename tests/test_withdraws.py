@@ -21,6 +21,7 @@ from pegx.exchange.withdraws import (
     commission,
     conservation,
     plan_batch,
+    split_cost,
     window_task,
 )
 from pegx.ledger import engine
@@ -444,3 +445,20 @@ def test_unpayable_old_withdraw_does_not_hold_back_the_batch(rig):
     assert rig.until_status("w1", "Expired")["ID"] == "w1"
     assert rig.chain.balance(old)["amount"] == 0
     assert int(rig.ledger.row("alice").sum()) == int(before.sum()) - 10**9
+
+
+# ------------------------------------------------------------------------ Hardening item 14
+@pytest.mark.parametrize("seed", range(20))
+def test_split_cost_is_exact_and_never_takes_more_than_a_weight(seed):
+    rng = random.Random(seed)
+    weights = {f"w{i}": rng.choice([0, 1, 7, 10**4, 10**8, rng.randint(1, 10**9)])
+               for i in range(rng.randint(1, 12))}
+    total = sum(weights.values())
+    cost = rng.choice([c for c in (0, 1, min(total, 10000), total, rng.randint(0, total))
+                       if c <= total])
+    shares = split_cost(cost, weights)
+    assert sum(shares.values()) == cost
+    assert all(0 < v <= weights[k] for k, v in shares.items())
+    assert split_cost(cost, weights) == shares  # deterministic
+    with pytest.raises(ValueError):
+        split_cost(total + 1, weights)

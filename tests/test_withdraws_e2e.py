@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from daemon import Daemon, assert_returns, wait_until
 
-from pegx import crypto
+from pegx import crypto, peg
 from pegx.chain.devnet import Devnet
-from pegx.exchange.withdraws import conservation
+from pegx.exchange.withdraws import CANCEL_FEE, conservation
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
 
@@ -200,6 +201,73 @@ def test_a_withdraw_the_inputs_cannot_fund_does_not_hold_back_the_others(tmp_pat
         assert x.devnet.balance(payee_a)["amount"] == 0
         assert total(x.GetBalance("alice")) == total(alice)
         audit_ok(x)
+    finally:
+        d.stop()
+    check_ledger_and_chain(tmp_path / "d")
+
+
+# ------------------------------------------------------------------------ item 14
+def test_cancel_with_an_empty_house_is_withheld_from_the_commission(tmp_path):
+    """The exchange's first batch is cancelled: the house account holds nothing, so the
+    cancel's 10,000 sat miner fee comes out of the withdraw's refund (its commission would
+    have paid it), and the ledger still holds exactly what the chain does."""
+    d, x, _, _ = start(tmp_path)
+    try:
+        d.fund("alice", 10**11)
+        before = x.GetBalance("alice")
+        ok, w1 = x.Withdraw("alice", str(10**9), outside_address())
+        assert ok is True
+        drop_until_cancelled(x, w1)
+        advance_to(x, w1, "Failed/Declined", 20)
+        assert total(x.GetBalance("alice")) == total(before) - CANCEL_FEE
+        report = audit_ok(x)
+        assert report["totals"]["exchange"] == 0
+    finally:
+        d.stop()
+    check_ledger_and_chain(tmp_path / "d")
+
+
+def test_maintenance_in_flight_keeps_its_cost_from_a_cancel(tmp_path):
+    """Maintenance is sent while a cancel is in flight, and both are mined in one block. The
+    house holds 525,000 sat and the maintenance costs 520,000 (+0..3) sat: the cancel may take
+    only what the maintenance does not need, the rest comes from the cancelled withdraw's
+    commission, and the house ends at exactly 0."""
+    comm = {"min": 1_035_000, "max": 1_035_000, "percent": "0.001"}  # house: 1,035,000 − 510,000
+    d, x, _, _ = start(tmp_path, comm)
+    try:
+        d.fund("alice", 10**11)
+        ok, w0 = x.Withdraw("alice", str(2 * 10**10), outside_address())
+        assert ok is True
+        advance_to(x, w0, "Complete")
+        assert audit_ok(x)["totals"]["exchange"] == 525_000
+        # an input of another liquidity shape, so maintenance has something to merge, and a
+        # small one for the batch to be cancelled (liquid batches take the smallest that covers)
+        d.fund("carol", 4 * 10**10,
+               fractions=np.roll(peg.std_spread(4 * 10**10), 400).tolist())
+        d.fund("bobby", 5 * 10**9)
+        before = x.GetBalance("bobby")
+        ok, w1 = x.Withdraw("bobby", str(10**9), outside_address())
+        assert ok is True
+        drop_until_cancelled(x, w1)
+        sent = x.CheckWithdraw(w1)["block"]
+        mine_one(x)
+        mine_one(x)  # two refused rebroadcasts
+        assert status_of(x, w1) == "unconfirmed"
+        # the exchange is down for a while; when it is back, the third refusal starts the cancel
+        # and the maintenance window's task runs in the same pass
+        assert x.StartExchange("", 0) is True
+        h = sent + 25
+        while h % 200 < 120 or h % 200 >= 145:
+            h += 1
+        x.devnet.mine(h - x.devnet.info()["height"])
+        assert x.StartExchange("", 1) is True
+        wait_until(lambda: x.pegx.status()["height"] == h, 30, what=f"the pass at {h}")
+        assert x.devnet.info()["mempool"] == 2  # the cancel and the maintenance transaction
+        mine_one(x)
+        assert status_of(x, w1) == "Failed/Declined"
+        withheld = total(before) - total(x.GetBalance("bobby"))
+        assert 5000 <= withheld <= 5003  # 10,000 − (525,000 − 520,000 − r), r = 0..3
+        assert audit_ok(x)["totals"]["exchange"] == 0
     finally:
         d.stop()
     check_ledger_and_chain(tmp_path / "d")

@@ -14,6 +14,27 @@ What must stay true:
   the desk, not the cycle, registers the transaction's exchange-bound outputs, in the same
   commit that spends the inputs and burns the withdraws.
 * Σ accounts + drift == Σ registered inputs, per step and exactly; the drift is 0 in value.
+* A withdraw pays the commission in force when it was accepted (kept in its record), so a
+  later ExchangeSettings never changes it; the planner builds no output below 0 and leaves
+  out a withdraw it cannot pay or fund rather than fail the batch.
+* A cancel is found like a batch, by the transaction that spends its input, so a malleated
+  cancel settles like the original (input spent, output registered).
+
+Who pays the exchange's own transactions (exact; the house account is ``exchange``):
+* A withdraw batch that completes pays its miner fee and dust from its commissions; the
+  rest is the fee-account output, which the house account gains.
+* Account maintenance is paid by the house account, and is only sent when the house can pay
+  it from its *free* funds: its balance minus the cost of every maintenance transaction still
+  in flight (:meth:`WithdrawDesk.house_free`). That held-back cost also covers the
+  maintenance's own cancel (CANCEL_FEE is smaller).
+* A cancel's miner fee (CANCEL_FEE, 10,000 sat) is paid by the house account's free funds
+  as far as they go; what they cannot pay is withheld from the refunds of the cancelled
+  batch's withdraws, in proportion to the commissions they would have paid (floor shares,
+  the remaining satoshi to the largest remainders, ties by id), never more than a withdraw's
+  commission. A batch's commissions are at least 10,000 sat per withdraw + 500,000, so they
+  always cover it; the withheld steps are taken from each withdraw's own steps.
+* So the house account never pays more than it holds: if a settlement would need that
+  (a ledger changed by hand), the desk commits nothing, logs an error and retries.
 """
 
 from __future__ import annotations
@@ -332,6 +353,32 @@ def plan_maintenance(candidates: list[Candidate], supply: int, acct0: str,
     return Plan([k for k, _, _ in cands], outs, list(range(len(outs) - 1)), fee)
 
 
+class DeskError(RuntimeError):
+    """A batch that cannot be settled without breaking the ledger's law (nothing committed)."""
+
+
+def maintenance_cost(b: dict) -> int:
+    """What a maintenance batch charges the house account: its miner fee and the OP_RETURN
+    id's dust (its cancel, CANCEL_FEE, costs less)."""
+    return int(b["fee"]) + NOTARY_VALUE
+
+
+def split_cost(cost: int, weights: dict[str, int]) -> dict[str, int]:
+    """``cost`` shared in proportion to ``weights``: floor shares, then one unit each to the
+    largest remainders (ties by key). No share exceeds its weight; zero shares are left out.
+    Raises ValueError when ``cost`` is more than Σ weights."""
+    total = sum(weights.values())
+    if cost > total:
+        raise ValueError(f"{_fmt(cost)} is more than the {_fmt(total)} it may be taken from")
+    if cost <= 0:
+        return {}
+    shares = {k: cost * w // total for k, w in weights.items()}
+    left = cost - sum(shares.values())
+    for k in sorted(weights, key=lambda k: (-(cost * weights[k] % total), k))[:left]:
+        shares[k] += 1
+    return {k: v for k, v in shares.items() if v}
+
+
 def conservation(ledger: engine.Exchange) -> dict:
     """The ledger's law, checked exactly (a pure read; hold no lock when calling).
 
@@ -454,11 +501,24 @@ class WithdrawDesk:
             return "Success"
         if not isinstance(plan, Plan):
             return plan
-        house = self.ledger.row(engine.HOUSE)
         cost = plan.fee + NOTARY_VALUE
-        if house is None or int(house.sum()) < cost:
-            return f"the house account cannot pay {_fmt(cost)} for account maintenance"
+        free, held = self.house_free()
+        if free < cost:
+            return (f"the house account cannot pay {_fmt(cost)} for account maintenance "
+                    f"({_fmt(free)} free, {_fmt(held)} held for maintenance in flight)")
         return self._send("maintenance", plan, master, tip, cycle)
+
+    def house_free(self, exclude: str | None = None) -> tuple[int, int]:
+        """(what the house account may spend, what it holds back): the house keeps the cost of
+        every maintenance transaction in flight (but ``exclude``'s), which covers that
+        transaction's cancel too, so no later charge can leave one unpaid."""
+        with self.ledger.lock:
+            held = sum(maintenance_cost(b) for m, b in self.ledger.tables["batches"].items()
+                       if m != exclude and b["kind"] == "maintenance"
+                       and b["state"] in ("sent", "cancelling"))
+            house = self.ledger.row(engine.HOUSE)
+        have = 0 if house is None else int(house.sum())
+        return max(0, have - held), held
 
     def _send(self, kind: str, plan: Plan, master: str, tip: Tip, cycle) -> str:
         signed = self.chain.create_transaction(plan.inputs, plan.outputs, cycle.passphrase)
@@ -581,6 +641,8 @@ class WithdrawDesk:
                 self._track_one(master, b, tip, now, cycle)
             except ChainError as exc:
                 log.warning("batch %s: status check failed: %s", master, exc)
+            except DeskError as exc:  # nothing was committed; the batch stays in flight
+                log.error("batch %s: cannot settle: %s", master, exc)
 
     def _track_one(self, master: str, b: dict, tip: Tip, now: int, cycle) -> None:
         tx = self._find(master, b)
@@ -665,54 +727,58 @@ class WithdrawDesk:
 
     # ---------------------------------------------------------------- endings
     def _settle(self, spent: list[str], tx: Tx | None, vouts: list[int], burned: list[str],
-                ops: list[dict]) -> None:
+                ops: list[dict], withheld: np.ndarray | None = None) -> None:
         """Ops that spend ``spent``, register ``tx``'s ``vouts``, burn ``burned`` withdraws and
-        square the house account and the drift, exactly (appended to ``ops``)."""
+        square the house account and the drift, exactly (appended to ``ops``). ``withheld``
+        is what refunds kept back to pay the transaction (their ops are the caller's).
+        Raises DeskError, appending nothing, if the house account would have to pay more than
+        it holds: the ledger never owes more than the exchange has."""
         led = self.ledger
         reg = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        value = 0
+        value = 0 if withheld is None else int(withheld.sum())
+        new: list[dict] = []
         with led.lock:
             for key in spent:
                 reg -= led.vectors[("inputs", key)]
                 value -= led.tables["inputs"][key]["value"]
-            wd = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+            wd = np.zeros(peg.PEG_SIZE, dtype=np.int64) if withheld is None else withheld.copy()
             for wid in burned:
                 wd += led.vectors[("withdraws", wid)]
                 value += led.tables["withdraws"][wid]["amount"]
             house = led.row(engine.HOUSE)
         if burned:
-            ops.append({"op": "burn", "ids": list(burned)})
+            new.append({"op": "burn", "ids": list(burned)})
         if spent:
-            ops.append({"op": "spend", "keys": list(spent)})
+            new.append({"op": "spend", "keys": list(spent)})
         for vout in vouts:
             key = outpoint(tx.txid, vout)
             vec = self.chain.get_fractions(key)
             out = tx.outputs[vout]
             reg += vec
             value += out.value
-            ops.append(engine.Exchange.credit_op(key, out.value, vec, owner=None,
+            new.append(engine.Exchange.credit_op(key, out.value, vec, owner=None,
                                                  address=out.address, change=True,
                                                  height=tx.height))
-            ops.append(engine.Exchange.put_op("claims", key,
+            new.append(engine.Exchange.put_op("claims", key,
                                               {"name": "exchange", "registered": 1}))
         # value is now what the house gains (commissions − miner fee − dust) or pays (< 0)
         delta = reg + wd  # what the ledger must gain per step for zero drift
         if value > 0:
             hv = peg.deduction(np.maximum(delta, 0), value, peg.LIQUID, led.supply)
         elif value < 0:
-            take = min(-value, int(house.sum()) if house is not None else 0)
-            hv = (-peg.deduction(house, take, peg.LIQUID, led.supply) if take
-                  else np.zeros(peg.PEG_SIZE, dtype=np.int64))
-            if take < -value:
-                log.error("the house account cannot pay %s of transaction costs; the ledger "
-                          "now owes more than the exchange holds", _fmt(-value - take))
+            have = 0 if house is None else int(house.sum())
+            if have < -value:  # house_free() and the cancel rule make this unreachable
+                raise DeskError(f"the house account holds {_fmt(have)} and would have to pay "
+                                f"{_fmt(-value)}")
+            hv = -peg.deduction(house, -value, peg.LIQUID, led.supply)
         else:
             hv = np.zeros(peg.PEG_SIZE, dtype=np.int64)
         if hv.any():
-            ops.append(engine.Exchange.adjust_op(engine.HOUSE, hv))
+            new.append(engine.Exchange.adjust_op(engine.HOUSE, hv))
         drift = delta - hv
         if drift.any():
-            ops.append(engine.Exchange.drift_op(drift))
+            new.append(engine.Exchange.drift_op(drift))
+        ops += new
 
     def _complete(self, master: str, b: dict, tx: Tx, hist: dict, now: int) -> None:
         ops: list[dict] = []
@@ -733,17 +799,43 @@ class WithdrawDesk:
     def _decline(self, master: str, b: dict, cancel: Tx | None, now: int, why: str) -> None:
         ops: list[dict] = []
         put = engine.Exchange.put_op
+        cfg = self.ledger.exchange_settings()["commission"]
         with self.ledger.lock:
-            ids = [w for w in b["ids"] if w in self.ledger.tables["withdraws"]]
-            amounts = {w: self.ledger.tables["withdraws"][w]["amount"] for w in ids}
+            pending = self.ledger.tables["withdraws"]
+            ids = [w for w in b["ids"] if w in pending]
+            recs = {w: dict(pending[w]) for w in ids}
+            vecs = {w: self.ledger.vectors[("withdraws", w)].copy() for w in ids}
             gone = b["cancel"]["in"] if cancel is not None else None
+            cost = 0 if gone is None else (self.ledger.tables["inputs"][gone]["value"]
+                                           - sum(o.value for o in cancel.outputs))
             for key in b["ins"]:
                 rec = self.ledger.tables["inputs"].get(key)
                 if rec is not None and key != gone:
                     ops.append(put("inputs", key, {k: v for k, v in rec.items() if k != "batch"}))
         ops += [{"op": "refund", "id": w} for w in ids]
+        withheld: dict[str, int] = {}
         if cancel is not None:
-            self._settle([gone], cancel, [0], [], ops)
+            # the house pays the cancel's miner fee from what it does not hold back for
+            # maintenance in flight; the rest is withheld from the refunds, pro rata to the
+            # commissions the batch would have charged (see the module docstring)
+            free, _ = self.house_free(exclude=master)
+            house_part = min(cost, free)
+            weights = {w: min(accepted_commission(recs[w], cfg), recs[w]["amount"])
+                       for w in ids}
+            try:
+                withheld = split_cost(cost - house_part, weights)
+            except ValueError as exc:
+                raise DeskError(f"the cancel's {_fmt(cost)} cannot be paid: {exc}") from None
+            kept = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+            for wid, x in withheld.items():
+                vec = peg.deduction(vecs[wid], x, recs[wid]["style"], self.ledger.supply)
+                kept += vec
+                ops.append(engine.Exchange.adjust_op(recs[wid]["user"], -vec,
+                                                     recs[wid]["style"]))
+            self._settle([gone], cancel, [0], [], ops, withheld=kept)
+            b["cancel"].update(cost=cost, house_paid=house_part)
+            if withheld:
+                b["withheld"] = withheld
         else:
             for key in b["ins"]:
                 if not self.chain.is_unspent(key):
@@ -761,5 +853,12 @@ class WithdrawDesk:
         ops.append(put("batches", master, b))
         self.ledger.commit(ops, supply=self.ledger.supply, now=now)
         log.warning("%s batch %s: Failed/Declined (%s)", b["kind"], master, why)
+        if cancel is not None:
+            log.info("batch %s: cancel tx %s cost %s: %s paid by the house account, %s withheld "
+                     "from refunds", master, cancel.txid, _fmt(cost),
+                     _fmt(b["cancel"]["house_paid"]), _fmt(sum(withheld.values())))
         for wid in ids:
-            log.info("withdraw %s: Failed/Declined, %s refunded", wid, _fmt(amounts[wid]))
+            x = withheld.get(wid, 0)
+            log.info("withdraw %s: Failed/Declined, %s refunded%s", wid,
+                     _fmt(recs[wid]["amount"] - x),
+                     f" ({_fmt(x)} withheld for the cancel's miner fee)" if x else "")
