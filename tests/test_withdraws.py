@@ -14,16 +14,8 @@ from pegx import crypto, peg
 from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.peg import apply_peg_rules
 from pegx.exchange.cycle import ExchangeCycle
-from pegx.exchange.withdraws import (
-    NO_FEES,
-    Plan,
-    WithdrawDesk,
-    commission,
-    conservation,
-    plan_batch,
-    split_cost,
-    window_task,
-)
+from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
+from pegx.exchange.withdraws import WithdrawDesk, conservation, window_task
 from pegx.ledger import engine
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store

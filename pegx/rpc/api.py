@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
 from pegx import crypto, peg
-from pegx.exchange import withdraws
+from pegx.exchange import planner
 from pegx.ledger import engine
 from pegx.ledger.engine import EngineError, Exchange
 
@@ -432,7 +432,7 @@ class PegAPI:
         # one reading of the settings: the commission checked here is the one kept with the
         # withdraw, so a later ExchangeSettings cannot change what this withdraw pays
         rates = self.settings()["commission"]
-        if amount <= coerce_amount(rates["min"]) + withdraws.MIN_PAYOUT:
+        if amount <= coerce_amount(rates["min"]) + planner.MIN_PAYOUT:
             return ("Withdraw amount is too low", "")
         if self._stopped():
             return (STOPPED, "")
@@ -452,7 +452,7 @@ class PegAPI:
                 if full:
                     return (full, "")
                 self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle(),
-                                     commission=withdraws.commission(amount, rates))
+                                     commission=planner.commission(amount, rates))
         except EngineError as exc:
             return (str(exc), "")
         return (True, uid)
