@@ -135,7 +135,8 @@ class Daemon:
         if fractions is None:
             outpoint = x.devnet.send(address, str(amount))
         else:
-            outpoint = x.devnet.send(address, str(amount), [str(f) for f in fractions])
+            # devnet.send takes the steps as ints (each must fit XML-RPC's 32-bit <int>)
+            outpoint = x.devnet.send(address, str(amount), [int(f) for f in fractions])
         x.devnet.mine(13)  # 12 confirmations are enough even next to a cycle boundary
         wait_until(lambda: outpoint in x.GetSpendable(address), 10, what="Spendable")
         assert x.Deposit(user, [outpoint]) is True

@@ -14,15 +14,8 @@ from pegx import crypto, peg
 from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.peg import apply_peg_rules
 from pegx.exchange.cycle import ExchangeCycle
-from pegx.exchange.withdraws import (
-    NO_FEES,
-    Plan,
-    WithdrawDesk,
-    commission,
-    conservation,
-    plan_batch,
-    window_task,
-)
+from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
+from pegx.exchange.withdraws import WithdrawDesk, conservation, window_task
 from pegx.ledger import engine
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
@@ -401,3 +394,76 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
     finally:
         rig.close()
         rig.chain.close()
+
+
+# ------------------------------------------------------------------------ Hardening item 4
+@pytest.mark.parametrize("seed", range(8))
+def test_no_withdraw_ever_builds_a_negative_output(seed):
+    """Withdraws with and without a kept commission, under settings raised far above some of
+    their amounts: the planner never raises, never builds an output below 0, pays each
+    included withdraw amount − its kept commission, and leaves out only the unpayable."""
+    rng = random.Random(seed)
+    acct0, fee = new_address(), new_address()
+    cands = [(f"{i:064x}:0", acct0, peg.std_spread(rng.randint(10**10, 10**12)))
+             for i in range(4)]
+    cfg = {"min": rng.choice([10**8, 5 * 10**8, 3 * 10**9]), "max": 5 * 10**9,
+           "percent": "0.001"}
+    wds = []
+    for i in range(rng.randint(2, 8)):
+        amount = rng.randint(2 * 10**8, 4 * 10**9)
+        rec = {"address": new_address(), "amount": amount}
+        if rng.random() < 0.5:  # accepted at a 1 BAY minimum, kept
+            rec["commission"] = commission(amount, COMM)
+        wds.append((f"w{i}", rec))
+    plan = plan_batch(peg.LIQUID, wds, cands, SUPPLY, acct0, fee, cfg, "ab" * 16)
+    payable = {w for w, r in wds if r["amount"] - r.get("commission", commission(r["amount"],
+                                                                               cfg)) > 10000}
+    if not isinstance(plan, Plan):
+        assert plan in ("Success", NO_FEES, "Not enough funds")
+        assert plan != "Success" or not payable
+        return
+    assert set(plan.ids) == payable
+    assert all(o.value >= 0 for o in plan.outputs)
+    paid = {o.address: o.value for o in plan.outputs if o.address}
+    for wid, rec in wds:
+        if wid in plan.ids:
+            kept = rec.get("commission", commission(rec["amount"], cfg))
+            assert paid[rec["address"]] == rec["amount"] - kept
+
+
+def test_unpayable_old_withdraw_does_not_hold_back_the_batch(rig):
+    """A withdraw logged before commissions were kept is charged today's commission; when
+    that leaves its payee nothing it waits and expires (refunded) while the others are paid."""
+    rig.setup()
+    rig.fund("alice", 10**11)
+    before = rig.ledger.row("alice")
+    old, new = new_address(), new_address()
+    rig.ledger.withdraw("w1", "alice", 2 * 10**8, "liquid", old, rig.cycle.cycle())  # no kept
+    s = rig.ledger.exchange_settings()
+    s["commission"] = {"min": 5 * 10**8, "max": 10**9, "percent": "0.001"}
+    rig.ledger.put("settings", "exchange", s)
+    rig.ledger.withdraw("w2", "alice", 10**9, "liquid", new, rig.cycle.cycle(),
+                        commission=10**8)  # kept at acceptance, as Withdraw does
+    rig.until_status("w2", "Complete")
+    assert rig.chain.balance(new)["liquid"] == 10**9 - 10**8
+    assert rig.ledger.record("withdraws", "w1") is not None  # left out, still pending
+    assert rig.until_status("w1", "Expired")["ID"] == "w1"
+    assert rig.chain.balance(old)["amount"] == 0
+    assert int(rig.ledger.row("alice").sum()) == int(before.sum()) - 10**9
+
+
+# ------------------------------------------------------------------------ Hardening item 14
+@pytest.mark.parametrize("seed", range(20))
+def test_split_cost_is_exact_and_never_takes_more_than_a_weight(seed):
+    rng = random.Random(seed)
+    weights = {f"w{i}": rng.choice([0, 1, 7, 10**4, 10**8, rng.randint(1, 10**9)])
+               for i in range(rng.randint(1, 12))}
+    total = sum(weights.values())
+    cost = rng.choice([c for c in (0, 1, min(total, 10000), total, rng.randint(0, total))
+                       if c <= total])
+    shares = split_cost(cost, weights)
+    assert sum(shares.values()) == cost
+    assert all(0 < v <= weights[k] for k, v in shares.items())
+    assert split_cost(cost, weights) == shares  # deterministic
+    with pytest.raises(ValueError):
+        split_cost(total + 1, weights)

@@ -1,8 +1,8 @@
-"""Withdraw batching, fees, input selection and the withdraw lifecycle (DESIGN §6, ORIGINAL §3.5-3.9).
+"""The withdraw lifecycle: batches in the block windows, tracking, cancels (DESIGN §6,
+ORIGINAL §3.5-3.9).
 
-:func:`plan_batch` and :func:`plan_maintenance` are pure: from pending withdraws and candidate
-inputs they build a transaction that satisfies the peg's spend rules (BITBAYD §1.9) exactly,
-with a known miner fee. :class:`WithdrawDesk` runs them in the block windows and follows every
+The transactions are planned by the pure :mod:`pegx.exchange.planner` (commissions, fees,
+input selection). :class:`WithdrawDesk` runs it in the block windows and follows every
 transaction it sent until it is ``Complete`` (the coins leave the ledger) or ``Failed/Declined``
 (refunded, only once the transaction can no longer confirm). :func:`conservation` states the
 ledger's law so tests and operators can check it in-process.
@@ -14,21 +14,39 @@ What must stay true:
   the desk, not the cycle, registers the transaction's exchange-bound outputs, in the same
   commit that spends the inputs and burns the withdraws.
 * Σ accounts + drift == Σ registered inputs, per step and exactly; the drift is 0 in value.
+* A withdraw pays the commission in force when it was accepted (kept in its record), so a
+  later ExchangeSettings never changes it; the planner builds no output below 0 and leaves
+  out a withdraw it cannot pay or fund rather than fail the batch.
+* A cancel is found like a batch, by the transaction that spends its input, so a malleated
+  cancel settles like the original (input spent, output registered).
+
+Who pays the exchange's own transactions (exact; the house account is ``exchange``):
+* A withdraw batch that completes pays its miner fee and dust from its commissions; the
+  rest is the fee-account output, which the house account gains.
+* Account maintenance is paid by the house account, and is only sent when the house can pay
+  it from its *free* funds: its balance minus the cost of every maintenance transaction still
+  in flight (:meth:`WithdrawDesk.house_free`). That held-back cost also covers the
+  maintenance's own cancel (CANCEL_FEE is smaller).
+* A cancel's miner fee (CANCEL_FEE, 10,000 sat) is paid by the house account's free funds
+  as far as they go; what they cannot pay is withheld from the refunds of the cancelled
+  batch's withdraws, in proportion to the commissions they would have paid (floor shares,
+  the remaining satoshi to the largest remainders, ties by id), never more than a withdraw's
+  commission. A batch's commissions are at least 10,000 sat per withdraw + 500,000, so they
+  always cover it; the withheld steps are taken from each withdraw's own steps.
+* So the house account never pays more than it holds: if a settlement would need that
+  (a ledger changed by hand), the desk commits nothing, logs an error and retries.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, Decimal
 
 import numpy as np
 
 from pegx import peg
 from pegx.chain.base import (
     CYCLE_BLOCKS,
-    FREEZE_NOTARY_VALUE,
     MIN_FEE_PER_IO,
     NOTARY_VALUE,
     ChainError,
@@ -38,6 +56,15 @@ from pegx.chain.base import (
     TxOut,
     outpoint,
 )
+from pegx.exchange.planner import (
+    Candidate,
+    Plan,
+    accepted_commission,
+    plan_batch,
+    plan_maintenance,
+    split_cost,
+)
+from pegx.exchange.planner import sat as _fmt
 from pegx.ledger import engine
 
 log = logging.getLogger(__name__)
@@ -46,19 +73,9 @@ NO_RETURN_ADDRESS = "No return address for exchange"
 NO_FEE_ADDRESS = "No address for collecting withdraw fees"
 
 TASK_SPACING = 25  # blocks between two window tasks (ORIGINAL §2.7)
-FEE_PER_OUTPUT = 10000
-FEE_BASE = 500000
-LIQUID_BATCH = 300  # withdraws per liquid batch
-RESERVE_BATCH = 45  # distinct recipients per reserve batch
-MAX_INPUTS = 100
-MAINT_INPUTS = 45
-MAINT_MIN = 10**8  # merge only when at least 1 BAY of liquid is involved
 MAX_REFUSALS = 3  # refused rebroadcasts (one per block) before the batch is cancelled
 CANCEL_FEE = 2 * MIN_FEE_PER_IO  # one input, one output
 CONFIRMATIONS = 1  # a mined transaction completes its withdraws
-NO_FEES = ("Not enough funds for fees. Withdraws need more funds to cover it. Try setting higher "
-           "commissions for withdraws.")
-NO_FUNDS = "Not enough funds"
 
 
 def window_task(height: int) -> str | None:
@@ -76,201 +93,14 @@ def window_task(height: int) -> str | None:
     return None
 
 
-def commission(amount: int, cfg: dict) -> int:
-    """floor(amount × percent) clamped to [min, max]; percent is a decimal string."""
-    c = int((Decimal(amount) * Decimal(str(cfg["percent"]))).to_integral_value(ROUND_FLOOR))
-    return max(int(cfg["min"]), min(int(cfg["max"]), c))
+class DeskError(RuntimeError):
+    """A batch that cannot be settled without breaking the ledger's law (nothing committed)."""
 
 
-def estimated_fees(n_withdraws: int) -> int:
-    """10000 per withdraw output + 500000 (ORIGINAL §3.5 D)."""
-    return FEE_PER_OUTPUT * n_withdraws + FEE_BASE
-
-
-def f_notation(start: int, n: int) -> bytes:
-    """The ``**F**`` index list of the original (§3.5 G) for ``n`` recipients from ``start``."""
-    if n == 1:
-        idx = [start] * 3
-    elif n == 2:
-        idx = [start, start + 1, start + 1]
-    else:
-        idx = list(range(start, start + n))
-    return b"**F**" + ":".join(map(str, idx)).encode()
-
-
-@dataclass
-class Plan:
-    """A transaction to sign: inputs, outputs, which outputs come back to the exchange."""
-
-    inputs: list[str]
-    outputs: list[TxOut]
-    house_vouts: list[int]
-    fee: int  # miner fee: Σ inputs − Σ outputs
-    ids: list[str] = field(default_factory=list)
-    total: int = 0  # Σ withdrawn amounts
-    commission: int = 0
-
-
-Candidate = tuple[str, str, np.ndarray]  # (key, address, fraction vector)
-
-
-def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: int, comm: int,
-           n_w: int, supply: int, acct0: str, fee_acct: str, master: str) -> Plan | str:
-    """Outputs for the selected inputs, simulating the peg's fill order (devnet_peg rules)."""
-    pools: dict[str, int] = {}
-    liquid = 0
-    for _, addr, vec in sel:
-        pools[addr] = pools.get(addr, 0) + peg.reserve_of(vec, supply)
-        liquid += peg.liquid_of(vec, supply)
-    outs: list[TxOut] = []
-    n_f = 0
-    if style == peg.RESERVE:
-        n_f = len(sel)
-        note = f_notation(n_f, len(recipients))
-        outs += [TxOut(FREEZE_NOTARY_VALUE, data=note) for _ in sel]
-        need = total - comm  # rule 2: each notary moves its input address's reserve to payees
-        for _, addr, _ in sel:
-            t = min(pools[addr], need)
-            pools[addr] -= t
-            need -= t
-        if need > 0:
-            return NO_FUNDS
-        for _ in range(n_f):  # rule 3: notary dust from reserve pools in address order
-            need = FREEZE_NOTARY_VALUE
-            for addr in sorted(pools):
-                t = min(pools[addr], need)
-                pools[addr] -= t
-                need -= t
-            liquid -= need
-    else:
-        liquid -= total - comm
-    for addr in sorted(recipients):
-        outs.append(TxOut(recipients[addr], address=addr))
-    # liquid change: the commission pays every dust output, the miner fee and the fee account;
-    # notary dust the reserve pools paid comes back as liquid the commission no longer needs
-    change = liquid - comm + n_f * FREEZE_NOTARY_VALUE
-    if change < 0:
-        return NO_FUNDS
-    ex = {a: r for a, r in pools.items() if r > 0}
-    notary = NOTARY_VALUE if ex.get(acct0, 0) + change == 0 else 0
-    dust = n_f * FREEZE_NOTARY_VALUE + NOTARY_VALUE + notary
-    n_ex = len(set(ex) | {acct0, fee_acct})
-    minimum = MIN_FEE_PER_IO * (len(sel) + len(outs) + n_ex + 1)
-    fee = max(estimated_fees(n_w) - dust, minimum)
-    fee_out = comm - dust - fee
-    if fee_out < 0:
-        return NO_FEES
-    ex[acct0] = ex.get(acct0, 0) + change + notary
-    if fee_out:
-        ex[fee_acct] = ex.get(fee_acct, 0) + fee_out
-    vouts = []
-    for addr in sorted(ex):
-        vouts.append(len(outs))
-        outs.append(TxOut(ex[addr], address=addr))
-    outs.append(TxOut(NOTARY_VALUE, data=master.encode()))
-    value_in = sum(int(v.sum()) for _, _, v in sel)
-    assert value_in - sum(o.value for o in outs) == fee, "fee arithmetic is off"
-    return Plan([k for k, _, _ in sel], outs, vouts, fee, total=total, commission=comm)
-
-
-def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[Candidate],
-               supply: int, acct0: str, fee_acct: str, cfg: dict, master: str) -> Plan | str:
-    """The batch transaction for pending ``withdraws`` of ``style`` (ORIGINAL §3.5 C-H, fixed).
-
-    Commission per withdraw, recipients merged by address, fees = 10000 per withdraw + 500000
-    (the dust outputs and the miner fee come out of it, the rest of the commission goes to the
-    fee account). Inputs: liquid takes the smallest input that covers the batch alone, else the
-    largest first; reserve takes the largest reserve first, then liquid inputs if the fees need
-    them. Outputs in a fixed order: ``**F**`` notaries (reserve), recipients by address,
-    exchange outputs by address (reserve back to its own address, change, fee), the id.
-    Returns a :class:`Plan`, or the original's message when nothing can be built.
-    """
-    recipients: dict[str, int] = {}
-    ids, total, comm = [], 0, 0
-    for wid, rec in withdraws:
-        addr = rec["address"]
-        if style == peg.RESERVE and addr not in recipients and len(recipients) >= RESERVE_BATCH:
-            break
-        if style == peg.LIQUID and len(ids) >= LIQUID_BATCH:
-            break
-        c = commission(rec["amount"], cfg)
-        recipients[addr] = recipients.get(addr, 0) + rec["amount"] - c
-        ids.append(wid)
-        total += rec["amount"]
-        comm += c
-    if not ids:
-        return "Success"
-    if estimated_fees(len(ids)) > comm:
-        return NO_FEES
-    # an input at a payee's address would pay that payee reserve first: keep them apart
-    cands = [c for c in candidates if c[1] not in recipients and int(c[2].sum()) > 0]
-    lq = {k: peg.liquid_of(v, supply) for k, _, v in cands}
-    rs = {k: peg.reserve_of(v, supply) for k, _, v in cands}
-    by_liquid = sorted(cands, key=lambda c: (-lq[c[0]], c[0]))
-
-    def build(sel):
-        return _build(style, sel, recipients, total, comm, len(ids), supply, acct0, fee_acct,
-                      master)
-
-    sel: list[Candidate] = []
-    if style == peg.LIQUID:
-        covering = [c for c in by_liquid if lq[c[0]] >= total]
-        if covering:
-            sel = [covering[-1]]
-        else:
-            got = 0
-            for c in by_liquid:
-                if got >= total or len(sel) >= MAX_INPUTS or lq[c[0]] == 0:
-                    break
-                sel.append(c)
-                got += lq[c[0]]
-        plan = build(sel) if sel else NO_FUNDS
-    else:
-        got = 0
-        for c in sorted(cands, key=lambda c: (-rs[c[0]], c[0])):
-            if got >= total - comm or len(sel) >= RESERVE_BATCH or rs[c[0]] == 0:
-                break
-            sel.append(c)
-            got += rs[c[0]]
-        plan = build(sel) if sel else NO_FUNDS
-        rest = [c for c in by_liquid if c not in sel and lq[c[0]] > 0]
-        while plan == NO_FUNDS and rest and len(sel) < RESERVE_BATCH:
-            sel.append(rest.pop(0))  # liquid for the commission's fee and dust
-            plan = build(sel)
-    if isinstance(plan, Plan):
-        plan.ids = ids
-    return plan
-
-
-def plan_maintenance(candidates: list[Candidate], supply: int, acct0: str,
-                     master: str) -> Plan | str | None:
-    """Merge inputs of differing liquidity quality into 4 outputs to ``acct0`` (ORIGINAL §3.6).
-
-    None when there is nothing to merge (one rating, or less than 1 BAY of liquid); the
-    reserve of every input goes back to its own address.
-    """
-    cands = sorted(((k, a, v) for k, a, v in candidates if peg.liquid_of(v, supply) > 0),
-                   key=lambda c: (peg.liquid_of(c[2], supply), c[0]))[:MAINT_INPUTS]
-    if len({peg.rating(v, supply)[0] for _, _, v in cands}) < 2:
-        return None
-    ltot = sum(peg.liquid_of(v, supply) for _, _, v in cands)
-    if ltot < MAINT_MIN:
-        return None
-    fees = estimated_fees(len(cands))
-    part = (ltot - fees) // 4
-    if part < 2500:
-        return "Not enough funds for account maintenance."
-    pools: dict[str, int] = {}
-    for _, a, v in cands:
-        pools[a] = pools.get(a, 0) + peg.reserve_of(v, supply)
-    outs = [TxOut(part + pools.pop(acct0, 0), address=acct0)]
-    outs += [TxOut(part, address=acct0) for _ in range(3)]
-    outs += [TxOut(pools[a], address=a) for a in sorted(pools) if pools[a] > 0]
-    outs.append(TxOut(NOTARY_VALUE, data=master.encode()))
-    fee = sum(int(v.sum()) for _, _, v in cands) - sum(o.value for o in outs)
-    if fee < MIN_FEE_PER_IO * (len(cands) + len(outs)):
-        return "Not enough funds for account maintenance."
-    return Plan([k for k, _, _ in cands], outs, list(range(len(outs) - 1)), fee)
+def maintenance_cost(b: dict) -> int:
+    """What a maintenance batch charges the house account: its miner fee and the OP_RETURN
+    id's dust (its cancel, CANCEL_FEE, costs less)."""
+    return int(b["fee"]) + NOTARY_VALUE
 
 
 def conservation(ledger: engine.Exchange) -> dict:
@@ -311,12 +141,9 @@ def house_outpoints(batch: dict) -> set[str]:
         out.update(outpoint(txid, v) for v in batch.get("house_vouts", ()))
     cancel = batch.get("cancel")
     if cancel:
-        out.add(outpoint(cancel["txid"], 0))
+        for txid in {cancel.get("txid"), cancel.get("txid2")} - {None}:
+            out.add(outpoint(txid, 0))
     return out
-
-
-def _fmt(n: int) -> str:
-    return f"{n:,d} sat"
 
 
 class WithdrawDesk:
@@ -449,11 +276,24 @@ class WithdrawDesk:
             return "Success"
         if not isinstance(plan, Plan):
             return plan
-        house = self.ledger.row(engine.HOUSE)
         cost = plan.fee + NOTARY_VALUE
-        if house is None or int(house.sum()) < cost:
-            return f"the house account cannot pay {_fmt(cost)} for account maintenance"
+        free, held = self.house_free()
+        if free < cost:
+            return (f"the house account cannot pay {_fmt(cost)} for account maintenance "
+                    f"({_fmt(free)} free, {_fmt(held)} held for maintenance in flight)")
         return self._send("maintenance", plan, master, tip, cycle)
+
+    def house_free(self, exclude: str | None = None) -> tuple[int, int]:
+        """(what the house account may spend, what it holds back): the house keeps the cost of
+        every maintenance transaction in flight (but ``exclude``'s), which covers that
+        transaction's cancel too, so no later charge can leave one unpaid."""
+        with self.ledger.lock:
+            held = sum(maintenance_cost(b) for m, b in self.ledger.tables["batches"].items()
+                       if m != exclude and b["kind"] == "maintenance"
+                       and b["state"] in ("sent", "cancelling"))
+            house = self.ledger.row(engine.HOUSE)
+        have = 0 if house is None else int(house.sum())
+        return max(0, have - held), held
 
     def _send(self, kind: str, plan: Plan, master: str, tip: Tip, cycle) -> str:
         signed = self.chain.create_transaction(plan.inputs, plan.outputs, cycle.passphrase)
@@ -526,21 +366,46 @@ class WithdrawDesk:
         log.info("withdraw status: %s", text)
         return text
 
+    def _spenders(self, key: str) -> list[Tx]:
+        """Transactions (mined or in the mempool) that may spend ``key``: the devnet names its
+        spender; on a real node, every transaction that paid the wallet and spends ``key``
+        (each of ours pays an exchange address: change, notary or the cancel's output)."""
+        spender = getattr(self.chain, "spender", None)
+        if spender is not None:
+            txids = [t for t in [spender(key)] if t is not None]
+        else:
+            txids = sorted({u.txid for u in self.chain.list_unspent()})
+        found = []
+        for txid in txids:
+            tx = self.chain.get_transaction(txid)
+            if tx is not None and key in tx.inputs:
+                found.append(tx)
+        return found
+
     def _find(self, master: str, b: dict) -> Tx | None:
         """The batch's transaction, or its malleated twin: same first input and OP_RETURN id."""
         tx = self.chain.get_transaction(b.get("txid2") or b["txid"])
         if tx is not None:
             return tx
-        spender = getattr(self.chain, "spender", None)
-        if spender is not None:
-            txids = [spender(b["ins"][0])]
-        else:  # a real node: look at the transactions that paid the exchange
-            txids = sorted({u.txid for u in self.chain.list_unspent()})
-        for txid in txids:
-            if txid is None or txid == b["txid"]:
-                continue
-            t = self.chain.get_transaction(txid)
-            if t is not None and t.inputs[:1] == b["ins"][:1] and t.op_return == master.encode():
+        for t in self._spenders(b["ins"][0]):
+            if t.txid != b["txid"] and t.inputs[:1] == b["ins"][:1] and \
+                    t.op_return == master.encode():
+                return t
+        return None
+
+    def _find_cancel(self, b: dict) -> Tx | None:
+        """The batch's cancel, or its malleated twin: the one transaction spending exactly the
+        cancel's input into one output of value − CANCEL_FEE at the input's own address."""
+        c = b["cancel"]
+        tx = self.chain.get_transaction(c.get("txid2") or c["txid"])
+        if tx is not None:
+            return tx
+        rec = self.ledger.record("inputs", c["in"])  # registered until the cancel settles
+        if rec is None:
+            return None
+        want = [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])]
+        for t in self._spenders(c["in"]):
+            if t.inputs == [c["in"]] and list(t.outputs) == want:
                 return t
         return None
 
@@ -551,6 +416,8 @@ class WithdrawDesk:
                 self._track_one(master, b, tip, now, cycle)
             except ChainError as exc:
                 log.warning("batch %s: status check failed: %s", master, exc)
+            except DeskError as exc:  # nothing was committed; the batch stays in flight
+                log.error("batch %s: cannot settle: %s", master, exc)
 
     def _track_one(self, master: str, b: dict, tip: Tip, now: int, cycle) -> None:
         tx = self._find(master, b)
@@ -612,8 +479,13 @@ class WithdrawDesk:
 
     def _track_cancel(self, master: str, b: dict, tip: Tip, now: int) -> None:
         c = b["cancel"]
-        ctx = self.chain.get_transaction(c["txid"])
+        ctx = self._find_cancel(b)
         if ctx is not None:
+            if ctx.txid != c["txid"] and c.get("txid2") != ctx.txid:
+                c["txid2"] = ctx.txid
+                self.ledger.put("batches", master, b)
+                log.info("batch %s: cancel tx %s was malleated into %s", master, c["txid"],
+                         ctx.txid)
             if ctx.height and ctx.confirmations >= CONFIRMATIONS:
                 self._decline(master, b, ctx, now, "cancelled after refusals")
             return
@@ -630,54 +502,58 @@ class WithdrawDesk:
 
     # ---------------------------------------------------------------- endings
     def _settle(self, spent: list[str], tx: Tx | None, vouts: list[int], burned: list[str],
-                ops: list[dict]) -> None:
+                ops: list[dict], withheld: np.ndarray | None = None) -> None:
         """Ops that spend ``spent``, register ``tx``'s ``vouts``, burn ``burned`` withdraws and
-        square the house account and the drift, exactly (appended to ``ops``)."""
+        square the house account and the drift, exactly (appended to ``ops``). ``withheld``
+        is what refunds kept back to pay the transaction (their ops are the caller's).
+        Raises DeskError, appending nothing, if the house account would have to pay more than
+        it holds: the ledger never owes more than the exchange has."""
         led = self.ledger
         reg = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        value = 0
+        value = 0 if withheld is None else int(withheld.sum())
+        new: list[dict] = []
         with led.lock:
             for key in spent:
                 reg -= led.vectors[("inputs", key)]
                 value -= led.tables["inputs"][key]["value"]
-            wd = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+            wd = np.zeros(peg.PEG_SIZE, dtype=np.int64) if withheld is None else withheld.copy()
             for wid in burned:
                 wd += led.vectors[("withdraws", wid)]
                 value += led.tables["withdraws"][wid]["amount"]
             house = led.row(engine.HOUSE)
         if burned:
-            ops.append({"op": "burn", "ids": list(burned)})
+            new.append({"op": "burn", "ids": list(burned)})
         if spent:
-            ops.append({"op": "spend", "keys": list(spent)})
+            new.append({"op": "spend", "keys": list(spent)})
         for vout in vouts:
             key = outpoint(tx.txid, vout)
             vec = self.chain.get_fractions(key)
             out = tx.outputs[vout]
             reg += vec
             value += out.value
-            ops.append(engine.Exchange.credit_op(key, out.value, vec, owner=None,
+            new.append(engine.Exchange.credit_op(key, out.value, vec, owner=None,
                                                  address=out.address, change=True,
                                                  height=tx.height))
-            ops.append(engine.Exchange.put_op("claims", key,
+            new.append(engine.Exchange.put_op("claims", key,
                                               {"name": "exchange", "registered": 1}))
         # value is now what the house gains (commissions − miner fee − dust) or pays (< 0)
         delta = reg + wd  # what the ledger must gain per step for zero drift
         if value > 0:
             hv = peg.deduction(np.maximum(delta, 0), value, peg.LIQUID, led.supply)
         elif value < 0:
-            take = min(-value, int(house.sum()) if house is not None else 0)
-            hv = (-peg.deduction(house, take, peg.LIQUID, led.supply) if take
-                  else np.zeros(peg.PEG_SIZE, dtype=np.int64))
-            if take < -value:
-                log.error("the house account cannot pay %s of transaction costs; the ledger "
-                          "now owes more than the exchange holds", _fmt(-value - take))
+            have = 0 if house is None else int(house.sum())
+            if have < -value:  # house_free() and the cancel rule make this unreachable
+                raise DeskError(f"the house account holds {_fmt(have)} and would have to pay "
+                                f"{_fmt(-value)}")
+            hv = -peg.deduction(house, -value, peg.LIQUID, led.supply)
         else:
             hv = np.zeros(peg.PEG_SIZE, dtype=np.int64)
         if hv.any():
-            ops.append(engine.Exchange.adjust_op(engine.HOUSE, hv))
+            new.append(engine.Exchange.adjust_op(engine.HOUSE, hv))
         drift = delta - hv
         if drift.any():
-            ops.append(engine.Exchange.drift_op(drift))
+            new.append(engine.Exchange.drift_op(drift))
+        ops += new
 
     def _complete(self, master: str, b: dict, tx: Tx, hist: dict, now: int) -> None:
         ops: list[dict] = []
@@ -698,17 +574,51 @@ class WithdrawDesk:
     def _decline(self, master: str, b: dict, cancel: Tx | None, now: int, why: str) -> None:
         ops: list[dict] = []
         put = engine.Exchange.put_op
+        cfg = self.ledger.exchange_settings()["commission"]
         with self.ledger.lock:
-            ids = [w for w in b["ids"] if w in self.ledger.tables["withdraws"]]
-            amounts = {w: self.ledger.tables["withdraws"][w]["amount"] for w in ids}
+            pending = self.ledger.tables["withdraws"]
+            ids = [w for w in b["ids"] if w in pending]
+            recs = {w: dict(pending[w]) for w in ids}
+            vecs = {w: self.ledger.vectors[("withdraws", w)].copy() for w in ids}
             gone = b["cancel"]["in"] if cancel is not None else None
+            cost = 0 if gone is None else (self.ledger.tables["inputs"][gone]["value"]
+                                           - sum(o.value for o in cancel.outputs))
             for key in b["ins"]:
                 rec = self.ledger.tables["inputs"].get(key)
                 if rec is not None and key != gone:
                     ops.append(put("inputs", key, {k: v for k, v in rec.items() if k != "batch"}))
         ops += [{"op": "refund", "id": w} for w in ids]
+        withheld: dict[str, int] = {}
         if cancel is not None:
-            self._settle([gone], cancel, [0], [], ops)
+            # the house pays the cancel's miner fee from what it does not hold back for
+            # maintenance in flight; the rest is withheld from the refunds, pro rata to the
+            # commissions the batch would have charged (see the module docstring)
+            free, _ = self.house_free(exclude=master)
+            house_part = min(cost, free)
+            weights = {w: min(accepted_commission(recs[w], cfg), recs[w]["amount"])
+                       for w in ids}
+            try:
+                withheld = split_cost(cost - house_part, weights)
+            except ValueError as exc:
+                raise DeskError(f"the cancel's {_fmt(cost)} cannot be paid: {exc}") from None
+            kept = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+            for wid, x in withheld.items():
+                vec = peg.deduction(vecs[wid], x, recs[wid]["style"], self.ledger.supply)
+                kept += vec
+                ops.append(engine.Exchange.adjust_op(recs[wid]["user"], -vec,
+                                                     recs[wid]["style"]))
+            self._settle([gone], cancel, [0], [], ops, withheld=kept)
+            b["cancel"].update(cost=cost, house_paid=house_part)
+            if withheld:
+                b["withheld"] = withheld
+        else:
+            for key in b["ins"]:
+                if not self.chain.is_unspent(key):
+                    # neither the batch nor its cancel spent it: where the coins went is not
+                    # ours to guess, so it stays registered and `pegx audit` names it
+                    log.error("batch %s: input %s was spent by a transaction that is neither "
+                              "the batch nor its cancel; it stays registered until an operator "
+                              "accounts for it", master, key)
         hist = self.ledger.record("history", master) or {
             "txid": b["txid"], "ID": master, "block": b["height"], "in0": b["ins"][0]}
         hist["status"] = "Failed/Declined"
@@ -718,5 +628,12 @@ class WithdrawDesk:
         ops.append(put("batches", master, b))
         self.ledger.commit(ops, supply=self.ledger.supply, now=now)
         log.warning("%s batch %s: Failed/Declined (%s)", b["kind"], master, why)
+        if cancel is not None:
+            log.info("batch %s: cancel tx %s cost %s: %s paid by the house account, %s withheld "
+                     "from refunds", master, cancel.txid, _fmt(cost),
+                     _fmt(b["cancel"]["house_paid"]), _fmt(sum(withheld.values())))
         for wid in ids:
-            log.info("withdraw %s: Failed/Declined, %s refunded", wid, _fmt(amounts[wid]))
+            x = withheld.get(wid, 0)
+            log.info("withdraw %s: Failed/Declined, %s refunded%s", wid,
+                     _fmt(recs[wid]["amount"] - x),
+                     f" ({_fmt(x)} withheld for the cancel's miner fee)" if x else "")

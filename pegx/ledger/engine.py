@@ -396,7 +396,8 @@ class Exchange:
         vec = peg.deduction(self.matrix[self.index[user]], amount, style, self.supply)
         self._move_rows(user, WITHDRAWS, vec)
         self._move_view(user, WITHDRAWS, amount, style)
-        rec = {k: op[k] for k in ("user", "amount", "style", "address", "cycle")}
+        rec = {k: op[k] for k in ("user", "amount", "style", "address", "cycle", "commission")
+               if k in op}  # ops logged before commissions were kept have none
         self._put("withdraws", op["id"], rec)
         self._put_vec("withdraws", op["id"], vec)
 
@@ -647,18 +648,31 @@ class Exchange:
         self.journal.append(self.seq, ops + [recompute])
         return self.seq
 
-    def withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int) -> None:
-        """Move ``amount`` from ``user`` to the ``withdraws`` account under withdraw id ``wid``."""
+    def withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,
+                 commission: int | None = None) -> None:
+        """Move ``amount`` from ``user`` to the ``withdraws`` account under withdraw id ``wid``.
+
+        ``commission`` (satoshi, 0 <= commission < amount) is the commission in force when the
+        withdraw was accepted; it is kept with the withdraw and is what its batch charges,
+        whatever the settings say by then. Without it the batch uses the settings of its time.
+        """
         check_name(user)
         amount = check_amount(amount)
         if style not in peg.STYLES:
             self._bad_style(style)
+        op = {"op": "withdraw", "id": wid, "user": user, "amount": amount, "style": style,
+              "address": address, "cycle": int(cycle)}
+        if commission is not None:
+            if (isinstance(commission, bool) or not isinstance(commission, (int, np.integer))
+                    or not 0 <= commission < amount):
+                raise AmountError(f"commission must be a whole number of satoshi from 0 to "
+                                  f"below the amount, got {commission!r}")
+            op["commission"] = int(commission)
         with self.lock:
             if wid in self.tables["withdraws"]:
                 raise EngineError(f"withdraw id {wid} already exists")
             self._check_funds(user, amount, style)
-            seq = self._submit([{"op": "withdraw", "id": wid, "user": user, "amount": amount,
-                                 "style": style, "address": address, "cycle": int(cycle)}])
+            seq = self._submit([op])
         self._durable(seq)
 
     def refund(self, wids: list[str], extra: list[dict] = ()) -> None:

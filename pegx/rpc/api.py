@@ -24,6 +24,7 @@ from typing import Protocol
 
 from pegx import crypto, peg
 from pegx.chain.base import ChainError
+from pegx.exchange import planner
 from pegx.ledger import engine
 from pegx.ledger.engine import EngineError, Exchange
 
@@ -450,7 +451,10 @@ class PegAPI:
             amount = coerce_amount(amount)
         except EngineError as exc:
             return (str(exc), "")
-        if amount <= coerce_amount(self.settings()["commission"]["min"]) + 10000:
+        # one reading of the settings: the commission checked here is the one kept with the
+        # withdraw, so a later ExchangeSettings cannot change what this withdraw pays
+        rates = self.settings()["commission"]
+        if amount <= coerce_amount(rates["min"]) + planner.MIN_PAYOUT:
             return ("Withdraw amount is too low", "")
         if self._stopped():
             return (STOPPED, "")
@@ -469,7 +473,8 @@ class PegAPI:
                 full = self._limit_reached(style)
                 if full:
                     return (full, "")
-                self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle())
+                self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle(),
+                                     commission=planner.commission(amount, rates))
         except EngineError as exc:
             return (str(exc), "")
         return (True, uid)
