@@ -3,7 +3,7 @@
 
 Generates random exchange states (many deposit addresses, each holding a few coins of mixed
 liquid/reserve, some states with the reserve just covering the withdraws, supply 0..1198),
-runs the current planner (``pegx.exchange.withdraws.plan_batch``) on pending withdraws of both
+runs the current planner (``pegx.exchange.planner.plan_batch``) on pending withdraws of both
 styles and checks every plan it builds with the node-exact rule (``pegx.chain.pegstd``).
 Prints the share accepted per style, per number of input addresses and per state kind, and the
 most common reasons for refusal. Deterministic for a given ``--seed``.
@@ -22,7 +22,7 @@ import numpy as np
 
 from pegx import crypto, peg
 from pegx.chain import pegstd
-from pegx.exchange.withdraws import Plan, plan_batch
+from pegx.exchange.planner import Plan, plan_batch
 
 COMM = {"min": 2 * 10**6, "max": 10**8, "percent": "0.002"}
 

@@ -15,7 +15,7 @@ from test_withdraws import COMM, Rig, new_address
 from pegx import crypto, peg
 from pegx.chain.devnet.ledger import BLOCK_TIME
 from pegx.chain.devnet.peg import FREEZE_SECONDS
-from pegx.exchange.withdraws import commission, estimated_fees
+from pegx.exchange.planner import commission, estimated_fees
 from pegx.ledger import engine
 
 BAY = 10**8
