@@ -178,7 +178,11 @@ class Exchange:
         self._figures: dict[str, tuple] = {}  # input key -> figures at a supply (input_totals)
         self._dirty_recs: set[tuple[str, str]] = set()
         self._dirty_vecs: set[tuple[str, str]] = set()
+        # held from a checkpoint's snapshot to the end of its write, so checkpoints land on disk
+        # in the order they were taken (automatic, pegx.checkpoint and close alike)
         self._ckpt_mu = threading.Lock()
+        self._closing = False  # close() started: no new checkpoint but its own
+        self._closed = False
         self._last_ckpt_time = time.monotonic()
         self.replayed = 0
         self._load()
@@ -205,7 +209,7 @@ class Exchange:
                 self._apply(op)
             self.replayed += 1
         self.seq = seq
-        self.journal = Journal(self.store, seq)
+        self.journal = Journal(self.store, seq, self.ckpt_seq)
         self.journal.durable_seq = seq
         for name in INTERNAL:
             if name not in self.index:
@@ -267,14 +271,37 @@ class Exchange:
                or len(self._dirty_rows) >= self.checkpoint_rows
                or (self.seq > self.ckpt_seq
                    and time.monotonic() - self._last_ckpt_time >= self.checkpoint_seconds))
-        if due and self._ckpt_mu.acquire(blocking=False):
+        # a checkpoint already writing covers this one's need soon; close() writes the last
+        if due and not self._closing and self._ckpt_mu.acquire(blocking=False):
             try:
-                self.checkpoint()
+                if not self._closed:
+                    self._checkpoint_locked()
             finally:
                 self._ckpt_mu.release()
 
     def checkpoint(self) -> int:
-        """Write the state changed since the last checkpoint; returns the seq it covers."""
+        """Write the state changed since the last checkpoint; returns the seq it covers.
+
+        Waits for a checkpoint in progress (automatic or another caller's) to finish first.
+        Refused once close() has started: the shutdown writes the last one.
+        """
+        if self._closing:
+            raise EngineError("the ledger is closed or closing: the shutdown writes the last "
+                              "checkpoint")
+        with self._ckpt_mu:
+            if self._closed:
+                raise EngineError("the ledger is closed")
+            return self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> int:
+        """Snapshot what changed and write it; call with ``_ckpt_mu`` held.
+
+        The snapshot (under the ledger lock) copies every dirty row and record as it is at
+        ``seq``; the write happens outside the ledger lock so calls go on meanwhile, but inside
+        ``_ckpt_mu``, so no later snapshot can reach the disk before this one. ``ckpt_seq``
+        moves only once the batch is on disk. If the write fails the journal stops (every
+        later write and checkpoint is refused), so the dirty sets cleared here are not needed.
+        """
         with self.lock:
             seq = self.seq
             puts: list[tuple[bytes, bytes]] = []
@@ -303,20 +330,29 @@ class Exchange:
             self._dirty_views.clear()
             self._dirty_recs.clear()
             self._dirty_vecs.clear()
-            prev = self.ckpt_seq
-            self.ckpt_seq = seq
-            self._last_ckpt_time = time.monotonic()
-        self.journal.write_checkpoint(seq, prev, puts, deletes)
+        self.journal.write_checkpoint(seq, puts, deletes)
+        self.ckpt_seq = seq
+        self._last_ckpt_time = time.monotonic()
         log.debug("checkpoint at seq %s: %s records", f"{seq:,d}", f"{len(puts):,d}")
         return seq
 
     def close(self) -> None:
-        """Checkpoint everything (a clean stop needs no replay) and close the store."""
+        """Checkpoint everything (a clean stop needs no replay) and close the store.
+
+        From the first call on, new checkpoints are refused; one already writing finishes
+        before the last one is taken.
+        """
+        self._closing = True
         with self._ckpt_mu:
-            if self.journal.failed is None:
-                self.journal.flush()
-                self.checkpoint()
-        self.store.close()
+            if self._closed:
+                return
+            try:
+                if self.journal.failed is None:
+                    self.journal.flush()
+                    self._checkpoint_locked()
+            finally:
+                self._closed = True
+                self.store.close()
 
     # ---------------------------------------------------------------- apply (deterministic)
     def _apply(self, op: dict) -> None:
