@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import hashlib
 import json
@@ -189,6 +190,7 @@ class Exchange:
         self._closed = False
         self._last_ckpt_time = time.monotonic()
         self._undo: Savepoint | None = None  # set while commit applies a group
+        self._local = threading.local()  # per thread: locked() depth, seq awaiting its fsync
         self.replayed = 0
         self._load()
 
@@ -260,8 +262,39 @@ class Exchange:
         return seq
 
     def _durable(self, seq: int) -> None:
+        local = self._local
+        if getattr(local, "depth", 0):  # inside locked(): wait once the lock is released
+            local.pending = max(local.pending, seq)
+            return
         self.journal.wait(seq)
         self._maybe_checkpoint()
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the ledger lock for checks and the commits they guard, without its fsync.
+
+        ``with ledger.locked(): check, then commit`` keeps the check and the commit atomic, as
+        ``with ledger.lock`` does; but a commit inside returns once it is logged in memory, and
+        the wait for the disk happens when the block exits, after the lock is released. The
+        block still returns only once everything it committed is durable. (Waiting for the
+        fsync under the lock would make every other call, reads included, wait for this call's
+        disk write, and would defeat the group commit.)
+        """
+        local = self._local
+        outer = not getattr(local, "depth", 0)
+        if outer:
+            local.depth, local.pending = 0, 0
+        try:
+            with self.lock:
+                local.depth += 1
+                try:
+                    yield
+                finally:
+                    local.depth -= 1
+        finally:
+            if outer and local.pending:
+                seq, local.pending = local.pending, 0
+                self._durable(seq)
 
     def commit(self, ops: list[dict], *, supply: int | None = None, now: int = 0) -> None:
         """Apply and durably log a group of ops as one atomic record, or refuse all of it.
