@@ -134,8 +134,12 @@ class App:
         return True
 
     def checkpoint(self) -> int:
-        """pegx.checkpoint() -> the op seq now covered by a checkpoint."""
-        return self.ledger.checkpoint()
+        """pegx.checkpoint() -> the op seq now covered by a checkpoint (waits for one already
+        being written; refused while the daemon shuts down)."""
+        try:
+            return self.ledger.checkpoint()
+        except engine.EngineError as exc:
+            raise CallError(str(exc)) from None
 
     def backup(self, dest, passw=""):
         """pegx.backup(dest, passw='') -> {id, dest, total}: start an online backup of the
