@@ -16,9 +16,11 @@ import xmlrpc.client
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from daemon import Daemon, free_port, wait_until
 from fakenode import FakeNode
 
+from pegx.cli import main
 from pegx.ledger import schema
 from pegx.ledger.store import Store
 
@@ -114,6 +116,9 @@ def test_a_devnet_from_another_datadir_is_refused(funded):
     shutil.rmtree(datadir / "devnet")
     shutil.copytree(other / "devnet", datadir / "devnet")
     refused(serve(datadir), "another one", "pegx restore")
+    res = CliRunner().invoke(main, ["audit", "--datadir", str(datadir)])
+    assert res.exit_code == 1 and "audit FAILED" in res.output, res.output
+    assert "but the chain here is another one" in res.output
 
 
 def test_a_devnet_of_another_seed_is_refused(funded):
