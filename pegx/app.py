@@ -33,7 +33,7 @@ from pegx.rpc.server import CallError, RPCServer
 log = logging.getLogger(__name__)
 
 PUBLIC_KEY_FILE = "api_public_key"
-CHAIN_RETRY_SECONDS = 5.0  # pause between start-up chain checks while the node is unavailable
+CHAIN_RETRY_SECONDS = 2.0  # pause between start-up chain checks while the node is unavailable
 
 
 def build_chain(cfg: Config):

@@ -208,3 +208,18 @@ def test_bitbayd_another_network_or_a_node_behind_is_refused(tmp_path):
             assert "reorganised past the ledger's last block" in d.log()
     finally:
         node.close()
+
+
+def test_bitbayd_warming_up_at_start_is_waited_for(tmp_path):
+    node = FakeNode()
+    try:
+        _chain(node, 30)
+        node.fault("warmup", 3)  # more than one bounded attempt absorbs (deadline 0.5 s)
+        extra = ["--chain", "bitbayd", "--node-url", node.url]
+        with Daemon(tmp_path / "d", extra=extra, env={"PEGX_NODE_DEADLINE": "0.5"}) as d:
+            x = d.proxy()
+            wait_until(lambda: x.pegx.status()["height"] == 30, 60, what="a pass at height 30")
+            assert "cannot check the chain yet" in d.log()
+            assert "adopting bitbayd chain " + GENESIS in d.log()
+    finally:
+        node.close()
