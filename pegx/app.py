@@ -25,6 +25,7 @@ from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
+from pegx.ledger.rules import EngineError, coerce_amount
 from pegx.ledger.store import Store
 from pegx.rpc import api
 from pegx.rpc.execapi import ExecAPI
@@ -62,7 +63,7 @@ def read_public_key(datadir: Path) -> str | None:
 
 
 def _amount(value) -> int:
-    return api.coerce_amount(value)
+    return coerce_amount(value)
 
 
 class App:
@@ -163,7 +164,7 @@ class App:
         being written; refused while the daemon shuts down)."""
         try:
             return self.ledger.checkpoint()
-        except engine.EngineError as exc:
+        except EngineError as exc:
             raise CallError(str(exc)) from None
 
     def backup(self, dest, passw=""):

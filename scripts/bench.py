@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from pegx import peg
-from pegx.ledger.engine import Exchange, input_totals
+from pegx.ledger.engine import Exchange
+from pegx.ledger.state import input_totals
 from pegx.ledger.store import Store
 
 SUPPLY = 500

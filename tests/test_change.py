@@ -16,7 +16,7 @@ from pegx import crypto, peg
 from pegx.chain.devnet.ledger import BLOCK_TIME
 from pegx.chain.devnet.peg import FREEZE_SECONDS
 from pegx.exchange.planner import commission, estimated_fees
-from pegx.ledger import engine
+from pegx.ledger import rules
 
 BAY = 10**8
 
@@ -106,7 +106,7 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         rig.setup()
         rig.fund("alice", 10**11)
         rig.fund("bobby", 10**11)
-        house0 = int(rig.ledger.row(engine.HOUSE).sum())
+        house0 = int(rig.ledger.row(rules.HOUSE).sum())
         rig.ledger.withdraw("w1", "alice", 2 * 10**10, peg.RESERVE, rig.acct0, rig.cycle.cycle())
         rig.until_status("w1", "Complete")
         batch = rig.ledger.record("batches", rig.ledger.record("history", "w1"))
@@ -117,9 +117,9 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         key = payee[0].key
         assert key not in rig.cycle.spendable() and rig.ledger.record("claims", key) is None
         c = commission(2 * 10**10, COMM)
-        assert int(rig.ledger.row(engine.HOUSE).sum()) == house0 + c - estimated_fees(1)
+        assert int(rig.ledger.row(rules.HOUSE).sum()) == house0 + c - estimated_fees(1)
         # 30 days of freeze and the 12 h grace, in 64 s blocks
-        blocks = (FREEZE_SECONDS + engine.FROZEN_GRACE) // BLOCK_TIME + 10
+        blocks = (FREEZE_SECONDS + rules.FROZEN_GRACE) // BLOCK_TIME + 10
         while blocks > 0:
             rig.chain.mine(min(blocks, 10_000))
             blocks -= 10_000

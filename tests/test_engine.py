@@ -9,12 +9,12 @@ import textwrap
 import pytest
 
 from pegx import peg
-from pegx.ledger.engine import (
+from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import (
     POOL,
     WITHDRAWS,
     AmountError,
     EngineError,
-    Exchange,
     FundsError,
     NameError_,
     UnknownAccount,

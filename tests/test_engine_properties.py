@@ -30,7 +30,8 @@ from hypothesis.stateful import (
 )
 
 from pegx import peg
-from pegx.ledger.engine import HOUSE, INTERNAL, POOL, EngineError, Exchange, FundsError
+from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import HOUSE, INTERNAL, POOL, EngineError, FundsError
 from pegx.ledger.store import Store
 
 USERS = ("alice", "bobby", "carol", "dave1", "erin1", "frank")

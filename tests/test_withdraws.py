@@ -16,7 +16,7 @@ from pegx.chain.devnet.peg import apply_peg_rules
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
 from pegx.exchange.withdraws import WithdrawDesk, conservation, window_task
-from pegx.ledger import engine
+from pegx.ledger import rules
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
 
@@ -53,7 +53,7 @@ class Rig:
         # after its batch settled) is the house's; nothing else is
         claims = self.ledger.records("claims")
         for key, entry in self.cycle.spendable().items():
-            house = claims.get(key, {}).get("name") == engine.HOUSE
+            house = claims.get(key, {}).get("name") == rules.HOUSE
             assert bool(entry.get("change")) == house, (key, entry, claims.get(key))
         return law
 
@@ -187,12 +187,12 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     bal = rig.chain.balance(payee)
     assert bal["reserve"] == bal["frozen"] == 2 * 10**10 - c  # reserve goes out frozen (**F**)
     assert rig.chain.balance(rig.fee)["amount"] == 2 * (c - 510000)
-    assert rig.ledger.row(engine.WITHDRAWS).sum() == 0
+    assert rig.ledger.row(rules.WITHDRAWS).sum() == 0
     # the house holds exactly the fee income: commissions − (miner fee + dust), and the dust
     # and miner fee of each batch add up to the estimated 510,000 sat
     fees = sum(b["fee"] for b in rig.ledger.records("batches").values())
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * c - fees - 2 * 5575 - 5590
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * (c - 510000)
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == 2 * c - fees - 2 * 5575 - 5590
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == 2 * (c - 510000)
     assert rig.ledger.balance("bobby") == {"liquid": rig.ledger.balance("bobby")["liquid"],
                                            "reserve": 5 * 10**10 - 2 * 10**10
                                            - rig.ledger.balance("bobby")["liquid"]}
@@ -287,11 +287,11 @@ def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     rig.chain.mine(13)
     rig.step()
     rig.ledger.put("claims", op, {"name": "carol"})
-    house = int(rig.ledger.row(engine.HOUSE).sum())
+    house = int(rig.ledger.row(rules.HOUSE).sum())
     rig.until(lambda: any(b["kind"] == "maintenance" and b["state"] == "done"
                           for b in rig.ledger.records("batches").values()), 450)
     m = next(b for b in rig.ledger.records("batches").values() if b["kind"] == "maintenance")
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == house - m["fee"] - 5575
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == house - m["fee"] - 5575
     assert rig.chain.balance(rig.acct0)["amount"] > 0
 
 

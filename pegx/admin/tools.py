@@ -39,8 +39,11 @@ from pegx import peg
 from pegx.chain.base import ChainError
 from pegx.chain.devnet.log import LOG_NAME, fsync_path
 from pegx.exchange import chainguard
-from pegx.ledger import engine
-from pegx.ledger.engine import HOUSE, POOL, WITHDRAWS, Exchange
+from pegx.ledger import ops as ledger_ops
+from pegx.ledger import rules
+from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import HOUSE, POOL, WITHDRAWS
+from pegx.ledger.state import input_totals
 from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
@@ -519,9 +522,9 @@ def read_balances_csv(path: str | os.PathLike) -> tuple[dict[str, tuple[int, int
         for line, row in enumerate(reader, start=2):
             user = (row["user"] or "").strip()
             try:
-                engine.check_name(user)
+                rules.check_name(user)
                 liquid, reserve = int(row["liquid"]), int(row["reserve"])
-            except (engine.EngineError, TypeError, ValueError) as exc:
+            except (rules.EngineError, TypeError, ValueError) as exc:
                 raise ToolError(f"{path} line {line}: {exc}") from None
             if liquid < 0 or reserve < 0 or user in targets:
                 raise ToolError(f"{path} line {line}: negative amount or repeated user {user!r}")
@@ -539,19 +542,19 @@ def _base_ops(chain, owners: dict[str, str], now: int) -> tuple[list[dict], dict
     utxos = sorted(chain.list_unspent(min_conf=1), key=lambda u: u.key)
     ops, recs, vecs = [], {}, {}
     for address in sorted({u.address for u in utxos}):
-        ops.append(Exchange.put_op("addresses", address, {"imported": 1}))
+        ops.append(ledger_ops.put("addresses", address, {"imported": 1}))
     for u in utxos:
         owner = owners.get(u.key, HOUSE)
-        ops.append(Exchange.put_op("claims", u.key, {"name": owner}))  # the credit registers it
-        ops.append(Exchange.credit_op(u.key, u.value, u.fractions, owner=owner,
+        ops.append(ledger_ops.put("claims", u.key, {"name": owner}))  # the credit registers it
+        ops.append(ledger_ops.credit(u.key, u.value, u.fractions, owner=owner,
                                       address=u.address, frozen_until=u.frozen_until,
                                       height=u.height))
         recs[u.key] = {"frozen_until": u.frozen_until}
         vecs[("inputs", u.key)] = np.asarray(u.fractions, dtype=np.int64)
-    totals = engine.input_totals(recs, vecs, tip.supply, now)
+    totals = input_totals(recs, vecs, tip.supply, now)
     ops.append({"op": "recompute", "supply": tip.supply, "totals": totals, "cycle": tip.cycle})
     # rebuilt from this chain at this tip: the ledger belongs to it from now on
-    ops.append(Exchange.put_op(chainguard.TABLE, chainguard.KEY, chainguard.record_for(chain, tip)))
+    ops.append(ledger_ops.put(chainguard.TABLE, chainguard.KEY, chainguard.record_for(chain, tip)))
     found = {u.key for u in utxos}
     info = {"height": tip.height, "cycle": tip.cycle, "supply": tip.supply,
             "outputs": len(utxos), "exchange_totals": totals,

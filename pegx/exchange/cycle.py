@@ -31,6 +31,7 @@ from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
 from pegx.exchange import chainguard
 from pegx.exchange.withdraws import house_outpoints
 from pegx.ledger import engine
+from pegx.ledger.rules import FROZEN_GRACE
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class ExchangeCycle:
         for u in self.chain.list_unspent():
             if u.address not in watched or u.height == 0:
                 continue
-            if u.frozen_until and u.frozen_until > tip.time - engine.FROZEN_GRACE:
+            if u.frozen_until and u.frozen_until > tip.time - FROZEN_GRACE:
                 continue
             if u.confirmations < confirmations_needed(u.height, conf):
                 continue

@@ -66,6 +66,8 @@ from pegx.exchange.planner import (
 )
 from pegx.exchange.planner import sat as _fmt
 from pegx.ledger import engine
+from pegx.ledger import ops as ledger_ops
+from pegx.ledger.rules import HOUSE, INTERNAL
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ def conservation(ledger: engine.Exchange) -> dict:
         for key in ledger.tables["inputs"]:
             registered += ledger.vectors[("inputs", key)]
         drift = ledger.drift()
-        users = [i for i, name in enumerate(ledger.names) if name not in engine.INTERNAL]
+        users = [i for i, name in enumerate(ledger.names) if name not in INTERNAL]
         user_liquid = int(ledger.view[users, 0].sum()) if users else 0
         liquid = int(ledger.meta["totals"]["liquid"])
     off = accounts + drift - registered
@@ -291,7 +293,7 @@ class WithdrawDesk:
             held = sum(maintenance_cost(b) for m, b in self.ledger.tables["batches"].items()
                        if m != exclude and b["kind"] == "maintenance"
                        and b["state"] in ("sent", "cancelling"))
-            house = self.ledger.row(engine.HOUSE)
+            house = self.ledger.row(HOUSE)
         have = 0 if house is None else int(house.sum())
         return max(0, have - held), held
 
@@ -301,7 +303,7 @@ class WithdrawDesk:
                  "raw": signed.raw, "house_vouts": plan.house_vouts, "fee": plan.fee,
                  "total": plan.total, "commission": plan.commission, "state": "sent",
                  "height": tip.height, "refusals": 0, "last_try": tip.height}
-        put = engine.Exchange.put_op
+        put = ledger_ops.put
         ops = [put("batches", master, batch)]
         with self.ledger.lock:
             for wid in plan.ids:
@@ -346,7 +348,7 @@ class WithdrawDesk:
         ops = []
         for wid, _ in stale:
             ops.append({"op": "refund", "id": wid})
-            ops.append(engine.Exchange.put_op("history", wid, {
+            ops.append(ledger_ops.put("history", wid, {
                 "status": "Expired", "txid": "", "ID": wid, "block": tip.height, "in0": ""}))
         self.ledger.commit(ops, supply=self.ledger.supply, now=tip.time)
         for wid, rec in stale:
@@ -520,7 +522,7 @@ class WithdrawDesk:
             for wid in burned:
                 wd += led.vectors[("withdraws", wid)]
                 value += led.tables["withdraws"][wid]["amount"]
-            house = led.row(engine.HOUSE)
+            house = led.row(HOUSE)
         if burned:
             new.append({"op": "burn", "ids": list(burned)})
         if spent:
@@ -531,10 +533,10 @@ class WithdrawDesk:
             out = tx.outputs[vout]
             reg += vec
             value += out.value
-            new.append(engine.Exchange.credit_op(key, out.value, vec, owner=None,
+            new.append(ledger_ops.credit(key, out.value, vec, owner=None,
                                                  address=out.address, change=True,
                                                  height=tx.height))
-            new.append(engine.Exchange.put_op("claims", key,
+            new.append(ledger_ops.put("claims", key,
                                               {"name": "exchange", "registered": 1}))
         # value is now what the house gains (commissions − miner fee − dust) or pays (< 0)
         delta = reg + wd  # what the ledger must gain per step for zero drift
@@ -549,10 +551,10 @@ class WithdrawDesk:
         else:
             hv = np.zeros(peg.PEG_SIZE, dtype=np.int64)
         if hv.any():
-            new.append(engine.Exchange.adjust_op(engine.HOUSE, hv))
+            new.append(ledger_ops.adjust(HOUSE, hv))
         drift = delta - hv
         if drift.any():
-            new.append(engine.Exchange.drift_op(drift))
+            new.append(ledger_ops.drift(drift))
         ops += new
 
     def _complete(self, master: str, b: dict, tx: Tx, hist: dict, now: int) -> None:
@@ -563,8 +565,8 @@ class WithdrawDesk:
         hist["status"] = "Complete"
         b.update(state="done", final_txid=tx.txid)
         b.pop("raw", None)
-        ops.append(engine.Exchange.put_op("history", master, hist))
-        ops.append(engine.Exchange.put_op("batches", master, b))
+        ops.append(ledger_ops.put("history", master, hist))
+        ops.append(ledger_ops.put("batches", master, b))
         self.ledger.commit(ops, supply=self.ledger.supply, now=now)
         log.info("%s batch %s: Complete in block %s (tx %s)", b["kind"], master,
                  f"{tx.height:,d}", tx.txid)
@@ -573,7 +575,7 @@ class WithdrawDesk:
 
     def _decline(self, master: str, b: dict, cancel: Tx | None, now: int, why: str) -> None:
         ops: list[dict] = []
-        put = engine.Exchange.put_op
+        put = ledger_ops.put
         cfg = self.ledger.exchange_settings()["commission"]
         with self.ledger.lock:
             pending = self.ledger.tables["withdraws"]
@@ -605,7 +607,7 @@ class WithdrawDesk:
             for wid, x in withheld.items():
                 vec = peg.deduction(vecs[wid], x, recs[wid]["style"], self.ledger.supply)
                 kept += vec
-                ops.append(engine.Exchange.adjust_op(recs[wid]["user"], -vec,
+                ops.append(ledger_ops.adjust(recs[wid]["user"], -vec,
                                                      recs[wid]["style"]))
             self._settle([gone], cancel, [0], [], ops, withheld=kept)
             b["cancel"].update(cost=cost, house_paid=house_part)

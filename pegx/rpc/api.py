@@ -15,18 +15,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import os
-import re
 import threading
-from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
 from pegx import crypto, peg
 from pegx.chain.base import ChainError
 from pegx.exchange import planner
-from pegx.ledger import engine
-from pegx.ledger.engine import EngineError, Exchange
+from pegx.ledger import rules
+from pegx.ledger import settings as exchange_settings
+from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import EngineError, coerce_amount
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +34,7 @@ STOPPED = "Exchange is stopped."
 NOT_LOADED = "Exchange is not loaded yet."
 BALANCE_UPDATING = "Balance is updating"
 BUSY = "Exchange is busy. Please try again in a few minutes."
-ACCOUNTS_MSG = ("Exchange accounts must be a list and must contain all accounts used by the "
-                "exchange for receiving change.")
-LIQUID_LIMIT_MSG = "Withdraw limit reached, please wait until transactions clear."
-RESERVE_LIMIT_MSG = "Reserve withdraw limit reached, please wait until transactions clear."
-LIQUID_LIMIT = 300  # pending liquid withdraws (the original allowed 301 by an off-by-one)
-RESERVE_LIMIT = 45
 FINISHED = ("Complete", "Failed/Declined", "Expired")
-_DIGITS = re.compile(r"^[+-]?[0-9]{1,30}$")  # ASCII digits only: int() would take "١٢٣"
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -59,31 +51,6 @@ class Control(Protocol):
     def spendable(self) -> dict: ...        # {"txid:vout": entry} of confirmed exchange inputs
     def owns_address(self, address: str) -> bool: ...  # the wallet's own key? (ChainError)
     def cycle(self) -> int: ...             # GetCycle: the cycle of the last published balances
-
-
-def coerce_amount(value) -> int:
-    """An amount in satoshi from an int, a decimal string of satoshi or an integral float.
-
-    A stock xmlrpc.client cannot send ints beyond ±2^31, so big amounts come as strings or
-    floats. Raises EngineError (AmountError) with a clear message otherwise.
-    """
-    if isinstance(value, bool):
-        raise engine.AmountError("Amount must be a number of satoshi, not a boolean.")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value) or not value.is_integer():
-            raise engine.AmountError(
-                f"Amount must be a whole number of satoshi, got {value!r}.")
-        if abs(value) > 2**53:
-            raise engine.AmountError(
-                "Amount is too large to be exact as a float: send it as a decimal string.")
-        return int(value)
-    if isinstance(value, str) and _DIGITS.match(value.strip()):
-        return int(value.strip())
-    raise engine.AmountError(
-        "Amount must be an integer number of satoshi: an int, a decimal string such as "
-        "'2500000000', or a whole float.")
 
 
 class PasswordGate:
@@ -261,7 +228,7 @@ class PegAPI:
         if not self.password.check(passw):
             return WRONG_PASSWORD
         try:
-            engine.check_name(name)
+            rules.check_name(name)
         except EngineError as exc:
             return str(exc)
         if self._stopped():
@@ -325,14 +292,6 @@ class PegAPI:
         bal = self.ledger.balance(user)
         return False if bal is None else bal
 
-    def _trade_checks(self, user1, user2):
-        """Trade's name checks in the original order (ORIGINAL §1.3 Trade 5-6)."""
-        engine.check_name(user1)
-        if user2 != "":
-            if isinstance(user2, str) and user2.lower() == engine.WITHDRAWS:
-                raise engine.NameError_(engine.RESERVED_MSG)
-            engine.check_name(user2)
-
     def Trade(self, user1, amount, user2, style="liquid", passw=""):
         """Trade(user1, amount, user2, style='liquid', passw='') -> True.
 
@@ -348,7 +307,7 @@ class PegAPI:
         if self._stopped():
             return STOPPED
         try:
-            self._trade_checks(user1, user2)
+            rules.check_trade_names(user1, user2)
             amount = coerce_amount(amount)
             return self.ledger.trade(user1, amount, user2, style)
         except EngineError as exc:
@@ -363,58 +322,13 @@ class PegAPI:
             return WRONG_PASSWORD
         if self._stopped():
             return STOPPED
-        new = self.settings()
-        if exchangeaccounts != "":
-            if not isinstance(exchangeaccounts, (list, tuple)) or not exchangeaccounts:
-                return ACCOUNTS_MSG
-            for addr in exchangeaccounts:
-                try:
-                    crypto.validate_address(addr)
-                except crypto.CryptoError as exc:
-                    return f"Exchange account {addr!r} is not a valid address: {exc}."
-            refused = self._not_in_wallet(exchangeaccounts)
-            if refused:
-                return refused
-            new["exchangeaccounts"] = list(exchangeaccounts)
-        if exchangefeeaccount != "":
-            try:
-                crypto.validate_address(exchangefeeaccount)
-            except crypto.CryptoError as exc:
-                return f"Exchange fee account is not a valid address: {exc}."
-            new["exchangefeeaccount"] = exchangefeeaccount
-        if commission != "":
-            if not isinstance(commission, dict) or not {"min", "max", "percent"} <= commission.keys():
-                return "Commission must be a dict with 'min', 'max' and 'percent'."
-            try:
-                cmin = coerce_amount(commission["min"])
-                cmax = coerce_amount(commission["max"])
-                pct = commission["percent"]
-                if isinstance(pct, bool):
-                    raise InvalidOperation
-                percent = Decimal(str(pct))
-                if not percent.is_finite():
-                    raise InvalidOperation
-            except (EngineError, InvalidOperation, ValueError):
-                return "Commission min and max must be satoshi amounts and percent a number."
-            if percent < 0:
-                return False
-            if percent > Decimal("0.05"):
-                return "Commission is too high."
-            if cmax < cmin:
-                return False
-            if cmin < 10000:
-                return ("Minimum commission should be high enough to cover basic fees and "
-                        "maintenance.")
-            new["commission"] = {"min": cmin, "max": cmax, "percent": str(percent)}
-        if exchangeconfirmations != "":
-            conf = exchangeconfirmations
-            if isinstance(conf, bool) or not isinstance(conf, int):
-                return "Confirmations must be an integer from 7 to 15."
-            if conf < 7:
-                return "Not enough confirmations"
-            if conf > 15:
-                return "Too many confirmations"
-            new["exchangeconfirmations"] = conf
+        try:
+            new = exchange_settings.updated(
+                self.settings(), exchangeaccounts=exchangeaccounts,
+                exchangefeeaccount=exchangefeeaccount, commission=commission,
+                exchangeconfirmations=exchangeconfirmations, not_in_wallet=self._not_in_wallet)
+        except exchange_settings.Refused as refused:
+            return refused.answer
         self.ledger.put("settings", "exchange", new)
         return True
 
@@ -460,7 +374,7 @@ class PegAPI:
         if self._stopped():
             return (STOPPED, "")
         if style not in peg.STYLES:
-            return ("Style must be 'liquid' or 'reserve'.", "")
+            return (rules.STYLE_MSG, "")
         full = self._limit_reached(style)
         if full:
             return (full, "")
@@ -469,7 +383,7 @@ class PegAPI:
             return (BUSY, "")
         uid = os.urandom(16).hex()
         try:
-            engine.check_name(user)
+            rules.check_name(user)
             # the limit is counted and the slot taken atomically; the fsync waits outside
             with self.ledger.locked():
                 full = self._limit_reached(style)
@@ -486,9 +400,7 @@ class PegAPI:
         with self.ledger.lock:
             pending = sum(1 for w in self.ledger.tables["withdraws"].values()
                           if w["style"] == style)
-        if style == peg.LIQUID:
-            return LIQUID_LIMIT_MSG if pending >= LIQUID_LIMIT else None
-        return RESERVE_LIMIT_MSG if pending >= RESERVE_LIMIT else None
+        return rules.LIMIT_MSGS[style] if pending >= rules.LIMITS[style] else None
 
     def CheckWithdraw(self, ID, clear=0, passw=""):
         """CheckWithdraw(ID, clear=0, passw='') -> the batch record {status, txid, ID, block,

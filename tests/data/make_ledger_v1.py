@@ -13,14 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, "tests")
 
-from pegx import crypto  # noqa: E402
-from pegx.admin import tools  # noqa: E402
-from pegx.chain.devnet import Devnet  # noqa: E402
-from pegx.exchange.cycle import ExchangeCycle  # noqa: E402
-from pegx.exchange.withdraws import WithdrawDesk, conservation  # noqa: E402
-from pegx.ledger.engine import Exchange  # noqa: E402
-from pegx.ledger.store import Store  # noqa: E402
-from pegx.rpc.api import PegAPI  # noqa: E402
+from pegx import crypto
+from pegx.admin import tools
+from pegx.chain.devnet import Devnet
+from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.withdraws import WithdrawDesk, conservation
+from pegx.ledger.engine import Exchange
+from pegx.ledger.store import Store
+from pegx.rpc.api import PegAPI
 
 COMM = {"min": 100000000, "max": 1000000000, "percent": "0.001"}
 

@@ -1,0 +1,191 @@
+"""Checks of the operations a commit group brings, before they are applied or logged.
+
+:func:`check_op` refuses (EngineError) an op its apply function would fail on, or that would
+break an invariant, in the state the ops before it in its group left. Replayed ops are not
+checked again: they were checked before they were logged.
+"""
+
+from __future__ import annotations
+
+import binascii
+
+import numpy as np
+
+from pegx import peg
+from pegx.ledger import ops
+from pegx.ledger.rules import (
+    HOUSE,
+    POOL,
+    RESERVED_MSG,
+    WITHDRAWS,
+    EngineError,
+    FundsError,
+    NameError_,
+    UnknownAccount,
+    check_amount,
+    check_name,
+)
+from pegx.ledger.state import State
+
+# tables the ledger keeps for other components, written with "put" ops; every other table is
+# written only by the operations that own its records
+OPEN_TABLES = ("claims", "inputs", "withdraws", "history", "settings", "addresses", "exec",
+               "meta", "batches")
+
+
+def checked(fn, *args):
+    """``fn(*args)``, its PegError (bad style, supply) as an EngineError for the caller."""
+    try:
+        return fn(*args)
+    except peg.PegError as exc:
+        raise EngineError(str(exc)) from None
+
+
+def check_funds(state: State, user: str, amount: int, style: str) -> None:
+    """Refuse a debit of ``amount`` in ``style`` that ``user`` (or the pool) does not hold."""
+    have = state.have(user, style)
+    if amount > have:
+        if user == POOL:
+            raise FundsError(f"Insufficient funds in {style} pool. "
+                             "Please make the debit before the credit.")
+        if user not in state.index:
+            raise UnknownAccount("Unknown user.")
+        raise FundsError(f"Insufficient {style} balance")
+
+
+def check_op(state: State, op) -> None:
+    """Refuse an op of a commit group (see the module docstring)."""
+    kind = op.get("op") if isinstance(op, dict) else None
+    if kind not in ops.KINDS:
+        raise EngineError(f"unknown operation {kind!r}")
+    try:
+        _CHECKS[kind](state, op)
+    except EngineError:
+        raise
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise EngineError(f"malformed {kind} operation ({type(exc).__name__}: {exc})") from None
+
+
+def _int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EngineError(f"{what} must be an integer")
+    return value
+
+
+def _vec(text) -> np.ndarray:
+    vec = ops.decode_vec(text) if isinstance(text, str) else None
+    if vec is None or vec.shape != (peg.PEG_SIZE,):
+        raise EngineError(f"a fraction vector has {peg.PEG_SIZE} steps")
+    return vec
+
+
+def _user(name) -> str:
+    name = check_name(name, allow_internal=True)
+    if name == WITHDRAWS:  # its rows belong to pending withdraws (refund, burn)
+        raise NameError_(RESERVED_MSG)
+    return name
+
+
+def check_pending(state: State, wids) -> None:
+    """Every id in ``wids`` (a list without repeats) is a pending withdraw."""
+    if not isinstance(wids, list) or len(set(wids)) != len(wids):
+        raise EngineError("withdraw ids are a list without repeats")
+    for wid in wids:
+        if wid not in state.tables["withdraws"]:
+            raise EngineError(f"no pending withdraw {wid}")
+
+
+def _trade(state: State, op: dict) -> None:
+    u1 = _user(op["u1"])
+    _user(op["u2"])
+    amount = check_amount(op["amount"])
+    checked(peg.check_style, op["style"])
+    check_funds(state, u1, amount, op["style"])
+
+
+def _withdraw(state: State, op: dict) -> None:
+    wid = op["id"]
+    if not isinstance(wid, str) or wid in state.tables["withdraws"]:
+        raise EngineError(f"withdraw id {wid!r} is taken or not a string")
+    user = check_name(op["user"])
+    amount = check_amount(op["amount"])
+    checked(peg.check_style, op["style"])
+    if not isinstance(op["address"], str):
+        raise EngineError("a withdraw address is a string")
+    _int(op["cycle"], "cycle")
+    check_funds(state, user, amount, op["style"])
+
+
+def _refund(state: State, op: dict) -> None:
+    check_pending(state, [op["id"]])
+
+
+def _burn(state: State, op: dict) -> None:
+    check_pending(state, op["ids"])
+
+
+def _credit(state: State, op: dict) -> None:
+    key = op["key"]
+    if not isinstance(key, str) or key in state.tables["inputs"]:
+        raise EngineError(f"input {key!r} is already registered or not a string")
+    vec = _vec(op["vec"])
+    value = _int(op["value"], "value")
+    if (vec < 0).any() or int(vec.sum()) != value:
+        raise EngineError(f"input {key}: fractions must be >= 0 and sum to its value")
+    owner = op["owner"]
+    if owner is not None and owner != HOUSE:
+        check_name(owner)
+    if not isinstance(op["address"], (str, type(None))):
+        raise EngineError("an input address is a string")
+    for field in ("change", "frozen_until", "height"):
+        _int(op[field], field)
+
+
+def _spend(state: State, op: dict) -> None:
+    keys_ = op["keys"]
+    if not isinstance(keys_, list) or len(set(keys_)) != len(keys_):
+        raise EngineError("spent inputs are a list without repeats")
+    missing = [k for k in keys_ if k not in state.tables["inputs"]]
+    if missing:
+        raise EngineError(f"not registered inputs: {', '.join(map(str, missing))}")
+
+
+def _recompute(state: State, op: dict) -> None:
+    checked(peg.check_supply, op["supply"])
+    totals = op["totals"]
+    if not isinstance(totals, dict) or set(totals) != {"liquid", "reserve", "subpremium",
+                                                       "frozen"}:
+        raise EngineError("recompute totals are {liquid, reserve, subpremium, frozen}")
+    for field, value in totals.items():
+        _int(value, field)
+    if op.get("cycle") is not None:
+        _int(op["cycle"], "cycle")
+
+
+def _adjust(state: State, op: dict) -> None:
+    name, vec = _user(op["name"]), _vec(op["vec"])
+    style = op.get("style", peg.LIQUID)
+    checked(peg.check_style, style)
+    i = state.index.get(name)
+    row = state.matrix[i] if i is not None else np.zeros(peg.PEG_SIZE, dtype=np.int64)
+    if (row + vec < 0).any():
+        raise FundsError(f"adjusting {name} would leave a step below zero")
+    total = int(vec.sum())
+    if total < 0 and (i is None or int(state.view[i].sum()) < -total):
+        raise FundsError(f"{name} holds less than the {-total:,d} sat to take")
+
+
+def _drift(state: State, op: dict) -> None:
+    _vec(op["vec"])
+
+
+def _put(state: State, op: dict) -> None:
+    if op["table"] not in OPEN_TABLES:
+        raise EngineError(f"unknown table {op['table']!r}")
+    if not isinstance(op["key"], str):
+        raise EngineError("a record key is a string")
+
+
+_CHECKS = {"trade": _trade, "withdraw": _withdraw, "refund": _refund, "burn": _burn,
+           "credit": _credit, "spend": _spend, "recompute": _recompute, "adjust": _adjust,
+           "drift": _drift, "put": _put}

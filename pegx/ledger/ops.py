@@ -1,0 +1,89 @@
+"""The op-log format: every operation the ledger logs, and the only place they are built.
+
+An operation is a JSON dict ``{"op": kind, ...}``; a log record is a list of them, applied in
+order by :mod:`pegx.ledger.state` (deterministically, on start-up too) after
+:mod:`pegx.ledger.checks` accepted them. Fraction vectors travel as base64 of little-endian
+int64 (:func:`encode_vec`). Operations logged by older releases stay readable: the apply
+functions keep every field they ever had optional where it was added later.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+from pegx import peg
+
+# each has a check in pegx.ledger.checks and an apply function in pegx.ledger.state
+KINDS = ("trade", "withdraw", "refund", "burn", "credit", "spend", "recompute", "adjust", "drift",
+         "put")
+
+
+def encode_vec(vec: np.ndarray) -> str:
+    """A fraction vector as base64 of little-endian int64 (for op-log JSON)."""
+    return base64.b64encode(np.ascontiguousarray(vec, dtype="<i8").tobytes()).decode()
+
+
+def decode_vec(text: str) -> np.ndarray:
+    """Inverse of encode_vec."""
+    return np.frombuffer(base64.b64decode(text), dtype="<i8").astype(np.int64)
+
+
+def trade(u1: str, u2: str, amount: int, style: str) -> dict:
+    """Move ``amount`` of ``style`` from account u1 to u2 (the steps a deduction takes)."""
+    return {"op": "trade", "u1": u1, "u2": u2, "amount": int(amount), "style": style}
+
+
+def withdraw(wid: str, user: str, amount: int, style: str, address: str, cycle: int,
+             commission: int | None = None) -> dict:
+    """Move ``amount`` from ``user`` to the withdraws account under withdraw id ``wid``."""
+    op = {"op": "withdraw", "id": wid, "user": user, "amount": int(amount), "style": style,
+          "address": address, "cycle": int(cycle)}
+    if commission is not None:
+        op["commission"] = int(commission)
+    return op
+
+
+def refund(wid: str) -> dict:
+    """Give a pending withdraw back to its user, exactly the steps it gave."""
+    return {"op": "refund", "id": wid}
+
+
+def burn(wids: list[str]) -> dict:
+    """Pending withdraws whose transaction confirmed leave the ledger."""
+    return {"op": "burn", "ids": list(wids)}
+
+
+def credit(key: str, value: int, vector: np.ndarray, *, owner: str | None, address: str = "",
+           change: bool = False, frozen_until: int = 0, height: int = 0) -> dict:
+    """Register an input (crediting ``owner``'s row with its fractions; None: no owner)."""
+    return {"op": "credit", "key": key, "value": int(value), "address": address,
+            "owner": owner, "change": int(bool(change)), "frozen_until": int(frozen_until),
+            "height": int(height), "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
+
+
+def spend(keys: list[str]) -> dict:
+    """Registered inputs spent on chain by the exchange leave the input set."""
+    return {"op": "spend", "keys": list(keys)}
+
+
+def recompute(supply: int, totals: dict, cycle: int | None) -> dict:
+    """Every balance rederived at ``supply`` from the exchange ``totals`` of its inputs."""
+    return {"op": "recompute", "supply": supply, "totals": totals, "cycle": cycle}
+
+
+def adjust(name: str, vector: np.ndarray, style: str = peg.LIQUID) -> dict:
+    """Add a signed vector to an account (the house's fee income or costs)."""
+    return {"op": "adjust", "name": name, "style": style,
+            "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
+
+
+def drift(vector: np.ndarray) -> dict:
+    """Add a signed vector to the per-step drift (registered inputs − accounts)."""
+    return {"op": "drift", "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
+
+
+def put(table: str, key: str, value) -> dict:
+    """Set (or, with None, delete) a record of a table the ledger keeps for others."""
+    return {"op": "put", "table": table, "key": str(key), "value": value}
