@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from pegx import __version__
-from pegx.admin import tools
+from pegx.admin import audit
+from pegx.admin.backup import BackupJobs
+from pegx.admin.offline import ToolError
 from pegx.chain.base import ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
@@ -108,7 +110,7 @@ class App:
         self.server.register_many(self.api.methods())
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
                                    "pegx.checkpoint": self.checkpoint})
-        self.backups = tools.BackupJobs(self.store, cfg.path)
+        self.backups = BackupJobs(self.store, cfg.path)
         self.server.register_many({"pegx.backup": self.backup,
                                    "pegx.backup_progress": self.backup_progress,
                                    "pegx.audit": self.audit})
@@ -175,22 +177,22 @@ class App:
             return api.WRONG_PASSWORD
         try:
             return self.backups.start(dest)
-        except tools.ToolError as exc:
+        except ToolError as exc:
             raise CallError(str(exc)) from None
 
     def backup_progress(self, job_id) -> dict:
         """pegx.backup_progress(id) -> {id, dest, copied, total, done, error, result}."""
         try:
             return self.backups.progress(job_id)
-        except tools.ToolError as exc:
+        except ToolError as exc:
             raise CallError(str(exc)) from None
 
     def audit(self, passw=""):
         """pegx.audit(passw='') -> the audit report (conservation and every ledger invariant
-        checked against the chain; see pegx.admin.tools.audit)."""
+        checked against the chain; see pegx.admin.audit)."""
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
-        return tools.audit(self.ledger, self.chain)
+        return audit.audit(self.ledger, self.chain)
 
     def status(self) -> dict:
         """pegx.status() -> what an operator needs at a glance."""

@@ -4,8 +4,8 @@ ORIGINAL §3.5-3.9).
 The transactions are planned by the pure :mod:`pegx.exchange.planner` (commissions, fees,
 input selection). :class:`WithdrawDesk` runs it in the block windows and follows every
 transaction it sent until it is ``Complete`` (the coins leave the ledger) or ``Failed/Declined``
-(refunded, only once the transaction can no longer confirm). :func:`conservation` states the
-ledger's law so tests and operators can check it in-process.
+(refunded, only once the transaction can no longer confirm). The ledger's law is checked by
+its audit (:mod:`pegx.ledger.audit`).
 
 What must stay true:
 * Everything about a batch (signed raw tx, inputs, withdraws, history) is committed before it is
@@ -67,7 +67,7 @@ from pegx.exchange.planner import (
 from pegx.exchange.planner import sat as _fmt
 from pegx.ledger import engine
 from pegx.ledger import ops as ledger_ops
-from pegx.ledger.rules import HOUSE, INTERNAL
+from pegx.ledger.rules import HOUSE
 
 log = logging.getLogger(__name__)
 
@@ -103,30 +103,6 @@ def maintenance_cost(b: dict) -> int:
     """What a maintenance batch charges the house account: its miner fee and the OP_RETURN
     id's dust (its cancel, CANCEL_FEE, costs less)."""
     return int(b["fee"]) + NOTARY_VALUE
-
-
-def conservation(ledger: engine.Exchange) -> dict:
-    """The ledger's law, checked exactly (a pure read; hold no lock when calling).
-
-    ``ok``: per step Σ accounts + drift == Σ registered inputs; ``drift_value`` (must be 0);
-    ``liquid_ok``: Σ published user liquid <= the exchange's liquid.
-    """
-    with ledger.lock:
-        n = len(ledger.names)
-        accounts = ledger.matrix[:n].sum(axis=0)
-        registered = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        for key in ledger.tables["inputs"]:
-            registered += ledger.vectors[("inputs", key)]
-        drift = ledger.drift()
-        users = [i for i, name in enumerate(ledger.names) if name not in INTERNAL]
-        user_liquid = int(ledger.view[users, 0].sum()) if users else 0
-        liquid = int(ledger.meta["totals"]["liquid"])
-    off = accounts + drift - registered
-    return {"ok": not off.any(), "steps_off": int(np.count_nonzero(off)),
-            "accounts": int(accounts.sum()), "registered": int(registered.sum()),
-            "drift_value": int(drift.sum()), "drift_abs": int(np.abs(drift).sum()),
-            "user_liquid": user_liquid, "exchange_liquid": liquid,
-            "liquid_ok": user_liquid <= liquid}
 
 
 def house_outpoints(batch: dict) -> set[str]:

@@ -28,7 +28,8 @@ import threading
 import numpy as np
 
 from pegx import peg
-from pegx.ledger import checks, ops
+from pegx.ledger import audit as audit_
+from pegx.ledger import checks, lifecycle, ops
 from pegx.ledger import settings as settings_
 from pegx.ledger.checkpoint import Checkpoints
 from pegx.ledger.journal import Journal, read_log
@@ -315,6 +316,23 @@ class Exchange:
         """Every account name, the internal ones included."""
         with self._lock:
             return list(self._state.names)
+
+    def is_registered(self, key: str) -> bool:
+        """Is ``key`` ("txid:vout") a registered input of the exchange?"""
+        with self._lock:
+            return key in self._state.tables["inputs"]
+
+    def in_flight_inputs(self) -> set[str]:
+        """Registered inputs that a batch not settled yet spends (they may be spent on chain)."""
+        with self._lock:
+            return lifecycle.in_flight_inputs(self._state.tables["batches"])
+
+    def audit(self, chain_check: audit_.ChainCheck | None = None) -> dict:
+        """The audit report (:mod:`pegx.ledger.audit`) of one consistent view; the lock is
+        held while the rows are summed, ``chain_check`` runs after, without it."""
+        with self._lock:
+            snap = audit_.snapshot(self._state, self.seq)
+        return audit_.report(snap, chain_check)
 
     def exchange_settings(self) -> dict:
         """ExchangeSettings values with the original's defaults filled in."""
