@@ -75,7 +75,7 @@ def snapshot(x) -> dict:
     for u in names:
         batch.GetBalance(u, PW)
     batch.GetDeposits("", PW)
-    batch.pegx.status()
+    batch.pegx.status(PW)
     batch.GetCycle(PW)
     *balances, deposits, status, cycle = batch()
     assert status["cycle_thread_alive"] is True and cycle == 0
