@@ -90,7 +90,7 @@ class App:
                         "(pegx api-key install): API() stays disabled")
         self.api = api.PegAPI(self.ledger, self.cycle, busy_wait=cfg.busy_wait,
                               exec_api=self.exec_api)
-        self.server = RPCServer(cfg.host, cfg.port)
+        self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
         self.server.register_many(self.api.methods())
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
                                    "pegx.checkpoint": self.checkpoint})

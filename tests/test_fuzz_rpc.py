@@ -285,9 +285,11 @@ SIGNATURES: dict[str, tuple[int, tuple]] = {
                             st.just("0" * 64)),)),
     "devnet.malleate_next": (0, ()),
     "devnet.reject_next_broadcast": (0, (mix(st.text(min_size=1, max_size=20)),)),
-    "pegx.status": (0, (PASSW,)),
+    # (no password argument drawn here: the sweep below gives them every hostile password; a
+    # draw more would change every later draw of the derandomized random calls)
+    "pegx.status": (0, ()),
     "pegx.noop": (0, ()),
-    "pegx.checkpoint": (0, (PASSW,)),
+    "pegx.checkpoint": (0, ()),
     "system.listMethods": (0, ()),
     "system.methodHelp": (1, (mix(METHOD_NAMES),)),
     "system.methodSignature": (1, (mix(METHOD_NAMES),)),
@@ -613,6 +615,21 @@ def world(daemon):
     w.client.close()
 
 
+@pytest.fixture(autouse=True)
+def own_connection(request):
+    """Each test talks over a connection of its own: a test that fails with a request still
+    half-sent (or an answer unread) must not hand that connection to the tests after it."""
+    if "world" not in request.fixturenames:
+        yield
+        return
+    world = request.getfixturevalue("world")
+    world.client.close()
+    world.client = RawClient(world.daemon.port)
+    world.last = None  # the next check takes a fresh snapshot over the new connection
+    yield
+    world.client.close()
+
+
 # ------------------------------------------------------------------------- tests
 def test_the_fuzzer_covers_every_published_method(daemon):
     published = set(daemon.proxy().system.listMethods())
@@ -776,6 +793,9 @@ def test_http_framing_abuse_is_refused_and_the_daemon_keeps_serving(world, daemo
     c = world.client
     assert c.post(b"", verb="GET")[0] in (404, 405, 501)
     assert c.post(request_body("pegx.noop", ()), path="/admin")[0] == 404
+    # the refused POST's body was not taken for the next request (issue 10 item 8): the same
+    # connection answers the next call
+    assert c.call("GetCycle", world.password).value == before["cycle"]
     assert c.post(request_body("pegx.noop", ()), {"Content-Encoding": "br"})[0] == 415
     bomb = gzip.compress(b"<methodCall>" + b" " * (64 << 20))
     assert c.post(bomb, {"Content-Encoding": "gzip"})[0] in (400, 413)
