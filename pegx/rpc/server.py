@@ -39,8 +39,7 @@ code        when
 
 HTTP-level refusals: 400 for a bad or conflicting Content-Length, 404 for paths other than
 ``/RPC2`` and ``/``, 411 without a Content-Length, 413 above ``MAX_REQUEST_BYTES``, 415 for
-an unknown Content-Encoding, 501 for other verbs and for Transfer-Encoding, 503 while stopping;
-from the transport 408 (request deadline), 431 (head over 64 KiB), 503 (full). The body a
+an unknown Content-Encoding, 501 for other verbs and for Transfer-Encoding; from the transport 408 (request deadline), 431 (head over 64 KiB), 503 (full). The body a
 request announces is read whole before any of them is sent, and every one but 404 closes the
 connection, so a refused request's body is never parsed as the next request.
 """
@@ -287,10 +286,9 @@ class _Handler(SimpleXMLRPCRequestHandler):
         elif encoding != "identity":
             self.send_error(415, f"Content-Encoding {encoding[:40]!r} not supported")
             return
+        # (a request that got here runs even if stop() came meanwhile: the transport starts
+        # no call after stop(), and one it started is waited for by wait_idle)
         rpc = self.server
-        if rpc._stopping:
-            self.send_error(503, "server is shutting down")
-            return
         self._send_xml(rpc._handle(data), closing=rpc._stopping)
 
     def _send_xml(self, body: bytes, closing: bool) -> None:

@@ -81,6 +81,9 @@ class _Conn:
         self.continued = False  # "100 Continue" sent for the request being read
         self.out = memoryview(b"")
         self.close_after = self.counted = False
+        # its worker has answered and is sending or waiting for the next request (the
+        # selector reads it to know that this busy connection is idle in all but name)
+        self.waiting = False
         self.events = 0
         self.dropped = 0
 
@@ -169,8 +172,10 @@ class Transport:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close the listener and every connection not in a call; calls in flight still get
-        their answer (then their connection closes). Returns once the listener is closed."""
-        self._stopping = True
+        their answer (then their connection closes). Returns once the listener is closed; from
+        then on no call starts, so ``wait_idle`` afterwards means every call is over."""
+        with self._idle:  # atomic with _begin_call: no call starts after stop() returns
+            self._stopping = True
         if self._thread is None:
             self._listener.close()
             return
@@ -193,9 +198,12 @@ class Transport:
             self._buffered += delta
             return self._buffered
 
-    def _begin_call(self) -> None:
+    def _begin_call(self) -> bool:
         with self._idle:
+            if self._stopping:
+                return False
             self._in_flight += 1
+            return True
 
     def _answered(self, conn: _Conn) -> None:
         """The call has its answer; it counts as unsent until _end_call."""
@@ -211,8 +219,11 @@ class Transport:
                 self._unsent -= 1
                 self._idle.notify_all()
 
-    def _take(self, conn: _Conn) -> tuple[bytes, bool]:
-        """Cut the complete request off the buffer (by its owner); it is in flight now."""
+    def _take(self, conn: _Conn) -> tuple[bytes, bool] | None:
+        """Cut the complete request off the buffer (by its owner); it is in flight now.
+        None once stopping: the request is not run."""
+        if not self._begin_call():
+            return None
         need = conn.parser.need
         request = bytes(conn.buf[:need])
         del conn.buf[:need]
@@ -222,7 +233,7 @@ class Transport:
         conn.continued = False
         conn.fresh = False
         conn.state = _BUSY
-        self._begin_call()
+        conn.waiting = False
         return request, framed
 
     # ----------------------------------------------------------------- worker threads
@@ -236,6 +247,7 @@ class Transport:
                 response, close = canned(500, "Internal Server Error",
                                          "internal error (see the daemon log)"), True
             close = close or not framed or self._stopping
+            conn.waiting = True  # the call is over: the connection is as good as idle
             self._answered(conn)
             try:
                 sent = conn.sock.send(response)
@@ -280,10 +292,10 @@ class Transport:
                 return None
             conn.buf += data
             self._held(len(data))
-        if self._stopping:
-            self._hand_back(conn, "read")
-            return None
-        return self._take(conn)
+        taken = self._take(conn)
+        if taken is None:  # stopping
+            self._hand_back(conn, "close")
+        return taken
 
     def _hand_back(self, conn: _Conn, kind: str, out: memoryview | None = None) -> None:
         self._back.append((conn, kind, out))
@@ -293,7 +305,13 @@ class Transport:
     def _loop(self) -> None:
         last_expiry = time.monotonic()
         while True:
-            for key, events in self._sel.select(timeout=0.1):
+            events_ready = self._sel.select(timeout=0.1)
+            # connections given back first: one a worker just released must not look busy
+            # to an accept handled in the same turn
+            while self._back:
+                conn, kind, out = self._back.popleft()
+                self._guarded(self._returned, conn, kind, out)
+            for key, events in events_ready:
                 if key.fileobj is self._listener:
                     try:
                         self._accept()
@@ -347,6 +365,7 @@ class Transport:
 
     def _returned(self, conn: _Conn, kind: str, out: memoryview | None) -> None:
         """A worker gave ``conn`` back."""
+        conn.waiting = False
         now = time.monotonic()
         if kind == "write":
             conn.state = _WRITING
@@ -409,11 +428,14 @@ class Transport:
                     self._count("dropped (no room even for a 503)")
                     continue
                 self._conns[sock] = conn
-                self._count("503 (every connection is in a call)")
-                self._refuse(conn, 503, "Service Unavailable",
-                             f"server busy: {len(self._conns) - 1:,d} connections are in calls;"
-                             f" retry shortly")
-                continue
+                if not any(c.waiting for c in self._conns.values()):
+                    self._count("503 (every connection is in a call)")
+                    self._refuse(conn, 503, "Service Unavailable",
+                                 f"server busy: {len(self._conns) - 1:,d} connections are in "
+                                 f"calls; retry shortly")
+                    continue
+                # a connection whose worker waits for its next request is idle in all but
+                # name and back within ``grace``: let the newcomer in over the limit instead
             self._conns[sock] = conn
             self._watch(conn, selectors.EVENT_READ)
 
@@ -479,7 +501,11 @@ class Transport:
                 if sent != len(_CONTINUE):  # a client that reads nothing we send
                     self._close(conn)
         else:
-            request, framed = self._take(conn)
+            taken = self._take(conn)
+            if taken is None:  # stopping
+                self._close(conn)
+                return
+            request, framed = taken
             self._watch(conn, 0)  # nothing more is read until this request is answered
             self._workers.submit(lambda: self._work(conn, request, framed))
 
