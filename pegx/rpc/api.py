@@ -34,6 +34,7 @@ STOPPED = "Exchange is stopped."
 NOT_LOADED = "Exchange is not loaded yet."
 BALANCE_UPDATING = "Balance is updating"
 BUSY = "Exchange is busy. Please try again in a few minutes."
+TXIDS_MSG = "txids must be a non-empty list of 'txid:vout' strings."
 FINISHED = ("Complete", "Failed/Declined", "Expired")
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -235,8 +236,11 @@ class PegAPI:
             return STOPPED
         if not self.control.loaded():
             return NOT_LOADED
-        if not isinstance(txids, (list, tuple)) or not all(isinstance(t, str) for t in txids):
-            return "txids must be a list of 'txid:vout' strings."
+        # an empty list claims nothing: answering True let a client record a deposit that was
+        # never made (e.g. one that called Deposit before GetSpendable listed the input)
+        if (not isinstance(txids, (list, tuple)) or not txids
+                or not all(isinstance(t, str) for t in txids)):
+            return TXIDS_MSG
         spendable = self.control.spendable()
         new = []
         for txid in txids:
