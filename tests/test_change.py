@@ -107,7 +107,8 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         rig.fund("alice", 10**11)
         rig.fund("bobby", 10**11)
         house0 = int(rig.ledger.row(rules.HOUSE).sum())
-        rig.ledger.withdraw("w1", "alice", 2 * 10**10, peg.RESERVE, rig.acct0, rig.cycle.cycle())
+        rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, peg.RESERVE, rig.acct0,
+                                    rig.cycle.cycle())
         rig.until_status("w1", "Complete")
         batch = rig.ledger.record("batches", rig.ledger.record("history", "w1"))
         rig.mine(10)
@@ -127,7 +128,7 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         entry = rig.cycle.spendable()[key]
         assert "change" not in entry and rig.ledger.record("claims", key) is None
         assert int(entry["amount"]) == 2 * 10**10 - c
-        rig.ledger.put("claims", key, {"name": "carol"})  # what Deposit("carol", [key]) does
+        rig.ledger.claim_deposits("carol", [key])  # what Deposit("carol", [key]) does
         rig.step()
         assert rig.ledger.record("claims", key) == {"name": "carol", "registered": 1}
         bal = rig.ledger.balance("carol")
@@ -149,8 +150,8 @@ def test_cycle_state_stays_within_the_wallets_outputs(tmp_path):
             rig.fund(f"user{i}", 10**11)
         for n in range(10):
             wid = f"w{n}"
-            rig.ledger.withdraw(wid, f"user{n % 3}", 10**9, peg.LIQUID, new_address(),
-                                rig.cycle.cycle())
+            rig.ledger.request_withdraw(wid, f"user{n % 3}", 10**9, peg.LIQUID, new_address(),
+                                        rig.cycle.cycle())
             rig.until_status(wid, "Complete")
             rig.mine(8)  # the batch's change is confirmed and back in Spendable
             unspent = len(rig.chain.list_unspent())

@@ -29,7 +29,7 @@ def funded(path) -> Exchange:
     vec = peg.std_spread(10**11)
     ex.credit_inputs([{"key": "f" * 64 + ":0", "value": int(vec.sum()), "vector": vec,
                        "owner": BANK}], supply=SUPPLY, now=0)
-    ex.withdraw("w" * 32, BANK, 10**8, peg.LIQUID, "Baddress", 0)
+    ex.request_withdraw("w" * 32, BANK, 10**8, peg.LIQUID, "Baddress", 0)
     return ex
 
 

@@ -114,7 +114,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key = f"{self.n_inputs:064x}:0"
         self.n_inputs += 1
         if owner != HOUSE:
-            self.ex.put("claims", key, {"name": owner})
+            self.ex.claim_deposits(owner, [key])
         self.ex.credit_inputs([{"key": key, "value": int(vec.sum()), "address": "Bdeposit",
                                 "vector": vec, "owner": owner,
                                 "frozen_until": 10**9 if frozen else 0}],
@@ -202,10 +202,10 @@ class LedgerMachine(RuleBasedStateMachine):
         have = self.published(user, style)
         wid = f"w{self.n_withdraws}"
         if over or have == 0:
-            self.refused(self.ex.withdraw, wid, user, have + 1, style, "Bwithdraw", 0)
+            self.refused(self.ex.request_withdraw, wid, user, have + 1, style, "Bwithdraw", 0)
             return
         self.n_withdraws += 1
-        self.ex.withdraw(wid, user, self.amount_of(have, per_mille), style, "Bwithdraw", 0)
+        self.ex.request_withdraw(wid, user, self.amount_of(have, per_mille), style, "Bwithdraw", 0)
         assert int(self.ex.vector("withdraws", wid).sum()) == self.amount_of(have, per_mille)
 
     def pending(self) -> list[str]:

@@ -221,7 +221,7 @@ def _deposit(chain, amount: int) -> tuple[str, object]:
 
 
 def _credit(ledger, utxo, owner: str) -> None:
-    ledger.put("claims", utxo.key, {"name": owner})
+    ledger.claim_deposits(owner, [utxo.key])
     ledger.credit_inputs([{"key": utxo.key, "value": utxo.value, "vector": utxo.fractions,
                            "owner": owner, "address": utxo.address}], supply=300, now=0)
 
@@ -255,8 +255,9 @@ def test_audit_checks_every_invariant(ledger, devnet):
     ghost = "ab" * 32 + ":1"
     fake = Utxo("ab" * 32, 1, utxo.address, 10**8, peg.std_spread(10**8), 10, 5)
     _credit(ledger, fake, "dave1")
-    other, _ = _deposit(devnet, 10**9)
-    ledger.put("claims", other, {"name": "carol", "registered": 1})
+    other, paid = _deposit(devnet, 10**9)
+    _credit(ledger, paid, "carol")
+    ledger.spend_inputs([other], supply=300, now=0)  # the claim stays registered
     problems = audit(ledger, devnet)["problems"]
     assert f"input {ghost} is registered but spent or unknown on chain and not in flight" \
         in problems, problems

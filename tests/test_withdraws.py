@@ -70,7 +70,7 @@ class Rig:
         op = self.chain.send(address, amount)
         self.chain.mine(13)
         self.step()
-        self.ledger.put("claims", op, {"name": user})
+        self.ledger.claim_deposits(user, [op])
         self.step()
         assert self.ledger.record("claims", op) == {"name": user, "registered": 1}
         return op
@@ -175,8 +175,8 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     rig.fund("bobby", 5 * 10**10)
     payee = new_address()
     alice0 = rig.ledger.balance("alice")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", payee, rig.cycle.cycle())
-    rig.ledger.withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
     assert rig.ledger.balance("alice")["liquid"] == alice0["liquid"] - 10**10
     rec = rig.until_status("w1", "Complete")
     assert set(rec) == {"status", "txid", "ID", "block", "in0"}
@@ -201,7 +201,7 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
 def test_malleated_withdraw_completes_and_records_txid2(rig):
     rig.setup()
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
     rig.chain.malleate_next()
     rec = rig.until_status("w1", "Complete")
@@ -213,10 +213,10 @@ def test_malleated_withdraw_completes_and_records_txid2(rig):
 def test_dropped_withdraw_is_refunded_only_once_it_cannot_confirm(rig):
     rig.setup()
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w0", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w0", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until_status("w0", "Complete")  # the house earns what the cancel will cost
     before = rig.ledger.row("alice")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
     master = rig.ledger.record("history", "w1")
     batch = rig.ledger.record("batches", master)
@@ -243,7 +243,7 @@ def test_unbatched_withdraw_expires_with_a_readable_status(rig):
     rig.fund("alice", 10**11)  # no exchange accounts: nothing can be batched
     before = rig.ledger.row("alice")
     cyc = rig.cycle.cycle()
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), cyc)
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), cyc)
     rig.chain.mine(199)
     rig.step()
     assert rig.status("w1") is None  # one cycle later: still pending
@@ -262,7 +262,7 @@ def test_crash_after_recording_resumes_from_the_ledger(rig):
     rig.setup()
     rig.fund("alice", 10**11)
     rig.chain.reject_next_broadcast("node restarting")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
     master = rig.ledger.record("history", "w1")
     assert rig.chain.get_transaction(rig.ledger.record("batches", master)["txid"]) is None
@@ -274,7 +274,8 @@ def test_crash_after_recording_resumes_from_the_ledger(rig):
 def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     rig.setup(commission={"min": 10**9, "max": 10**10, "percent": "0.001"})
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w1", "alice", 2 * 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, "liquid", new_address(),
+                                rig.cycle.cycle())
     rig.until_status("w1", "Complete")
     # a deposit with a different liquidity shape (its liquid sits far above the supply)
     rig.fund("bobby", 3 * 10**10)
@@ -286,7 +287,7 @@ def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     op = rig.chain.send(address, 4 * 10**10, vec.tolist())
     rig.chain.mine(13)
     rig.step()
-    rig.ledger.put("claims", op, {"name": "carol"})
+    rig.ledger.claim_deposits("carol", [op])
     house = int(rig.ledger.row(rules.HOUSE).sum())
     rig.until(lambda: any(b["kind"] == "maintenance" and b["state"] == "done"
                           for b in rig.ledger.records("batches").values()), 450)
@@ -329,7 +330,7 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 rig.chain.vote("inflate", 3)
             spendable = rig.cycle.spendable()
             for op in [k for k in deposits if k in spendable]:
-                rig.ledger.put("claims", op, {"name": deposits.pop(op)})
+                rig.ledger.claim_deposits(deposits.pop(op), [op])
             for _ in range(3):
                 a, b = rng.sample(users, 2)
                 style = rng.choice(peg.STYLES)
@@ -348,8 +349,8 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 if bal and bal[style] > 3 * 10**7:
                     wid += 1
                     amt = rng.randint(2 * 10**7, bal[style] // 2)
-                    rig.ledger.withdraw(f"w{wid}", u, amt, style, rng.choice(payees),
-                                        rig.cycle.cycle())
+                    rig.ledger.request_withdraw(f"w{wid}", u, amt, style, rng.choice(payees),
+                                                rig.cycle.cycle())
                     styles[f"w{wid}"] = style
             queued = [b for b in rig.desk.active().values()
                       if getattr(rig.chain.get_transaction(b["txid"]), "height", None) == 0]
@@ -439,12 +440,13 @@ def test_unpayable_old_withdraw_does_not_hold_back_the_batch(rig):
     rig.fund("alice", 10**11)
     before = rig.ledger.row("alice")
     old, new = new_address(), new_address()
-    rig.ledger.withdraw("w1", "alice", 2 * 10**8, "liquid", old, rig.cycle.cycle())  # no kept
+    # no commission kept
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**8, "liquid", old, rig.cycle.cycle())
     s = rig.ledger.exchange_settings()
     s["commission"] = {"min": 5 * 10**8, "max": 10**9, "percent": "0.001"}
     rig.ledger.put("settings", "exchange", s)
-    rig.ledger.withdraw("w2", "alice", 10**9, "liquid", new, rig.cycle.cycle(),
-                        commission=10**8)  # kept at acceptance, as Withdraw does
+    rig.ledger.request_withdraw("w2", "alice", 10**9, "liquid", new, rig.cycle.cycle(),
+                                commission=10**8)  # kept at acceptance, as Withdraw does
     rig.until_status("w2", "Complete")
     assert rig.chain.balance(new)["liquid"] == 10**9 - 10**8
     assert rig.ledger.record("withdraws", "w1") is not None  # left out, still pending

@@ -69,7 +69,7 @@ def _base_ops(chain, owners: dict[str, str], now: int) -> tuple[list[dict], dict
         ops.append(ledger_ops.put("addresses", address, {"imported": 1}))
     for u in utxos:
         owner = owners.get(u.key, HOUSE)
-        ops.append(ledger_ops.put("claims", u.key, {"name": owner}))  # the credit registers it
+        ops.append(ledger_ops.claim(u.key, owner))  # the credit registers it
         ops.append(ledger_ops.credit(u.key, u.value, u.fractions, owner=owner,
                                       address=u.address, frozen_until=u.frozen_until,
                                       height=u.height))

@@ -509,11 +509,9 @@ class WithdrawDesk:
             out = tx.outputs[vout]
             reg += vec
             value += out.value
+            new.append(ledger_ops.claim(key, HOUSE))  # the credit registers it
             new.append(ledger_ops.credit(key, out.value, vec, owner=None,
-                                                 address=out.address, change=True,
-                                                 height=tx.height))
-            new.append(ledger_ops.put("claims", key,
-                                              {"name": "exchange", "registered": 1}))
+                                         address=out.address, change=True, height=tx.height))
         # value is now what the house gains (commissions − miner fee − dust) or pays (< 0)
         delta = reg + wd  # what the ledger must gain per step for zero drift
         if value > 0:

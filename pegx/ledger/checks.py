@@ -17,6 +17,7 @@ from pegx.ledger.rules import (
     HOUSE,
     POOL,
     RESERVED_MSG,
+    TAKEN_MSG,
     WITHDRAWS,
     EngineError,
     FundsError,
@@ -29,8 +30,8 @@ from pegx.ledger.state import State
 
 # tables the ledger keeps for other components, written with "put" ops; every other table is
 # written only by the operations that own its records
-OPEN_TABLES = ("claims", "inputs", "withdraws", "history", "settings", "addresses", "exec",
-               "meta", "batches")
+OPEN_TABLES = ("inputs", "withdraws", "history", "settings", "addresses", "exec", "meta",
+               "batches")
 
 
 def checked(fn, *args):
@@ -179,6 +180,21 @@ def _drift(state: State, op: dict) -> None:
     _vec(op["vec"])
 
 
+def check_claim(state: State, key, name) -> None:
+    """``key`` may be claimed for ``name``: not claimed by anyone else (first claim wins)."""
+    if not isinstance(key, str):
+        raise EngineError("a claimed output is a 'txid:vout' string")
+    if name != HOUSE:
+        check_name(name)
+    claim = state.tables["claims"].get(key)
+    if claim is not None and claim.get("name") != name:
+        raise EngineError(TAKEN_MSG.format(key=key))
+
+
+def _claim(state: State, op: dict) -> None:
+    check_claim(state, op["key"], op["name"])
+
+
 def _put(state: State, op: dict) -> None:
     if op["table"] not in OPEN_TABLES:
         raise EngineError(f"unknown table {op['table']!r}")
@@ -188,4 +204,4 @@ def _put(state: State, op: dict) -> None:
 
 _CHECKS = {"trade": _trade, "withdraw": _withdraw, "refund": _refund, "burn": _burn,
            "credit": _credit, "spend": _spend, "recompute": _recompute, "adjust": _adjust,
-           "drift": _drift, "put": _put}
+           "drift": _drift, "claim": _claim, "put": _put}

@@ -36,9 +36,12 @@ from pegx.ledger.journal import Journal, read_log
 from pegx.ledger.rules import (
     HOUSE,
     INTERNAL,
+    LIMIT_MSGS,
+    LIMITS,
     POOL,
     AmountError,
     EngineError,
+    LimitReached,
     check_amount,
     check_name,
     check_style,
@@ -312,6 +315,12 @@ class Exchange:
             v = self._state.vectors.get(("meta", "drift"))
             return np.zeros(peg.PEG_SIZE, dtype=np.int64) if v is None else v.copy()
 
+    def setting(self, name: str):
+        """Settings record ``name`` as stored, or None: read without the lock and not copied,
+        for a check every call makes (the password); never change what it returns (records
+        are only ever replaced whole)."""
+        return self._state.tables["settings"].get(name)
+
     def users(self) -> list[str]:
         """Every account name, the internal ones included."""
         with self._lock:
@@ -428,14 +437,56 @@ class Exchange:
         st.apply(op)
         return op
 
+    # ---------------------------------------------------------------- deposits
+    def claim_deposits(self, name, keys: list[str]) -> None:
+        """Claim outputs ("txid:vout") for user ``name``, all or none: the cycle credits each
+        to ``name`` when it registers it. The first claim wins, even between two concurrent
+        calls: an output claimed by someone else refuses the call (EngineError, the API's
+        message); one already claimed by ``name`` is left as it is."""
+        check_name(name)
+        with self._lock:
+            claims = self._state.tables["claims"]
+            for key in keys:
+                checks.check_claim(self._state, key, name)
+            new = list(dict.fromkeys(k for k in keys if k not in claims))
+            if not new:
+                return
+            seq = self._submit([ops.claim(k, name) for k in new])
+        self._durable(seq)
+
+    def claim(self, key: str) -> dict | None:
+        """The claim on output ``key``: {name[, registered: 1]}, or None."""
+        with self._lock:
+            rec = self._state.tables["claims"].get(key)
+            return None if rec is None else dict(rec)
+
+    def claims(self) -> dict:
+        """Every claim {key: {name[, registered: 1]}} (GetDeposits)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._state.tables["claims"].items()}
+
     # ---------------------------------------------------------------- withdraws
-    def withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,
-                 commission: int | None = None) -> None:
+    def withdraw_limit(self, style: str) -> str | None:
+        """The limit message if ``style`` already has its maximum of pending withdraws."""
+        with self._lock:
+            pending = sum(1 for w in self._state.tables["withdraws"].values()
+                          if w["style"] == style)
+        return LIMIT_MSGS[style] if pending >= LIMITS[style] else None
+
+    def withdraw_count(self) -> int:
+        """Withdraws pending or in flight (their amounts are in the withdraws account)."""
+        with self._lock:
+            return len(self._state.tables["withdraws"])
+
+    def request_withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,
+                         *, commission: int | None = None, limit: bool = False) -> None:
         """Move ``amount`` from ``user`` to the ``withdraws`` account under withdraw id ``wid``.
 
         ``commission`` (satoshi, 0 <= commission < amount) is the commission in force when the
         withdraw was accepted; it is kept with the withdraw and is what its batch charges,
         whatever the settings say by then. Without it the batch uses the settings of its time.
+        With ``limit``, a style that has its maximum of pending withdraws refuses it
+        (LimitReached), counted and taken atomically.
         """
         check_name(user)
         amount = check_amount(amount)
@@ -448,6 +499,9 @@ class Exchange:
                                   f"below the amount, got {commission!r}")
             op["commission"] = int(commission)
         with self._lock:
+            full = self.withdraw_limit(style) if limit else None
+            if full:
+                raise LimitReached(full)
             if wid in self._state.tables["withdraws"]:
                 raise EngineError(f"withdraw id {wid} already exists")
             checks.check_funds(self._state, user, amount, style)

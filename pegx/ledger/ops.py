@@ -17,7 +17,7 @@ from pegx import peg
 
 # each has a check in pegx.ledger.checks and an apply function in pegx.ledger.state
 KINDS = ("trade", "withdraw", "refund", "burn", "credit", "spend", "recompute", "adjust", "drift",
-         "put")
+         "claim", "put")
 
 
 def encode_vec(vec: np.ndarray) -> str:
@@ -82,6 +82,12 @@ def adjust(name: str, vector: np.ndarray, style: str = peg.LIQUID) -> dict:
 def drift(vector: np.ndarray) -> dict:
     """Add a signed vector to the per-step drift (registered inputs − accounts)."""
     return {"op": "drift", "vec": encode_vec(np.asarray(vector, dtype=np.int64))}
+
+
+def claim(key: str, name: str) -> dict:
+    """Claim the output ``key`` ("txid:vout") for ``name``: the credit that registers it
+    credits ``name`` (first claim wins)."""
+    return {"op": "claim", "key": key, "name": name}
 
 
 def put(table: str, key: str, value) -> dict:

@@ -282,6 +282,10 @@ class State:
         vec = ops.decode_vec(op["vec"])
         self.put_vec("meta", "drift", vec if cur is None else cur + vec)
 
+    def _apply_claim(self, op: dict) -> None:
+        if op["key"] not in self.tables["claims"]:
+            self.put("claims", op["key"], {"name": op["name"]})
+
     def _apply_put(self, op: dict) -> None:
         self.put(op["table"], op["key"], op.get("value"))
 

@@ -54,6 +54,14 @@ class Control(Protocol):
     def cycle(self) -> int: ...             # GetCycle: the cycle of the last published balances
 
 
+class _Answer(Exception):
+    """A refusal a call answers with ``answer`` (a message, or False)."""
+
+    def __init__(self, answer: str | bool):
+        super().__init__(answer)
+        self.answer = answer
+
+
 class PasswordGate:
     """The API password: blank by default, a salted scrypt hash in the ledger, constant time.
 
@@ -76,7 +84,7 @@ class PasswordGate:
     def _record(self) -> dict | None:
         # read without the ledger lock and deep copy: every call starts here, and a record is
         # only ever replaced whole (never mutated in place)
-        return self.ledger.tables["settings"].get("password")
+        return self.ledger.setting("password")
 
     def _shortcut(self, rec: dict, passw: str) -> bool | None:
         """True/False from the in-memory shortcut, or None when it does not apply to ``rec``."""
@@ -241,30 +249,32 @@ class PegAPI:
         if (not isinstance(txids, (list, tuple)) or not txids
                 or not all(isinstance(t, str) for t in txids)):
             return TXIDS_MSG
+        refused, new = self._claimable(name, txids)
+        if refused:
+            return refused
+        try:
+            self.ledger.claim_deposits(name, new)  # first claim wins, even between two calls
+        except EngineError as exc:
+            return str(exc)
+        return True
+
+    def _claimable(self, name: str, txids) -> tuple[str | None, list[str]]:
+        """Deposit's checks of each txid in order (in Spendable, not change, not claimed by
+        someone else): (the first refusal, []) or (None, the txids to claim)."""
         spendable = self.control.spendable()
-        new = []
+        new: list[str] = []
         for txid in txids:
             entry = spendable.get(txid)
             if entry is None:
-                return f"{txid} not in Spendable list yet."
+                return f"{txid} not in Spendable list yet.", []
             if entry.get("change"):
-                return "You can not deposit change transactions."
-            claim = self.ledger.record("claims", txid)
+                return "You can not deposit change transactions.", []
+            claim = self.ledger.claim(txid)
             if claim is not None and claim["name"] != name:
-                return f"{txid} was already deposited for another user."
+                return rules.TAKEN_MSG.format(key=txid), []
             if claim is None and txid not in new:
                 new.append(txid)
-        if new:
-            # first claim wins, even between two concurrent calls; the fsync waits outside
-            with self.ledger.locked():
-                claims = self.ledger.tables["claims"]
-                taken = [t for t in new if t in claims and claims[t].get("name") != name]
-                if taken:
-                    return f"{taken[0]} was already deposited for another user."
-                new = [t for t in new if t not in claims]
-                if new:
-                    self.ledger.put_many([("claims", t, {"name": name}) for t in new])
-        return True
+        return None, new
 
     def GetDeposits(self, txid="", passw=""):
         """GetDeposits(txid='', passw='') -> all claims, or one {'name'[, 'registered': 1]}."""
@@ -273,10 +283,10 @@ class PegAPI:
         if not self.control.loaded():
             return NOT_LOADED
         if txid == "":
-            return self.ledger.records("claims")
+            return self.ledger.claims()
         if not isinstance(txid, str):
             return False
-        rec = self.ledger.record("claims", txid)
+        rec = self.ledger.claim(txid)
         return False if rec is None else rec
 
     def GetBalance(self, user, passw=""):
@@ -360,51 +370,50 @@ class PegAPI:
             return (WRONG_PASSWORD, "")
         if not self.control.loaded():
             return (NOT_LOADED, "")
-        if address == "":
-            return (False, "")
         try:
-            crypto.validate_address(address)
-        except crypto.CryptoError:
-            return ("Withdraw address not valid", "")
-        try:
-            amount = coerce_amount(amount)
-        except EngineError as exc:
-            return (str(exc), "")
-        # one reading of the settings: the commission checked here is the one kept with the
-        # withdraw, so a later ExchangeSettings cannot change what this withdraw pays
-        rates = self.settings()["commission"]
-        if amount <= coerce_amount(rates["min"]) + planner.MIN_PAYOUT:
-            return ("Withdraw amount is too low", "")
-        if self._stopped():
-            return (STOPPED, "")
-        if style not in peg.STYLES:
-            return (rules.STYLE_MSG, "")
-        full = self._limit_reached(style)
-        if full:
-            return (full, "")
+            amount, rates = self._withdraw_checks(amount, address, style)
+        except _Answer as refused:
+            return (refused.answer, "")
         # then Trade's own checks, as the original's Withdraw calls Trade: busy, names, funds
         if self._busy():
             return (BUSY, "")
         uid = os.urandom(16).hex()
         try:
             rules.check_name(user)
-            # the limit is counted and the slot taken atomically; the fsync waits outside
-            with self.ledger.locked():
-                full = self._limit_reached(style)
-                if full:
-                    return (full, "")
-                self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle(),
-                                     commission=planner.commission(amount, rates))
+            # the limit is counted and the slot taken atomically (limit=True)
+            self.ledger.request_withdraw(uid, user, amount, style, address, self.control.cycle(),
+                                         commission=planner.commission(amount, rates),
+                                         limit=True)
         except EngineError as exc:
             return (str(exc), "")
         return (True, uid)
 
-    def _limit_reached(self, style: str) -> str | None:
-        """The limit message if ``style`` already has its maximum of pending withdraws."""
-        with self.ledger.lock:
-            pending = sum(1 for w in self.ledger.tables["withdraws"].values()
-                          if w["style"] == style)
-        return rules.LIMIT_MSGS[style] if pending >= rules.LIMITS[style] else None
+    def _withdraw_checks(self, amount, address, style) -> tuple[int, dict]:
+        """Withdraw's own checks in the original's order, up to the pending limit; returns
+        (amount, the commission rates in force) or raises _Answer."""
+        if address == "":
+            raise _Answer(False)
+        try:
+            crypto.validate_address(address)
+        except crypto.CryptoError:
+            raise _Answer("Withdraw address not valid") from None
+        try:
+            amount = coerce_amount(amount)
+        except EngineError as exc:
+            raise _Answer(str(exc)) from None
+        # one reading of the settings: the commission checked here is the one kept with the
+        # withdraw, so a later ExchangeSettings cannot change what this withdraw pays
+        rates = self.settings()["commission"]
+        if amount <= coerce_amount(rates["min"]) + planner.MIN_PAYOUT:
+            raise _Answer("Withdraw amount is too low")
+        if self._stopped():
+            raise _Answer(STOPPED)
+        if style not in peg.STYLES:
+            raise _Answer(rules.STYLE_MSG)
+        full = self.ledger.withdraw_limit(style)
+        if full:
+            raise _Answer(full)
+        return amount, rates
 
     def CheckWithdraw(self, ID, clear=0, passw=""):
         """CheckWithdraw(ID, clear=0, passw='') -> the batch record {status, txid, ID, block,
