@@ -100,7 +100,7 @@ class App:
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
                                 seen=lambda h: self.ledger.record("exec", h) is not None,
                                 record=lambda h: self.ledger.put("exec", h, 1),
-                                namespace=self._exec_namespace, lock=self.ledger.lock)
+                                namespace=self._exec_namespace, lock=self.ledger.locked())
         if cfg.allow_exec and pub is None:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
@@ -208,12 +208,6 @@ class App:
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
         tip = self.cycle.tip
-        withdraws = self.ledger.records("withdraws")
-        history = self.ledger.records("history")
-        by_status: dict[str, int] = {"pending": len(withdraws)}
-        for rec in history.values():
-            if isinstance(rec, dict):
-                by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
         desk = self.cycle.desk
         return {
             # why pending withdraws cannot go out ('' if nothing stands in their way)
@@ -223,8 +217,8 @@ class App:
             "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
             "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
-            "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.names),
-            "inputs": len(self.ledger.tables["inputs"]), "withdraws": by_status,
+            "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.users()),
+            "inputs": self.ledger.input_count(), "withdraws": self.ledger.withdraw_statuses(),
             "last_error": self.cycle.last_error, "ledger_bytes": self.store.approximate_size(),
             "op_seq": self.ledger.seq, "checkpoint_seq": self.ledger.ckpt_seq,
             "uptime": int(time.time() - self.started_at),
@@ -250,11 +244,11 @@ class App:
         if self.cfg.autostart:
             self.cycle.start()
         while not self._shutdown.wait(0.5):
-            if self.ledger.journal.failed is not None:
+            if self.ledger.failed is not None:
                 log.critical("ledger writes failed: shutting down to protect balances")
                 break
         self.close()
-        return 0 if self.ledger.journal.failed is None else 1
+        return 0 if self.ledger.failed is None else 1
 
     def close(self) -> None:
         """Stop taking calls, finish in-flight work, checkpoint, close (idempotent)."""

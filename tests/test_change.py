@@ -110,7 +110,7 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, peg.RESERVE, rig.acct0,
                                     rig.cycle.cycle())
         rig.until_status("w1", "Complete")
-        batch = rig.ledger.record("batches", rig.ledger.record("history", "w1"))
+        batch = rig.ledger.record("batches", rig.ledger.record("batch_of", "w1"))
         rig.mine(10)
         payee = [u for u in rig.chain.list_unspent()
                  if u.txid == batch["final_txid"] and u.vout not in batch["house_vouts"]]

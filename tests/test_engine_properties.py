@@ -263,18 +263,19 @@ class LedgerMachine(RuleBasedStateMachine):
     def conservation(self):
         if self.ex is None:
             return
-        n = len(self.ex.names)
-        matrix, view = self.ex.matrix[:n], self.ex.view[:n]
+        names = self.ex.users()
+        matrix = np.array([self.ex.row(u) for u in names])
+        view = np.array([[self.ex.balance(u)["liquid"], self.ex.balance(u)["reserve"]]
+                         for u in names])
         inputs = peg.zeros()
-        for (table, _key), vec in self.ex.vectors.items():
-            if table == "inputs":
-                inputs += vec
+        for key in self.ex.records("inputs"):
+            inputs += self.ex.vector("inputs", key)
         assert (inputs == self.registered).all()
         assert (matrix.sum(axis=0) == inputs - self.burned).all()
         assert (matrix >= 0).all() and (view >= 0).all()
         assert (view.sum(axis=1) == matrix.sum(axis=1)).all()
         assert int(view[:, 0].sum()) <= self.ex.exchange_balance()["liquid"]
-        assert set(INTERNAL) <= set(self.ex.names)
+        assert set(INTERNAL) <= set(names)
 
 
 LedgerMachine.TestCase.settings = settings(stateful_step_count=40)

@@ -84,10 +84,7 @@ class Rig:
         self.ledger.put("settings", "exchange", s)
 
     def status(self, wid: str):
-        rec = self.ledger.record("history", wid)
-        if isinstance(rec, str):
-            rec = self.ledger.record("history", rec)
-        return rec
+        return self.ledger.withdraw_status(wid)
 
     def until(self, pred, limit: int = 450) -> None:
         for _ in range(limit):
@@ -218,7 +215,7 @@ def test_dropped_withdraw_is_refunded_only_once_it_cannot_confirm(rig):
     before = rig.ledger.row("alice")
     rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
-    master = rig.ledger.record("history", "w1")
+    master = rig.ledger.record("batch_of", "w1")
     batch = rig.ledger.record("batches", master)
     assert rig.chain.drop(batch["txid"]) is True
     seen = []
@@ -264,7 +261,7 @@ def test_crash_after_recording_resumes_from_the_ledger(rig):
     rig.chain.reject_next_broadcast("node restarting")
     rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
-    master = rig.ledger.record("history", "w1")
+    master = rig.ledger.record("batch_of", "w1")
     assert rig.chain.get_transaction(rig.ledger.record("batches", master)["txid"]) is None
     rig.close()
     rig.open()
@@ -361,9 +358,7 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 if height > 200 and drops < 2 and b["kind"] != "maintenance":
                     drops += rig.chain.drop(b["txid"])  # False once mined
         rig.until(lambda: not rig.ledger.records("withdraws") and not rig.desk.active(), 450)
-        hist = rig.ledger.records("history")
-        finished = [hist[f"w{i}"] for i in range(1, wid + 1)]
-        statuses = [rec if isinstance(rec, dict) else hist[rec] for rec in finished]
+        statuses = [rig.status(f"w{i}") for i in range(1, wid + 1)]
         assert wid >= 10
         liquid = [s for i, s in enumerate(statuses, 1) if styles[f"w{i}"] == peg.LIQUID]
         assert sum(s["status"] == "Complete" for s in liquid) >= len(liquid) // 2

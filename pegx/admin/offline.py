@@ -12,7 +12,6 @@ from pathlib import Path
 
 from pegx.chain.devnet.log import LOG_NAME
 from pegx.ledger.engine import Exchange
-from pegx.ledger.rules import INTERNAL
 from pegx.ledger.store import Store
 
 LEDGER_DIR = "ledger"
@@ -59,25 +58,18 @@ def open_chain(cfg):
 @contextlib.contextmanager
 def opened(datadir: Path, *, read_only: bool = False):
     """An Exchange on ``datadir``'s ledger without writing anything; closes the store only (no
-    checkpoint). Takes the ledger lock unless ``read_only``, so a running daemon is refused."""
+    checkpoint; a ledger of an older format is upgraded in memory only). Takes the ledger lock
+    unless ``read_only``, so a running daemon is refused."""
     path = Path(datadir) / LEDGER_DIR
     if not path.is_dir():
         raise ToolError(f"no ledger at {path}")
     store = Store(path, create=False, read_only=read_only)
     try:
-        yield Exchange(store)
+        yield Exchange(store, write_upgrade=False)
     finally:
         store.close()
 
 
 def ledger_state(ledger: Exchange) -> dict:
     """What verify-backup prints about a ledger."""
-    state = ledger.store.state() or {}
-    return {"format": state.get("format", "none (never checkpointed)"),
-            "checkpoint_seq": ledger.ckpt_seq,
-            "op_seq": ledger.seq, "replayed": ledger.replayed,
-            "accounts": len([n for n in ledger.names if n not in INTERNAL]),
-            "inputs": len(ledger.tables["inputs"]),
-            "withdraws_pending": len(ledger.tables["withdraws"]), "supply": ledger.supply,
-            "cycle": int(ledger.meta.get("cycle", 0) or 0),
-            "exchange": ledger.exchange_balance(), "digest": ledger.digest()}
+    return {**ledger.info(), "exchange": ledger.exchange_balance(), "digest": ledger.digest()}

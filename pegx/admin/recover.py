@@ -101,7 +101,7 @@ def _plan_trades(scratch: Exchange, targets: dict[str, tuple[int, int]]) -> tupl
         if have:
             debits.append(_trade(HOUSE, POOL, have, style))
     pool = [house["liquid"], house["reserve"]]
-    for user in sorted(set(targets) | (set(scratch.names) - {POOL, WITHDRAWS, HOUSE})):
+    for user in sorted(set(targets) | (set(scratch.users()) - {POOL, WITHDRAWS, HOUSE})):
         bal = scratch.balance(user) or {"liquid": 0, "reserve": 0}
         got = [bal["liquid"], bal["reserve"]]
         want = list(targets.get(user, (0, 0)))
@@ -159,7 +159,7 @@ def recover(datadir: Path, chain, targets: dict[str, tuple[int, int]], owners: d
         store.close()
         raise
     try:
-        if ledger.tables["inputs"] or ledger.tables["claims"] or ledger.matrix.any():
+        if not ledger.is_empty():
             raise ToolError(f"ledger {ledger_path} is not empty: recover rebuilds a lost ledger; "
                             f"move the old one away first (and keep it)")
         ledger.commit(ops + trades)

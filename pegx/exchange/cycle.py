@@ -6,7 +6,7 @@ One thread, woken every ``poll_seconds`` and on new blocks. Each pass:
 2. rebuilds the Spendable view: wallet outputs paying exchange addresses that meet the
    confirmation rule (>= exchangeconfirmations, +5 within 7 blocks of a cycle boundary); the
    outputs the exchange's own transactions return to it (the batches' house outputs, see
-   :func:`pegx.exchange.withdraws.house_outpoints`) are flagged ``change``, and only those: a
+   :func:`pegx.ledger.lifecycle.house_outpoints`) are flagged ``change``, and only those: a
    payee output paying a watched address is a deposit like any other;
 3. registers claimed deposits in the ledger, crediting the claimant with the output's
    fractions, and refreshes balances at once (change is the withdraw desk's to register, in
@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pegx import peg
 from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
 from pegx.exchange import chainguard
-from pegx.exchange.withdraws import house_outpoints
 from pegx.ledger import engine
 from pegx.ledger.rules import FROZEN_GRACE
 
@@ -144,7 +143,7 @@ class ExchangeCycle:
         return self._utxos.get(key)
 
     def cycle(self) -> int:
-        return int(self.ledger.meta.get("cycle", 0))
+        return self.ledger.cycle
 
     @property
     def running(self) -> bool:
@@ -195,13 +194,11 @@ class ExchangeCycle:
         """At start-up: do the published balances need a recompute? Only if none was ever
         published or the supply moved; a restart within a cycle must not reshuffle anyone's
         liquid and reserve (trades moved them since the last recompute)."""
-        return self.ledger.record("meta", "engine") is None or self.ledger.supply != tip.supply
+        return not self.ledger.recomputed or self.ledger.supply != tip.supply
 
     def _import_keys(self) -> None:
-        for address, rec in self.ledger.records("addresses").items():
-            if rec.get("imported"):
-                continue
-            got = self.chain.import_key(rec["wif"])
+        for address, wif in self.ledger.unimported_keys().items():
+            got = self.chain.import_key(wif)
             if got != address:
                 log.error("wallet imported %s as %s; keeping it pending", address, got)
                 continue
@@ -211,7 +208,7 @@ class ExchangeCycle:
 
     def watched(self, settings: dict) -> set[str]:
         """Addresses whose outputs belong to the exchange."""
-        out = set(self.ledger.records("addresses"))
+        out = self.ledger.deposit_addresses()
         out.update(settings["exchangeaccounts"])
         if settings["exchangefeeaccount"]:
             out.add(settings["exchangefeeaccount"])
@@ -220,12 +217,7 @@ class ExchangeCycle:
     def house(self) -> set[str]:
         """Every output the exchange's own transactions returned to it (its change), from the
         batch records alone: no chain lookup, nothing cached between passes."""
-        with self.ledger.lock:
-            batches = list(self.ledger.tables["batches"].values())
-        out: set[str] = set()
-        for batch in batches:
-            out |= house_outpoints(batch)
-        return out
+        return self.ledger.house_outpoints()
 
     def _refresh_spendable(self, tip: Tip, settings: dict) -> None:
         watched = self.watched(settings)
@@ -250,20 +242,16 @@ class ExchangeCycle:
         """Credit claimed deposits, as one step.
 
         Change is never registered here: the withdraw desk registers a transaction's house
-        outputs in the commit that spends its inputs (``WithdrawDesk._settle``), so the ledger
+        outputs in the commit that spends its inputs (``pegx.ledger.lifecycle.settle``), so the ledger
         never counts both, and no coin reaches the house account but by a recorded batch.
         """
-        inputs = self.ledger.tables["inputs"]
+        claimed = self.ledger.unregistered_claims(
+            [k for k, entry in self._spendable.items() if not entry.get("change")])
         items = []
-        for key, entry in self._spendable.items():
-            if key in inputs or entry.get("change"):
-                continue
-            claim = self.ledger.record("claims", key)
-            if claim is None or claim.get("registered"):
-                continue
+        for key, owner in claimed.items():
             u = self._utxos[key]
             items.append({"key": key, "value": u.value, "address": u.address,
-                          "vector": u.fractions, "owner": claim["name"], "change": False,
+                          "vector": u.fractions, "owner": owner, "change": False,
                           "frozen_until": u.frozen_until, "height": u.height})
         if not items:
             return

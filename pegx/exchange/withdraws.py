@@ -42,8 +42,6 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
 from pegx import peg
 from pegx.chain.base import (
     CYCLE_BLOCKS,
@@ -66,8 +64,8 @@ from pegx.exchange.planner import (
 )
 from pegx.exchange.planner import sat as _fmt
 from pegx.ledger import engine
-from pegx.ledger import ops as ledger_ops
-from pegx.ledger.rules import HOUSE
+from pegx.ledger.lifecycle import IN_FLIGHT, Output
+from pegx.ledger.rules import HOUSE, HouseShort
 
 log = logging.getLogger(__name__)
 
@@ -103,25 +101,6 @@ def maintenance_cost(b: dict) -> int:
     """What a maintenance batch charges the house account: its miner fee and the OP_RETURN
     id's dust (its cancel, CANCEL_FEE, costs less)."""
     return int(b["fee"]) + NOTARY_VALUE
-
-
-def house_outpoints(batch: dict) -> set[str]:
-    """The outputs of the exchange's own transaction ``batch`` that come back to it: the
-    plan's ``house_vouts`` (reserve back to its address, change, fee, notary to acct0) under
-    every txid the transaction had (sent, malleated, mined), and a cancel's one output.
-
-    These and only these are change: ``_complete`` and ``_decline`` register exactly them
-    (``_settle``), and the cycle flags exactly them ``change`` in Spendable. A payee output is
-    not, even when it pays one of the exchange's addresses: it is a deposit to claim.
-    """
-    out = set()
-    for txid in {batch.get("txid"), batch.get("txid2"), batch.get("final_txid")} - {None}:
-        out.update(outpoint(txid, v) for v in batch.get("house_vouts", ()))
-    cancel = batch.get("cancel")
-    if cancel:
-        for txid in {cancel.get("txid"), cancel.get("txid2")} - {None}:
-            out.add(outpoint(txid, 0))
-    return out
 
 
 class WithdrawDesk:
@@ -163,7 +142,7 @@ class WithdrawDesk:
             result = f"{type(exc).__name__}: {exc}"
             log.exception("withdraw task %s at height %s failed", task, f"{tip.height:,d}")
         self.last_result = str(result)
-        if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.tables["withdraws"]:
+        if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.withdraw_count():
             # withdraws keep being accepted and would silently expire: say why, each window
             log.warning("withdraws are pending but cannot be batched: %s (set it with "
                         "ExchangeSettings)", result)
@@ -182,9 +161,7 @@ class WithdrawDesk:
         """Why the pending (unbatched) withdraws cannot be batched, as the last batch task of
         their style said ('' when nothing is pending or nothing stood in the way)."""
         blocked = (self.ledger.record("meta", "desk") or {}).get("blocked", {})
-        with self.ledger.lock:
-            styles = {w["style"] for w in self.ledger.tables["withdraws"].values()
-                      if "batch" not in w}
+        styles = {r["style"] for _, r in self.ledger.unbatched_withdraws()}
         why = {s: blocked[s] for s in peg.STYLES if s in styles and blocked.get(s)}
         if len(set(why.values())) == 1:
             return next(iter(why.values()))
@@ -203,15 +180,7 @@ class WithdrawDesk:
     # ---------------------------------------------------------------- batching
     def _candidates(self, cycle) -> list[Candidate]:
         """Confirmed, registered, unfrozen exchange inputs not already in a batch."""
-        out = []
-        spendable = cycle.spendable()
-        with self.ledger.lock:
-            inputs = self.ledger.tables["inputs"]
-            for key in sorted(spendable):
-                rec = inputs.get(key)
-                if rec is not None and "batch" not in rec:
-                    out.append((key, rec["address"], self.ledger.vectors[("inputs", key)].copy()))
-        return out
+        return self.ledger.free_inputs(sorted(cycle.spendable()))
 
     def batch(self, style: str, tip: Tip, cycle) -> str:
         """Build, record and broadcast one batch of pending ``style`` withdraws."""
@@ -220,9 +189,7 @@ class WithdrawDesk:
             return NO_RETURN_ADDRESS
         if not settings["exchangefeeaccount"]:
             return NO_FEE_ADDRESS
-        pending = sorted(((w, r) for w, r in self.ledger.records("withdraws").items()
-                          if r["style"] == style and "batch" not in r),
-                         key=lambda item: (item[1]["cycle"], item[0]))
+        pending = self.ledger.unbatched_withdraws(style)
         if not pending:
             return "Success"
         refused = self._unspendable_return(settings["exchangeaccounts"][0])
@@ -265,11 +232,9 @@ class WithdrawDesk:
         """(what the house account may spend, what it holds back): the house keeps the cost of
         every maintenance transaction in flight (but ``exclude``'s), which covers that
         transaction's cancel too, so no later charge can leave one unpaid."""
-        with self.ledger.lock:
-            held = sum(maintenance_cost(b) for m, b in self.ledger.tables["batches"].items()
-                       if m != exclude and b["kind"] == "maintenance"
-                       and b["state"] in ("sent", "cancelling"))
-            house = self.ledger.row(HOUSE)
+        held = sum(maintenance_cost(b) for m, b in self.ledger.batches(IN_FLIGHT).items()
+                   if m != exclude and b["kind"] == "maintenance")
+        house = self.ledger.row(HOUSE)
         have = 0 if house is None else int(house.sum())
         return max(0, have - held), held
 
@@ -277,22 +242,8 @@ class WithdrawDesk:
         signed = self.chain.create_transaction(plan.inputs, plan.outputs, cycle.passphrase)
         batch = {"kind": kind, "ids": plan.ids, "ins": plan.inputs, "txid": signed.txid,
                  "raw": signed.raw, "house_vouts": plan.house_vouts, "fee": plan.fee,
-                 "total": plan.total, "commission": plan.commission, "state": "sent",
-                 "height": tip.height, "refusals": 0, "last_try": tip.height}
-        put = ledger_ops.put
-        ops = [put("batches", master, batch)]
-        with self.ledger.lock:
-            for wid in plan.ids:
-                ops.append(put("withdraws", wid, {**self.ledger.tables["withdraws"][wid],
-                                                  "batch": master}))
-                ops.append(put("history", wid, master))
-            for key in plan.inputs:
-                ops.append(put("inputs", key, {**self.ledger.tables["inputs"][key],
-                                               "batch": master}))
-        ops.append(put("history", master, {"status": "unconfirmed", "txid": signed.txid,
-                                           "ID": master, "block": tip.height,
-                                           "in0": plan.inputs[0]}))
-        self.ledger.commit(ops)  # durable before the transaction can exist anywhere
+                 "total": plan.total, "commission": plan.commission, "height": tip.height}
+        self.ledger.mark_batched(master, batch)  # durable before the tx can exist anywhere
         log.info("%s batch %s: tx %s, %d withdraws, %s out, commission %s, miner fee %s, "
                  "%d inputs", kind, master, signed.txid, len(plan.ids), _fmt(plan.total),
                  _fmt(plan.commission), _fmt(plan.fee), len(plan.inputs))
@@ -308,25 +259,13 @@ class WithdrawDesk:
         return "Success"
 
     def _bump(self, master: str, height: int) -> dict:
-        b = self.ledger.record("batches", master)
-        b["refusals"] += 1
-        b["last_try"] = height
-        self.ledger.put("batches", master, b)
-        return b
+        b = self.ledger.batch(master)
+        return self.ledger.update_batch(master, refusals=b["refusals"] + 1, last_try=height)
 
     # ---------------------------------------------------------------- expiry
     def expire(self, tip: Tip, current_cycle: int) -> None:
         """Refund withdraws not batched by the end of the cycle after their request."""
-        stale = [(w, r) for w, r in self.ledger.records("withdraws").items()
-                 if "batch" not in r and r["cycle"] < current_cycle - 1]
-        if not stale:
-            return
-        ops = []
-        for wid, _ in stale:
-            ops.append({"op": "refund", "id": wid})
-            ops.append(ledger_ops.put("history", wid, {
-                "status": "Expired", "txid": "", "ID": wid, "block": tip.height, "in0": ""}))
-        self.ledger.commit(ops, supply=self.ledger.supply, now=tip.time)
+        stale = self.ledger.expire(current_cycle - 1, height=tip.height, now=tip.time)
         for wid, rec in stale:
             log.info("withdraw %s: Expired, %s refunded to %s", wid, _fmt(rec["amount"]),
                      rec["user"])
@@ -334,12 +273,10 @@ class WithdrawDesk:
     # ---------------------------------------------------------------- tracking
     def active(self) -> dict:
         """Batches still in flight {master: record}."""
-        with self.ledger.lock:
-            return {m: dict(b) for m, b in self.ledger.tables["batches"].items()
-                    if b["state"] in ("sent", "cancelling")}
+        return self.ledger.batches(IN_FLIGHT)
 
     def status_summary(self) -> str:
-        pending = len(self.ledger.tables["withdraws"])
+        pending = self.ledger.withdraw_count()
         text = f"{pending} withdraws pending or in flight, {len(self.active())} batches in flight"
         log.info("withdraw status: %s", text)
         return text
@@ -378,7 +315,7 @@ class WithdrawDesk:
         tx = self.chain.get_transaction(c.get("txid2") or c["txid"])
         if tx is not None:
             return tx
-        rec = self.ledger.record("inputs", c["in"])  # registered until the cancel settles
+        rec = self.ledger.input(c["in"])  # registered until the cancel settles
         if rec is None:
             return None
         want = [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])]
@@ -394,28 +331,15 @@ class WithdrawDesk:
                 self._track_one(master, b, tip, now, cycle)
             except ChainError as exc:
                 log.warning("batch %s: status check failed: %s", master, exc)
-            except DeskError as exc:  # nothing was committed; the batch stays in flight
+            except (DeskError, HouseShort) as exc:  # nothing committed; the batch stays in flight
                 log.error("batch %s: cannot settle: %s", master, exc)
 
     def _track_one(self, master: str, b: dict, tip: Tip, now: int, cycle) -> None:
         tx = self._find(master, b)
         if tx is not None:
-            hist = self.ledger.record("history", master) or {}
-            changed = False
-            if tx.txid != b["txid"] and hist.get("txid2") != tx.txid:
-                hist["txid2"] = tx.txid
-                b["txid2"] = tx.txid
-                changed = True
-                log.info("batch %s: tx %s was malleated into %s", master, b["txid"], tx.txid)
-            if hist.get("status") == "unconfirmed":
-                hist["status"] = "Processing"
-                changed = True
-                for wid in b["ids"]:
-                    log.info("withdraw %s: Processing (tx %s)", wid, tx.txid)
-            if changed:
-                self.ledger.put_many([("history", master, hist), ("batches", master, b)])
+            self._seen(master, b, tx)
             if tx.height and tx.confirmations >= CONFIRMATIONS:
-                self._complete(master, b, tx, hist, now)
+                self._complete(master, b, tx, now)
             return
         if b["state"] == "cancelling":
             self._track_cancel(master, b, tip, now)
@@ -424,12 +348,26 @@ class WithdrawDesk:
             # an input went elsewhere: this transaction can never confirm
             self._decline(master, b, None, now, "an input was spent by another transaction")
             return
-        if tip.height <= b["last_try"]:
-            return  # one rebroadcast per block at most
+        if tip.height > b["last_try"]:  # one rebroadcast per block at most
+            self._rebroadcast(master, b, tip, cycle)
+
+    def _seen(self, master: str, b: dict, tx: Tx) -> None:
+        """The batch's transaction (or its malleated twin) is on chain or in the mempool."""
+        changes: dict = {}
+        if tx.txid != b["txid"] and b.get("txid2") != tx.txid:
+            changes["txid2"] = tx.txid
+            log.info("batch %s: tx %s was malleated into %s", master, b["txid"], tx.txid)
+        if b["status"] == "unconfirmed":
+            changes["status"] = "Processing"
+            for wid in b["ids"]:
+                log.info("withdraw %s: Processing (tx %s)", wid, tx.txid)
+        if changes:
+            b.update(self.ledger.update_batch(master, **changes))
+
+    def _rebroadcast(self, master: str, b: dict, tip: Tip, cycle) -> None:
         try:
             self.chain.broadcast(b["raw"])
-            b["last_try"] = tip.height
-            self.ledger.put("batches", master, b)
+            self.ledger.update_batch(master, last_try=tip.height)
             log.info("batch %s: rebroadcast tx %s", master, b["txid"])
         except ChainRejected as exc:
             b = self._bump(master, tip.height)
@@ -440,14 +378,13 @@ class WithdrawDesk:
 
     def _start_cancel(self, master: str, b: dict, tip: Tip, cycle) -> None:
         """Spend one batch input back to its own address so the batch can never confirm."""
-        with self.ledger.lock:
-            key = max(b["ins"], key=lambda k: (self.ledger.tables["inputs"][k]["value"], k))
-            rec = dict(self.ledger.tables["inputs"][key])
+        ins = {k: self.ledger.input(k) for k in b["ins"]}
+        key = max(b["ins"], key=lambda k: (ins[k]["value"], k))
+        rec = ins[key]
         signed = self.chain.create_transaction(
             [key], [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])], cycle.passphrase)
-        b.update(state="cancelling", cancel={"txid": signed.txid, "raw": signed.raw, "in": key},
-                 last_try=tip.height)
-        self.ledger.put("batches", master, b)
+        b = self.ledger.update_batch(master, state="cancelling", last_try=tip.height,
+                                     cancel={"txid": signed.txid, "raw": signed.raw, "in": key})
         log.warning("batch %s: refused %d times; cancelling it with tx %s (spends %s)", master,
                     b["refusals"], signed.txid, key)
         try:
@@ -460,8 +397,7 @@ class WithdrawDesk:
         ctx = self._find_cancel(b)
         if ctx is not None:
             if ctx.txid != c["txid"] and c.get("txid2") != ctx.txid:
-                c["txid2"] = ctx.txid
-                self.ledger.put("batches", master, b)
+                b.update(self.ledger.update_batch(master, cancel={**c, "txid2": ctx.txid}))
                 log.info("batch %s: cancel tx %s was malleated into %s", master, c["txid"],
                          ctx.txid)
             if ctx.height and ctx.confirmations >= CONFIRMATIONS:
@@ -471,145 +407,69 @@ class WithdrawDesk:
             self._decline(master, b, None, now, "an input was spent by another transaction")
             return
         if tip.height > b["last_try"]:
-            b["last_try"] = tip.height
-            self.ledger.put("batches", master, b)
+            self.ledger.update_batch(master, last_try=tip.height)
             try:
                 self.chain.broadcast(c["raw"])
             except ChainError as exc:
                 log.warning("batch %s: cancel rebroadcast failed: %s", master, exc)
 
     # ---------------------------------------------------------------- endings
-    def _settle(self, spent: list[str], tx: Tx | None, vouts: list[int], burned: list[str],
-                ops: list[dict], withheld: np.ndarray | None = None) -> None:
-        """Ops that spend ``spent``, register ``tx``'s ``vouts``, burn ``burned`` withdraws and
-        square the house account and the drift, exactly (appended to ``ops``). ``withheld``
-        is what refunds kept back to pay the transaction (their ops are the caller's).
-        Raises DeskError, appending nothing, if the house account would have to pay more than
-        it holds: the ledger never owes more than the exchange has."""
-        led = self.ledger
-        reg = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        value = 0 if withheld is None else int(withheld.sum())
-        new: list[dict] = []
-        with led.lock:
-            for key in spent:
-                reg -= led.vectors[("inputs", key)]
-                value -= led.tables["inputs"][key]["value"]
-            wd = np.zeros(peg.PEG_SIZE, dtype=np.int64) if withheld is None else withheld.copy()
-            for wid in burned:
-                wd += led.vectors[("withdraws", wid)]
-                value += led.tables["withdraws"][wid]["amount"]
-            house = led.row(HOUSE)
-        if burned:
-            new.append({"op": "burn", "ids": list(burned)})
-        if spent:
-            new.append({"op": "spend", "keys": list(spent)})
-        for vout in vouts:
-            key = outpoint(tx.txid, vout)
-            vec = self.chain.get_fractions(key)
-            out = tx.outputs[vout]
-            reg += vec
-            value += out.value
-            new.append(ledger_ops.claim(key, HOUSE))  # the credit registers it
-            new.append(ledger_ops.credit(key, out.value, vec, owner=None,
-                                         address=out.address, change=True, height=tx.height))
-        # value is now what the house gains (commissions − miner fee − dust) or pays (< 0)
-        delta = reg + wd  # what the ledger must gain per step for zero drift
-        if value > 0:
-            hv = peg.deduction(np.maximum(delta, 0), value, peg.LIQUID, led.supply)
-        elif value < 0:
-            have = 0 if house is None else int(house.sum())
-            if have < -value:  # house_free() and the cancel rule make this unreachable
-                raise DeskError(f"the house account holds {_fmt(have)} and would have to pay "
-                                f"{_fmt(-value)}")
-            hv = -peg.deduction(house, -value, peg.LIQUID, led.supply)
-        else:
-            hv = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        if hv.any():
-            new.append(ledger_ops.adjust(HOUSE, hv))
-        drift = delta - hv
-        if drift.any():
-            new.append(ledger_ops.drift(drift))
-        ops += new
+    def _output(self, tx: Tx, vout: int) -> Output:
+        """Output ``vout`` of the exchange's own transaction ``tx``, with its fractions."""
+        key = outpoint(tx.txid, vout)
+        out = tx.outputs[vout]
+        return Output(key, out.value, out.address, self.chain.get_fractions(key), tx.height)
 
-    def _complete(self, master: str, b: dict, tx: Tx, hist: dict, now: int) -> None:
-        ops: list[dict] = []
-        with self.ledger.lock:
-            ids = [w for w in b["ids"] if w in self.ledger.tables["withdraws"]]
-        self._settle(b["ins"], tx, b["house_vouts"], ids, ops)
-        hist["status"] = "Complete"
-        b.update(state="done", final_txid=tx.txid)
-        b.pop("raw", None)
-        ops.append(ledger_ops.put("history", master, hist))
-        ops.append(ledger_ops.put("batches", master, b))
-        self.ledger.commit(ops, supply=self.ledger.supply, now=now)
+    def _complete(self, master: str, b: dict, tx: Tx, now: int) -> None:
+        outputs = [self._output(tx, v) for v in b["house_vouts"]]
+        ids = self.ledger.complete_batch(master, tx.txid, outputs, now=now)
         log.info("%s batch %s: Complete in block %s (tx %s)", b["kind"], master,
                  f"{tx.height:,d}", tx.txid)
         for wid in ids:
             log.info("withdraw %s: Complete (tx %s)", wid, tx.txid)
 
     def _decline(self, master: str, b: dict, cancel: Tx | None, now: int, why: str) -> None:
-        ops: list[dict] = []
-        put = ledger_ops.put
-        cfg = self.ledger.exchange_settings()["commission"]
-        with self.ledger.lock:
-            pending = self.ledger.tables["withdraws"]
-            ids = [w for w in b["ids"] if w in pending]
-            recs = {w: dict(pending[w]) for w in ids}
-            vecs = {w: self.ledger.vectors[("withdraws", w)].copy() for w in ids}
-            gone = b["cancel"]["in"] if cancel is not None else None
-            cost = 0 if gone is None else (self.ledger.tables["inputs"][gone]["value"]
-                                           - sum(o.value for o in cancel.outputs))
-            for key in b["ins"]:
-                rec = self.ledger.tables["inputs"].get(key)
-                if rec is not None and key != gone:
-                    ops.append(put("inputs", key, {k: v for k, v in rec.items() if k != "batch"}))
-        ops += [{"op": "refund", "id": w} for w in ids]
-        withheld: dict[str, int] = {}
-        if cancel is not None:
-            # the house pays the cancel's miner fee from what it does not hold back for
-            # maintenance in flight; the rest is withheld from the refunds, pro rata to the
-            # commissions the batch would have charged (see the module docstring)
-            free, _ = self.house_free(exclude=master)
-            house_part = min(cost, free)
-            weights = {w: min(accepted_commission(recs[w], cfg), recs[w]["amount"])
-                       for w in ids}
-            try:
-                withheld = split_cost(cost - house_part, weights)
-            except ValueError as exc:
-                raise DeskError(f"the cancel's {_fmt(cost)} cannot be paid: {exc}") from None
-            kept = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-            for wid, x in withheld.items():
-                vec = peg.deduction(vecs[wid], x, recs[wid]["style"], self.ledger.supply)
-                kept += vec
-                ops.append(ledger_ops.adjust(recs[wid]["user"], -vec,
-                                                     recs[wid]["style"]))
-            self._settle([gone], cancel, [0], [], ops, withheld=kept)
-            b["cancel"].update(cost=cost, house_paid=house_part)
-            if withheld:
-                b["withheld"] = withheld
+        recs = self.ledger.batch_withdraws(master)
+        if cancel is None:
+            withheld, house_part, cost, outputs = {}, 0, 0, None
+            self._report_lost_inputs(master, b)
         else:
-            for key in b["ins"]:
-                if not self.chain.is_unspent(key):
-                    # neither the batch nor its cancel spent it: where the coins went is not
-                    # ours to guess, so it stays registered and `pegx audit` names it
-                    log.error("batch %s: input %s was spent by a transaction that is neither "
-                              "the batch nor its cancel; it stays registered until an operator "
-                              "accounts for it", master, key)
-        hist = self.ledger.record("history", master) or {
-            "txid": b["txid"], "ID": master, "block": b["height"], "in0": b["ins"][0]}
-        hist["status"] = "Failed/Declined"
-        b.update(state="failed", reason=why)
-        b.pop("raw", None)
-        ops.append(put("history", master, hist))
-        ops.append(put("batches", master, b))
-        self.ledger.commit(ops, supply=self.ledger.supply, now=now)
+            withheld, house_part, cost = self._cancel_cost(master, b, cancel, recs)
+            outputs = [self._output(cancel, 0)]
+        self.ledger.decline_batch(master, why, cancel=outputs, withheld=withheld,
+                                  house_paid=house_part, now=now)
         log.warning("%s batch %s: Failed/Declined (%s)", b["kind"], master, why)
         if cancel is not None:
             log.info("batch %s: cancel tx %s cost %s: %s paid by the house account, %s withheld "
-                     "from refunds", master, cancel.txid, _fmt(cost),
-                     _fmt(b["cancel"]["house_paid"]), _fmt(sum(withheld.values())))
-        for wid in ids:
+                     "from refunds", master, cancel.txid, _fmt(cost), _fmt(house_part),
+                     _fmt(sum(withheld.values())))
+        for wid, rec in recs.items():
             x = withheld.get(wid, 0)
-            log.info("withdraw %s: Failed/Declined, %s refunded%s", wid,
-                     _fmt(recs[wid]["amount"] - x),
+            log.info("withdraw %s: Failed/Declined, %s refunded%s", wid, _fmt(rec["amount"] - x),
                      f" ({_fmt(x)} withheld for the cancel's miner fee)" if x else "")
+
+    def _cancel_cost(self, master: str, b: dict, cancel: Tx,
+                     recs: dict[str, dict]) -> tuple[dict[str, int], int, int]:
+        """(withheld per withdraw, the house's part, the cancel's miner fee): the house pays
+        it from what it does not hold back for maintenance in flight; the rest is withheld
+        from the refunds, pro rata to the commissions the batch would have charged (see the
+        module docstring)."""
+        cost = self.ledger.input(b["cancel"]["in"])["value"] - sum(o.value for o in cancel.outputs)
+        free, _ = self.house_free(exclude=master)
+        house_part = min(cost, free)
+        cfg = self.ledger.exchange_settings()["commission"]
+        weights = {w: min(accepted_commission(r, cfg), r["amount"]) for w, r in recs.items()}
+        try:
+            withheld = split_cost(cost - house_part, weights)
+        except ValueError as exc:
+            raise DeskError(f"the cancel's {_fmt(cost)} cannot be paid: {exc}") from None
+        return withheld, house_part, cost
+
+    def _report_lost_inputs(self, master: str, b: dict) -> None:
+        for key in b["ins"]:
+            if not self.chain.is_unspent(key):
+                # neither the batch nor its cancel spent it: where the coins went is not
+                # ours to guess, so it stays registered and `pegx audit` names it
+                log.error("batch %s: input %s was spent by a transaction that is neither "
+                          "the batch nor its cancel; it stays registered until an operator "
+                          "accounts for it", master, key)

@@ -12,7 +12,7 @@ import binascii
 import numpy as np
 
 from pegx import peg
-from pegx.ledger import ops
+from pegx.ledger import lifecycle, ops
 from pegx.ledger.rules import (
     HOUSE,
     POOL,
@@ -30,8 +30,8 @@ from pegx.ledger.state import State
 
 # tables the ledger keeps for other components, written with "put" ops; every other table is
 # written only by the operations that own its records
-OPEN_TABLES = ("inputs", "withdraws", "history", "settings", "addresses", "exec", "meta",
-               "batches")
+OPEN_TABLES = ("settings", "addresses", "exec", "meta")
+OWNED = {("meta", "engine")}  # written by recomputes only
 
 
 def checked(fn, *args):
@@ -195,13 +195,91 @@ def _claim(state: State, op: dict) -> None:
     check_claim(state, op["key"], op["name"])
 
 
+def _batch(state: State, op: dict) -> None:
+    master, rec = op["id"], op["batch"]
+    if not isinstance(master, str) or master in state.tables["batches"]:
+        raise EngineError(f"batch id {master!r} is taken or not a string")
+    if not isinstance(rec, dict) or set(rec) != set(lifecycle.new_record(rec)):
+        raise EngineError("a batch record has the fields of lifecycle.new_record")
+    if rec["kind"] not in lifecycle.KINDS or rec != lifecycle.new_record(rec):
+        raise EngineError(f"batch {master}: kind {rec['kind']!r}, a new batch is 'sent' and "
+                          "'unconfirmed'")
+    for field in ("fee", "total", "commission", "height"):
+        _int(rec[field], field)
+    if not all(isinstance(rec[f], str) for f in ("txid", "raw")) or \
+            not all(isinstance(v, int) for v in rec["house_vouts"]):
+        raise EngineError(f"batch {master}: txid and raw are strings, house_vouts integers")
+    _free(state, "withdraws", rec["ids"], master)
+    if not rec["ins"]:
+        raise EngineError(f"batch {master} spends no input")
+    _free(state, "inputs", rec["ins"], master)
+
+
+def _free(state: State, table: str, keys, master: str) -> None:
+    """``keys`` (a list without repeats) are records of ``table`` in no batch yet."""
+    if not isinstance(keys, list) or len(set(keys)) != len(keys):
+        raise EngineError(f"batch {master}: its {table} are a list without repeats")
+    for key in keys:
+        rec = state.tables[table].get(key)
+        if rec is None or "batch" in rec:
+            raise EngineError(f"batch {master}: {key} is not in {table} or already in a batch")
+
+
+def _in_flight(state: State, master) -> dict:
+    b = state.tables["batches"].get(master) if isinstance(master, str) else None
+    if b is None or b["state"] not in lifecycle.IN_FLIGHT:
+        raise EngineError(f"no batch {master!r} in flight")
+    return b
+
+
+def _batch_update(state: State, op: dict) -> None:
+    b = _in_flight(state, op["id"])
+    changes = op["set"]
+    if not isinstance(changes, dict) or not changes:
+        raise EngineError("a batch update changes some fields")
+    for field, value in changes.items():
+        want = lifecycle.UPDATES.get(field)
+        ok = (want is not None and (value in want if isinstance(want, tuple)
+                                    else isinstance(value, want) and not isinstance(value, bool)))
+        if not ok:
+            raise EngineError(f"batch {op['id']}: cannot set {field} to {value!r}")
+    cancel = changes.get("cancel")
+    if cancel is not None and (cancel.get("in") not in b["ins"]
+                               or not isinstance(cancel.get("txid"), str)):
+        raise EngineError(f"batch {op['id']}: a cancel spends one of the batch's inputs")
+
+
+def _batch_end(state: State, op: dict) -> None:
+    _in_flight(state, op["id"])
+    if op["status"] not in lifecycle.ENDINGS:
+        raise EngineError(f"a batch ends {' or '.join(lifecycle.ENDINGS)}")
+    if not isinstance(op["set"], dict) or not set(op["set"]) <= set(lifecycle.END_FIELDS):
+        raise EngineError(f"a batch's ending sets only {', '.join(lifecycle.END_FIELDS)}")
+
+
+def _expire(state: State, op: dict) -> None:
+    check_pending(state, [op["id"]])
+    if "batch" in state.tables["withdraws"][op["id"]]:
+        raise EngineError(f"withdraw {op['id']} is in a batch: it ends with its batch")
+    _int(op["block"], "block")
+
+
+def _forget(state: State, op: dict) -> None:
+    rec = lifecycle.status(state.tables, op["id"]) if isinstance(op["id"], str) else None
+    if rec is None or rec["status"] not in lifecycle.FINISHED:
+        raise EngineError(f"{op['id']!r} has no finished withdraw record")
+
+
 def _put(state: State, op: dict) -> None:
     if op["table"] not in OPEN_TABLES:
         raise EngineError(f"unknown table {op['table']!r}")
     if not isinstance(op["key"], str):
         raise EngineError("a record key is a string")
+    if (op["table"], op["key"]) in OWNED:
+        raise EngineError(f"{op['table']}/{op['key']} is the ledger's own record")
 
 
 _CHECKS = {"trade": _trade, "withdraw": _withdraw, "refund": _refund, "burn": _burn,
            "credit": _credit, "spend": _spend, "recompute": _recompute, "adjust": _adjust,
-           "drift": _drift, "claim": _claim, "put": _put}
+           "drift": _drift, "claim": _claim, "batch": _batch, "batch_update": _batch_update,
+           "batch_end": _batch_end, "expire": _expire, "forget": _forget, "put": _put}

@@ -17,7 +17,7 @@ from pegx import peg
 
 # each has a check in pegx.ledger.checks and an apply function in pegx.ledger.state
 KINDS = ("trade", "withdraw", "refund", "burn", "credit", "spend", "recompute", "adjust", "drift",
-         "claim", "put")
+         "claim", "batch", "batch_update", "batch_end", "expire", "forget", "put")
 
 
 def encode_vec(vec: np.ndarray) -> str:
@@ -88,6 +88,33 @@ def claim(key: str, name: str) -> dict:
     """Claim the output ``key`` ("txid:vout") for ``name``: the credit that registers it
     credits ``name`` (first claim wins)."""
     return {"op": "claim", "key": key, "name": name}
+
+
+def batch(master: str, record: dict) -> dict:
+    """A batch about to be broadcast: its lifecycle record (pegx.ledger.lifecycle), its
+    withdraws and inputs marked as in it, each withdraw id mapped to ``master``."""
+    return {"op": "batch", "id": master, "batch": record}
+
+
+def batch_update(master: str, changes: dict) -> dict:
+    """Fields of an in-flight batch that change as it is tracked (lifecycle.UPDATES)."""
+    return {"op": "batch_update", "id": master, "set": changes}
+
+
+def batch_end(master: str, status: str, fields: dict) -> dict:
+    """Batch ``master`` ends with ``status`` (Complete or Failed/Declined); the inputs it
+    still marks are free again, its raw transaction is dropped."""
+    return {"op": "batch_end", "id": master, "status": status, "set": fields}
+
+
+def expire(wid: str, block: int) -> dict:
+    """A pending withdraw no batch took in time is refunded, recorded as Expired at ``block``."""
+    return {"op": "expire", "id": wid, "block": int(block)}
+
+
+def forget(ident: str) -> dict:
+    """CheckWithdraw(clear=1): the finished record of ``ident`` is no longer shown."""
+    return {"op": "forget", "id": ident}
 
 
 def put(table: str, key: str, value) -> dict:

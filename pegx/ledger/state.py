@@ -20,11 +20,13 @@ import numpy as np
 
 from pegx import peg
 from pegx.ledger import ops, schema
+from pegx.ledger.lifecycle import ENDINGS
 from pegx.ledger.rules import FROZEN_GRACE, WITHDRAWS
 from pegx.ledger.savepoint import Savepoint
 
-TABLES = ("claims", "inputs", "withdraws", "history", "settings", "addresses", "exec", "meta",
-          "batches")
+TABLES = ("claims", "inputs", "withdraws", "settings", "addresses", "exec", "meta", "batches",
+          "batch_of", "expired")
+LEGACY_TABLES = ("history",)  # older layouts (pegx.ledger.migrate); replayed ops may write them
 FIGURE_CHUNK = 2048  # input vectors stacked per vectorised figures() call
 NO_TOTALS = {"liquid": 0, "reserve": 0, "subpremium": 0, "frozen": 0}
 
@@ -285,6 +287,49 @@ class State:
     def _apply_claim(self, op: dict) -> None:
         if op["key"] not in self.tables["claims"]:
             self.put("claims", op["key"], {"name": op["name"]})
+
+    def _mark(self, table: str, key: str, master: str | None) -> None:
+        """Set (or, with None, clear) the ``batch`` mark of a withdraw or input record."""
+        rec = {k: v for k, v in self.tables[table][key].items() if k != "batch"}
+        if master is not None:
+            rec["batch"] = master
+        self.put(table, key, rec)
+
+    def _apply_batch(self, op: dict) -> None:
+        master, rec = op["id"], op["batch"]
+        self.put("batches", master, rec)
+        for wid in rec["ids"]:
+            self._mark("withdraws", wid, master)
+            self.put("batch_of", wid, master)
+        for key in rec["ins"]:
+            self._mark("inputs", key, master)
+
+    def _apply_batch_update(self, op: dict) -> None:
+        master = op["id"]
+        self.put("batches", master, {**self.tables["batches"][master], **op["set"]})
+
+    def _apply_batch_end(self, op: dict) -> None:
+        master = op["id"]
+        b = self.tables["batches"][master]
+        rec = {**b, **op["set"], "state": ENDINGS[op["status"]], "status": op["status"]}
+        rec.pop("raw", None)
+        self.put("batches", master, rec)
+        for key in b["ins"]:  # spent ones left the input set; the others are free again
+            if self.tables["inputs"].get(key, {}).get("batch") == master:
+                self._mark("inputs", key, None)
+
+    def _apply_expire(self, op: dict) -> None:
+        self._apply_refund(op)
+        self.put("expired", op["id"], {"block": op["block"]})
+
+    def _apply_forget(self, op: dict) -> None:
+        ident = op["id"]
+        if ident in self.tables["batch_of"]:
+            self.put("batch_of", ident, None)
+        elif ident in self.tables["expired"]:
+            self.put("expired", ident, None)
+        else:
+            self.put("batches", ident, {**self.tables["batches"][ident], "cleared": 1})
 
     def _apply_put(self, op: dict) -> None:
         self.put(op["table"], op["key"], op.get("value"))

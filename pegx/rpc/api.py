@@ -35,7 +35,6 @@ NOT_LOADED = "Exchange is not loaded yet."
 BALANCE_UPDATING = "Balance is updating"
 BUSY = "Exchange is busy. Please try again in a few minutes."
 TXIDS_MSG = "txids must be a non-empty list of 'txid:vout' strings."
-FINISHED = ("Complete", "Failed/Declined", "Expired")
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -422,16 +421,8 @@ class PegAPI:
             return WRONG_PASSWORD
         if not self.control.loaded():
             return NOT_LOADED
-        if not isinstance(ID, str):
-            return "ID not found"
-        found = self.ledger.record("history", ID)
-        rec = found if found is not None else ID
-        if not isinstance(rec, dict):
-            rec = self.ledger.record("history", rec) if isinstance(rec, str) else None
-            if not isinstance(rec, dict):
-                rec = None
-        if clear == 1 and found is not None and rec is not None and rec.get("status") in FINISHED:
-            self.ledger.put("history", ID, None)  # only finished entries; never breaks anything
+        # clear=1 forgets only a finished record, never one in flight (ORIGINAL §5 items 16, 17)
+        rec = self.ledger.withdraw_status(ID, clear=clear == 1)
         return "ID not found" if rec is None else rec
 
     def GetCycle(self, passw=""):
