@@ -241,9 +241,9 @@ class ExchangeCycle:
     def _register(self, tip: Tip, now: int) -> None:
         """Credit claimed deposits, as one step.
 
-        Change is never registered here: the withdraw desk registers a transaction's house
-        outputs in the commit that spends its inputs (``pegx.ledger.lifecycle.settle``), so the ledger
-        never counts both, and no coin reaches the house account but by a recorded batch.
+        Change is never registered here: the ledger registers a transaction's house outputs
+        in the commit that spends its inputs (``pegx.ledger.lifecycle.settle``), so it never
+        counts both, and no coin reaches the house account but by a recorded batch.
         """
         claimed = self.ledger.unregistered_claims(
             [k for k, entry in self._spendable.items() if not entry.get("change")])

@@ -5,11 +5,15 @@ The transactions are planned by the pure :mod:`pegx.exchange.planner` (commissio
 input selection). :class:`WithdrawDesk` runs it in the block windows and follows every
 transaction it sent until it is ``Complete`` (the coins leave the ledger) or ``Failed/Declined``
 (refunded, only once the transaction can no longer confirm). The ledger's law is checked by
-its audit (:mod:`pegx.ledger.audit`).
+its audit (:mod:`pegx.ledger.audit`). The desk decides and talks to the chain; every record
+it leaves is written by the ledger's lifecycle methods (:mod:`pegx.ledger.withdrawals`), which
+also square the house account and the drift when a batch ends (:mod:`pegx.ledger.lifecycle`).
+This module is ~470 lines: batching, tracking and endings follow one batch record through its
+life and are kept together until the planner's pre-broadcast check has landed (issue #11).
 
 What must stay true:
-* Everything about a batch (signed raw tx, inputs, withdraws, history) is committed before it is
-  broadcast, so after a crash the desk resumes from the ledger alone.
+* Everything about a batch (signed raw tx, inputs, withdraws, its lifecycle record) is committed
+  before it is broadcast, so after a crash the desk resumes from the ledger alone.
 * Inputs of a batch in flight stay registered (marked ``batch``) and are never selected again;
   the desk, not the cycle, registers the transaction's exchange-bound outputs, in the same
   commit that spends the inputs and burns the withdraws.
@@ -34,7 +38,8 @@ Who pays the exchange's own transactions (exact; the house account is ``exchange
   commission. A batch's commissions are at least 10,000 sat per withdraw + 500,000, so they
   always cover it; the withheld steps are taken from each withdraw's own steps.
 * So the house account never pays more than it holds: if a settlement would need that
-  (a ledger changed by hand), the desk commits nothing, logs an error and retries.
+  (a ledger changed by hand), the ledger refuses it (HouseShort), nothing changes, the desk
+  logs an error and retries.
 """
 
 from __future__ import annotations

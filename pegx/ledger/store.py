@@ -114,9 +114,10 @@ class Store:
         version = state.get("format")
         if version not in READABLE:
             raise StoreError(
-                f"ledger {self.path} has format version {version!r}; this pegx reads version "
-                f"{FORMAT_VERSION}. Run the pegx release that wrote it, or restore a backup made "
-                f"by this version (pegx restore), and do not delete the ledger: it holds balances."
+                f"ledger {self.path} has format version {version!r}; this pegx reads versions "
+                f"{', '.join(map(str, READABLE))}. Run the pegx release that wrote it, or restore "
+                f"a backup made by this version (pegx restore), and do not delete the ledger: it "
+                f"holds balances."
             )
 
     def state(self) -> dict | None:
