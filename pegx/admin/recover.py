@@ -76,7 +76,7 @@ def _base_ops(chain, owners: dict[str, str], now: int) -> tuple[list[dict], dict
         recs[u.key] = {"frozen_until": u.frozen_until}
         vecs[("inputs", u.key)] = np.asarray(u.fractions, dtype=np.int64)
     totals = input_totals(recs, vecs, tip.supply, now)
-    ops.append({"op": "recompute", "supply": tip.supply, "totals": totals, "cycle": tip.cycle})
+    ops.append(ledger_ops.recompute(tip.supply, totals, tip.cycle))
     # rebuilt from this chain at this tip: the ledger belongs to it from now on
     ops.append(ledger_ops.put(chainguard.TABLE, chainguard.KEY, chainguard.record_for(chain, tip)))
     found = {u.key for u in utxos}
@@ -84,10 +84,6 @@ def _base_ops(chain, owners: dict[str, str], now: int) -> tuple[list[dict], dict
             "outputs": len(utxos), "exchange_totals": totals,
             "deposits_missing": sorted(k for k in owners if k not in found)}
     return ops, info
-
-
-def _trade(u1: str, u2: str, amount: int, style: str) -> dict:
-    return {"op": "trade", "u1": u1, "u2": u2, "amount": int(amount), "style": style}
 
 
 def _plan_trades(scratch: Exchange, targets: dict[str, tuple[int, int]]) -> tuple[list, list]:
@@ -99,7 +95,7 @@ def _plan_trades(scratch: Exchange, targets: dict[str, tuple[int, int]]) -> tupl
     for s, style in enumerate(peg.STYLES):
         have = house["liquid" if s == 0 else "reserve"]
         if have:
-            debits.append(_trade(HOUSE, POOL, have, style))
+            debits.append(ledger_ops.trade(HOUSE, POOL, have, style))
     pool = [house["liquid"], house["reserve"]]
     for user in sorted(set(targets) | (set(scratch.users()) - {POOL, WITHDRAWS, HOUSE})):
         bal = scratch.balance(user) or {"liquid": 0, "reserve": 0}
@@ -108,9 +104,9 @@ def _plan_trades(scratch: Exchange, targets: dict[str, tuple[int, int]]) -> tupl
         for s, style in enumerate(peg.STYLES):
             d = want[s] - got[s]
             if d < 0:
-                debits.append(_trade(user, POOL, -d, style))
+                debits.append(ledger_ops.trade(user, POOL, -d, style))
             elif d > 0:
-                credits.append(_trade(POOL, user, d, style))
+                credits.append(ledger_ops.trade(POOL, user, d, style))
             pool[s] -= d
         rows.append({"user": user, "from_deposits": got, "target": want,
                      "moves": [want[0] - got[0], want[1] - got[1]]})
