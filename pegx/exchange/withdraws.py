@@ -69,7 +69,7 @@ from pegx.exchange.planner import (
 )
 from pegx.exchange.planner import sat as _fmt
 from pegx.ledger import engine
-from pegx.ledger.lifecycle import IN_FLIGHT, Output
+from pegx.ledger.lifecycle import IN_FLIGHT, Cancelled, Output
 from pegx.ledger.rules import HOUSE, HouseShort
 
 log = logging.getLogger(__name__)
@@ -435,30 +435,29 @@ class WithdrawDesk:
 
     def _decline(self, master: str, b: dict, cancel: Tx | None, now: int, why: str) -> None:
         recs = self.ledger.batch_withdraws(master)
+        paid = None
         if cancel is None:
-            withheld, house_part, cost, outputs = {}, 0, 0, None
             self._report_lost_inputs(master, b)
         else:
-            withheld, house_part, cost = self._cancel_cost(master, b, cancel, recs)
-            outputs = [self._output(cancel, 0)]
-        self.ledger.decline_batch(master, why, cancel=outputs, withheld=withheld,
-                                  house_paid=house_part, now=now)
+            paid = self._cancel_paid(master, b, cancel, recs)
+        self.ledger.decline_batch(master, why, cancel=paid, now=now)
         log.warning("%s batch %s: Failed/Declined (%s)", b["kind"], master, why)
-        if cancel is not None:
+        withheld = {} if paid is None else paid.withheld
+        if paid is not None:
             log.info("batch %s: cancel tx %s cost %s: %s paid by the house account, %s withheld "
-                     "from refunds", master, cancel.txid, _fmt(cost), _fmt(house_part),
+                     "from refunds", master, cancel.txid,
+                     _fmt(paid.house_paid + sum(withheld.values())), _fmt(paid.house_paid),
                      _fmt(sum(withheld.values())))
         for wid, rec in recs.items():
             x = withheld.get(wid, 0)
             log.info("withdraw %s: Failed/Declined, %s refunded%s", wid, _fmt(rec["amount"] - x),
                      f" ({_fmt(x)} withheld for the cancel's miner fee)" if x else "")
 
-    def _cancel_cost(self, master: str, b: dict, cancel: Tx,
-                     recs: dict[str, dict]) -> tuple[dict[str, int], int, int]:
-        """(withheld per withdraw, the house's part, the cancel's miner fee): the house pays
-        it from what it does not hold back for maintenance in flight; the rest is withheld
-        from the refunds, pro rata to the commissions the batch would have charged (see the
-        module docstring)."""
+    def _cancel_paid(self, master: str, b: dict, cancel: Tx,
+                     recs: dict[str, dict]) -> Cancelled:
+        """Who pays the confirmed cancel's miner fee: the house from what it does not hold
+        back for maintenance in flight; the rest is withheld from the refunds, pro rata to the
+        commissions the batch would have charged (see the module docstring)."""
         cost = self.ledger.input(b["cancel"]["in"])["value"] - sum(o.value for o in cancel.outputs)
         free, _ = self.house_free(exclude=master)
         house_part = min(cost, free)
@@ -468,7 +467,7 @@ class WithdrawDesk:
             withheld = split_cost(cost - house_part, weights)
         except ValueError as exc:
             raise DeskError(f"the cancel's {_fmt(cost)} cannot be paid: {exc}") from None
-        return withheld, house_part, cost
+        return Cancelled([self._output(cancel, 0)], house_part, withheld)
 
     def _report_lost_inputs(self, master: str, b: dict) -> None:
         for key in b["ins"]:

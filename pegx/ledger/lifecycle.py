@@ -50,6 +50,14 @@ class Output(NamedTuple):
     height: int
 
 
+class Cancelled(NamedTuple):
+    """A batch's confirmed cancel: its one output, and who pays its miner fee."""
+
+    outputs: list[Output]  # the cancel's output, back at the cancelled input's address
+    house_paid: int  # sat the house account pays
+    withheld: dict[str, int]  # sat withheld from each withdraw's refund (id -> sat)
+
+
 def in_flight_inputs(batches: dict) -> set[str]:
     """Inputs spent by exchange transactions not settled yet (withdraw batches being sent or
     cancelled): they may be spent on chain while still registered."""
@@ -191,38 +199,47 @@ def complete(state, master: str, txid: str, outputs: list[Output]) -> list[dict]
     return group
 
 
-def decline(state, master: str, reason: str, cancel: list[Output] | None,
-            withheld: dict[str, int], house_paid: int) -> list[dict]:
-    """The group that ends batch ``master`` Failed/Declined: its withdraws are refunded, but
-    ``withheld`` (sat per withdraw id) of them, which pays with ``house_paid`` the miner fee of
-    its confirmed cancel (``cancel``: the cancel's one output); without a cancel nothing is
-    spent and the inputs stay registered."""
-    tables = state.tables
-    b = tables["batches"][master]
+def decline(state, master: str, reason: str, cancel: Cancelled | None) -> list[dict]:
+    """The group that ends batch ``master`` Failed/Declined: its withdraws are refunded, less
+    what pays the miner fee of its confirmed ``cancel``, which spends the cancelled input and
+    returns its output to the house; without a cancel nothing is spent and the batch's
+    inputs stay registered."""
+    b = state.tables["batches"][master]
     ids = pending_of(state, master)
     group = [ops.refund(w) for w in ids]
     fields: dict = {}
     if cancel is not None:
-        gone = b["cancel"]["in"]
-        cost = tables["inputs"][gone]["value"] - sum(o.value for o in cancel)
-        if house_paid < 0 or house_paid + sum(withheld.values()) != cost or \
-                not set(withheld) <= set(ids):
-            raise EngineError(f"batch {master}: the cancel's {cost:,d} sat are not paid by "
-                              f"{house_paid:,d} sat from the house and {withheld!r} withheld")
-        kept = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        for wid, x in withheld.items():
-            rec = tables["withdraws"][wid]
-            try:
-                vec = peg.deduction(state.vectors[("withdraws", wid)], x, rec["style"],
-                                    state.supply)
-            except peg.PegError as exc:
-                raise EngineError(f"withdraw {wid}: cannot withhold {x:,d} sat: {exc}") from None
-            kept += vec
-            group.append(ops.adjust(rec["user"], -vec, rec["style"]))
-        group += settle(state, [gone], cancel, [], withheld=kept)
-        fields["cancel"] = {**b["cancel"], "cost": cost, "house_paid": house_paid}
-        if withheld:
-            fields["withheld"] = dict(withheld)
+        paid, cost = _cancel_paid(state, master, ids, cancel)
+        group += paid
+        fields["cancel"] = {**b["cancel"], "cost": cost, "house_paid": cancel.house_paid}
+        if cancel.withheld:
+            fields["withheld"] = dict(cancel.withheld)
     fields["reason"] = reason
     group.append(ops.batch_end(master, "Failed/Declined", fields))
     return group
+
+
+def _cancel_paid(state, master: str, ids: list[str],
+                 cancel: Cancelled) -> tuple[list[dict], int]:
+    """Ops that take the withheld steps from the refunded withdraws' users and settle the
+    cancel (its input spent, its output registered, the house paying its part), and the
+    cancel's miner fee."""
+    tables = state.tables
+    gone = tables["batches"][master]["cancel"]["in"]
+    cost = tables["inputs"][gone]["value"] - sum(o.value for o in cancel.outputs)
+    withheld = cancel.withheld
+    if cancel.house_paid < 0 or cancel.house_paid + sum(withheld.values()) != cost or \
+            not set(withheld) <= set(ids):
+        raise EngineError(f"batch {master}: the cancel's {cost:,d} sat are not paid by "
+                          f"{cancel.house_paid:,d} sat from the house and {withheld!r} withheld")
+    group = []
+    kept = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+    for wid, x in withheld.items():
+        rec = tables["withdraws"][wid]
+        try:
+            vec = peg.deduction(state.vectors[("withdraws", wid)], x, rec["style"], state.supply)
+        except peg.PegError as exc:
+            raise EngineError(f"withdraw {wid}: cannot withhold {x:,d} sat: {exc}") from None
+        kept += vec
+        group.append(ops.adjust(rec["user"], -vec, rec["style"]))
+    return group + settle(state, [gone], cancel.outputs, [], withheld=kept), cost

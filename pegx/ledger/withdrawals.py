@@ -14,7 +14,7 @@ import numpy as np
 
 from pegx.ledger import checks, lifecycle, ops
 from pegx.ledger.core import Ledger
-from pegx.ledger.lifecycle import Output
+from pegx.ledger.lifecycle import Cancelled, Output
 from pegx.ledger.rules import (
     LIMIT_MSGS,
     LIMITS,
@@ -175,18 +175,16 @@ class Withdrawals(Ledger):
                         supply=self._state.supply, now=now)
         return ids
 
-    def decline_batch(self, master: str, reason: str, *, cancel: list[Output] | None = None,
-                      withheld: dict[str, int] | None = None, house_paid: int = 0,
+    def decline_batch(self, master: str, reason: str, *, cancel: Cancelled | None = None,
                       now: int) -> list[str]:
         """Batch ``master`` can no longer confirm: its withdraws are refunded and it ends
-        Failed/Declined (``reason``). With ``cancel`` (the output of its confirmed cancel),
-        the cancelled input is spent, the output registered, and the cancel's miner fee paid
-        by ``house_paid`` from the house and ``withheld`` {withdraw id: sat} from the refunds.
+        Failed/Declined (``reason``). With ``cancel`` (its confirmed cancel), the cancelled
+        input is spent, the cancel's output registered, and its miner fee paid by
+        ``cancel.house_paid`` from the house and ``cancel.withheld`` from the refunds.
         Returns the withdraws refunded."""
         with self.locked():
             ids = lifecycle.pending_of(self._state, master)
-            self.commit(lifecycle.decline(self._state, master, reason, cancel, withheld or {},
-                                          house_paid),
+            self.commit(lifecycle.decline(self._state, master, reason, cancel),
                         supply=self._state.supply, now=now)
         return ids
 
