@@ -70,6 +70,8 @@ def main() -> None:
 @click.option("--port", type=int, help="XML-RPC port [default: 55779].")
 @click.option("--chain", type=click.Choice(["devnet", "bitbayd"]),
               help="Chain backend [default: devnet].")
+@click.option("--network", type=click.Choice(["main", "testnet", "regtest"]),
+              help="BitBay network [default: main]: address versions (devnet: cycle length).")
 @click.option("--node-url", help="bitbayd JSON-RPC URL, e.g. http://user:pw@127.0.0.1:19915.")
 @click.option("--autostart/--no-autostart", default=None,
               help="Start the exchange at launch, as StartExchange() would.")
