@@ -2,8 +2,18 @@
 
 Transport: bitcoin-0.8-style JSON-RPC 1.0 over HTTP POST with Basic auth, stdlib
 ``http.client`` keep-alive connections (a small pool, so concurrent threads never queue behind
-each other's requests). JSON numbers are parsed with ``parse_float=Decimal``: the wallet RPCs
-report amounts as float BAY and :func:`btc_to_sat` turns them into exact int satoshi.
+each other's requests). JSON numbers are parsed with ``parse_float=Decimal``.
+
+Amounts: the node prints BAY amounts as doubles with 8 decimals, which are inexact above 2^53
+sat (~90M BAY): 99,999,979,999,985,000 sat prints as ``999999799.99984992``. So the exact
+integers are taken from elsewhere: a wallet output's value is its ``getfractions`` total (checked
+against the printed amount with :func:`amount_is`), a transaction's output values come from its
+raw bytes. A wallet output that cannot be reconciled is logged once and left out of
+``list_unspent``; it never fails the whole list (issue #13).
+
+Wallet: an encrypted wallet is unlocked with the passphrase given (ExchangePassword's) for
+imports and signing, once per UNLOCK_REUSE seconds, and again if it was locked behind our back.
+Without a passphrase a locked wallet raises WalletLocked ("wallet locked: call ExchangePassword").
 
 Errors (STYLE item 5) are three classes: :class:`NodeError` (the node answered "no"; final),
 :class:`NodeWarmingUp` (-28) and :class:`NodeUnavailable` (refused, reset, timeout, 401, 5xx,
@@ -23,6 +33,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import hashlib
 import http.client
 import itertools
 import json
@@ -38,7 +49,9 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from pegx import crypto
 from pegx.chain.base import (
+    CYCLE_BLOCKS,
     ChainRejected,
     ChainUnavailable,
     SignedTx,
@@ -46,6 +59,7 @@ from pegx.chain.base import (
     Tx,
     TxOut,
     Utxo,
+    WalletLocked,
     outpoint,
     split_outpoint,
 )
@@ -77,10 +91,15 @@ BACKOFF_CAP = 4.0
 OUTAGE_LOG_SECONDS = 60.0  # an ongoing outage is logged at most this often
 POOL_SIZE = 4  # idle keep-alive connections kept
 MAX_CONF = 9_999_999
-UNLOCK_SECONDS = 60  # walletpassphrase timeout used before signing
+UNLOCK_SECONDS = 60  # walletpassphrase timeout used before imports and signing
+UNLOCK_REUSE = 40  # an unlock is trusted this long (each costs the node ~0.1 s of key stretching)
 PEG_CACHE_CYCLES = 64  # past cycles whose peg we remember (~9.5 days of mainnet)
 FRACTIONS_CACHE_SIZE = 8192  # outpoints (9.6 kB each)
 BLOCK_CACHE_SIZE = 4096  # blockhash -> height
+SKIPPED_LOG_SIZE = 65536  # outputs whose "skipped" warning was logged (each logged once)
+LOCKED = "wallet locked: call ExchangePassword"
+STAKING_ONLY = "wallet unlocked for staking only: call ExchangePassword"
+WRONG_PASSPHRASE = "wallet passphrase incorrect: call ExchangePassword"
 FROZEN_UNKNOWN = 0xFFFFFFFF  # frozen, but the node gave no unlock time: treat as locked
 
 
@@ -125,6 +144,19 @@ def btc_to_sat(value: Any) -> int:
     if sat != sat.to_integral_value():
         raise ValueError(f"amount {value!r} has more than 8 decimals")
     return int(sat)
+
+
+def amount_is(amount: Any, sat: int) -> bool:
+    """True if ``amount`` (a BAY amount as the node printed it, parsed as Decimal) stands for
+    ``sat`` satoshi: exactly, or as the node renders ``sat`` (ValueFromAmount: the double
+    ``sat / 1e8``, printed with 8 decimals, which rounds above 2^53 sat)."""
+    try:
+        dec = Decimal(amount)
+    except (InvalidOperation, TypeError, ValueError):
+        return False
+    if dec * COIN == sat:
+        return True
+    return Decimal(f"{float(sat) / COIN:.8f}") == dec
 
 
 def backoff_delays(first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> Iterator[float]:
@@ -181,6 +213,8 @@ class _Shared:
         self.fractions: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
         self.block_heights: OrderedDict[str, int] = OrderedDict()
         self.tip_block: tuple[int, int] | None = None  # (height, time) of the last tip seen
+        self.skipped: OrderedDict[str, str] = OrderedDict()  # outputs logged as unreconcilable
+        self.unlocked: tuple[bytes, float] | None = None  # (sha256 of passphrase, trusted until)
 
 
 def _bounded(method):
@@ -223,6 +257,7 @@ class Bitbayd:
     ``url`` is ``http://[user:password@]host[:port][/path]`` (port 19915 by default).
     ``timeout`` bounds each socket wait, ``deadline`` each public call in total; ``retry``
     chooses between failing fast and retrying transient faults until the deadline.
+    ``network`` gives the address and key versions the node uses.
     """
 
     name = "bitbayd"
@@ -234,6 +269,7 @@ class Bitbayd:
         timeout: float = 10.0,
         deadline: float = 15.0,
         retry: bool = False,
+        network: crypto.Network = crypto.MAIN,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
@@ -250,6 +286,7 @@ class Bitbayd:
         self.timeout = float(timeout)
         self.deadline = float(deadline)
         self.retry = bool(retry)
+        self.network = network
         self._s = _Shared(self.url)
 
     def __repr__(self) -> str:
@@ -434,13 +471,18 @@ class Bitbayd:
         """``gettxout txid n include_mempool``: the output, or None once spent/unknown."""
         return self._rpc("gettxout", str(txid), int(n), bool(include_mempool))
 
-    def importprivkey(self, wif: str, label: str = "", rescan: bool = False) -> None:
-        """``importprivkey wif label rescan``."""
-        self._rpc("importprivkey", str(wif), str(label), bool(rescan))
+    def importprivkey(self, wif: str, label: str = "", rescan: bool = False) -> Any:
+        """``importprivkey wif label rescan``: ``{"address": ...}`` (also for a key the wallet
+        already has)."""
+        return self._rpc("importprivkey", str(wif), str(label), bool(rescan))
 
     def walletpassphrase(self, passphrase: str, seconds: int = UNLOCK_SECONDS) -> None:
-        """``walletpassphrase passphrase seconds``."""
+        """``walletpassphrase passphrase seconds``: null, also when already unlocked."""
         self._rpc("walletpassphrase", str(passphrase), int(seconds))
+
+    def getinfo(self) -> dict:
+        """``getinfo``: ``unlocked_until`` (0 = locked) only when the wallet is encrypted."""
+        return self._rpc("getinfo")
 
     def signrawtransaction(self, rawhex: str) -> dict:
         """``signrawtransaction hex``: ``{hex, complete}``."""
@@ -460,7 +502,15 @@ class Bitbayd:
         with self._s.lock:
             if self._s.tip_block is not None and self._s.tip_block[0] == height:
                 return self._s.tip_block[1]
-        btime = int(self.getblock(self.getblockhash(height)).get("time", 0))
+        try:
+            blockhash = self.getblockhash(height)
+        except NodeError as exc:
+            # -1 "Block number out of range." (-8 on bitcoin): the chain got shorter between
+            # getblockcount and this call (a reorganisation); the next read will do
+            if "out of range" not in exc.message:
+                raise
+            raise NodeUnavailable(f"block {height:,d} vanished: {exc.message}") from None
+        btime = int(self.getblock(blockhash).get("time", 0))
         with self._s.lock:
             self._s.tip_block = (height, btime)
         return btime
@@ -476,7 +526,8 @@ class Bitbayd:
             height = self.getblockcount()
             info = self.getpeginfo()
         self._remember_peg(info)
-        return Tip(height, int(info["cycle"]), int(info["peg"]), self._block_time(height))
+        return Tip(height, int(info["cycle"]), int(info["peg"]), self._block_time(height),
+                   interval if interval > 0 else CYCLE_BLOCKS)
 
     @_bounded
     def supply_for_cycle(self, cycle: int) -> int:
@@ -495,8 +546,11 @@ class Bitbayd:
             raise ChainRejected(f"supply of past cycle {cycle} not known to this bitbayd client")
         raise ChainRejected(f"supply of cycle {cycle} not known yet (now {info['cycle']})")
 
-    def _fractions(self, key: str, value: int | None, cache: bool) -> tuple[np.ndarray, int] | None:
-        """(fraction vector, lock) of an output, None if the node has no peg data for it."""
+    def _fractions(self, key: str, amount: Any, cache: bool) -> tuple[np.ndarray, int] | None:
+        """(fraction vector, lock) of an output, None if the node has no peg data for it. The
+        vector's integers are the truth: they must sum to ``total``, and ``amount`` (the BAY
+        amount listunspent printed, if given) must stand for that total (:func:`amount_is`);
+        NodeError(LOCAL_CHECK) otherwise."""
         with self._s.lock:
             hit = self._s.fractions.get(key)
         if hit is not None:
@@ -506,13 +560,19 @@ class Bitbayd:
             return None
         values = reply.get("values")
         if (not isinstance(values, list) or len(values) != PEG_SIZE
-                or not all(type(v) is int for v in values)):
-            raise NodeError(LOCAL_CHECK, f"{key}: values is not {PEG_SIZE} ints", "getfractions")
-        expect = value if value is not None else int(reply.get("total", sum(values)))
-        if sum(values) != expect:
+                or not all(type(v) is int and v >= 0 for v in values)):
+            raise NodeError(LOCAL_CHECK, f"{key}: values is not {PEG_SIZE} ints >= 0",
+                            "getfractions")
+        total = reply.get("total", sum(values))
+        if type(total) is not int or sum(values) != total:
             raise NodeError(
-                LOCAL_CHECK, f"{key}: fractions sum to {sum(values):,d} sat, not {expect:,d} sat",
-                "getfractions",
+                LOCAL_CHECK, f"{key}: fractions sum to {sum(values):,d} sat, not the total "
+                f"{total!r} sat", "getfractions",
+            )
+        if amount is not None and not amount_is(amount, total):
+            raise NodeError(
+                LOCAL_CHECK, f"{key}: the wallet lists {Decimal(amount):,} BAY, which is not the "
+                f"fractions' total of {total:,d} sat", "getfractions",
             )
         vec = np.array(values, dtype=np.int64)
         vec.flags.writeable = False  # cached and shared: callers get copies
@@ -522,12 +582,23 @@ class Bitbayd:
                 _cache_put(self._s.fractions, key, found, FRACTIONS_CACHE_SIZE)
         return found
 
+    def _skip(self, key: str, why: str) -> None:
+        """Log once that a wallet output is left out (a warning per output, not per pass)."""
+        with self._s.lock:
+            if key in self._s.skipped:
+                return
+            _cache_put(self._s.skipped, key, why, SKIPPED_LOG_SIZE)
+        why = why.removeprefix(f"{key}: ")
+        log.warning(f"wallet output {key} skipped (logged once): {why}")
+
     @_bounded
     def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
         """Wallet ``listunspent`` + ``listfrozen`` (frozen rows win; ``frozen_until`` from
         ``unlocktime``, else the fractions' lock, else FROZEN_UNKNOWN), each with its
-        ``getfractions`` vector. Outputs the node has no peg data for yet are left out (they
-        appear once it has). Fractions of confirmed outputs are cached per outpoint."""
+        ``getfractions`` vector, valued at the vector's exact total. Outputs the node has no
+        peg data for yet are left out (they appear once it has), and so are outputs whose data
+        cannot be reconciled (logged once each): one odd output, at an address pegx may not
+        even watch, must not stop the exchange. Fractions of confirmed outputs are cached."""
         for _ in range(2):  # confirmations -> height needs a tip that did not move meanwhile
             before = self.getblockcount()
             rows = {outpoint(r["txid"], int(r["vout"])): (r, False)
@@ -544,13 +615,22 @@ class Bitbayd:
                 break
         out = []
         for key, (row, is_frozen) in rows.items():
-            value = btc_to_sat(row["amount"])
-            conf = int(row.get("confirmations") or 0)
-            found = self._fractions(key, value, cache=conf > 0)
+            try:
+                conf = int(row.get("confirmations") or 0)
+                found = self._fractions(key, row["amount"], cache=conf > 0)
+            except NodeError as exc:
+                if exc.code != LOCAL_CHECK:
+                    raise  # the node said no: not this output's problem
+                self._skip(key, exc.message)
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                self._skip(key, f"unreadable listunspent row: {exc!r}")
+                continue
             if found is None:
                 log.debug(f"{key}: no peg data at the node yet, skipped")
                 continue
             vec, lock = found
+            value = int(vec.sum())
             until = 0
             if is_frozen:
                 until = int(row.get("unlocktime") or 0) or lock or FROZEN_UNKNOWN
@@ -588,10 +668,15 @@ class Bitbayd:
         return height
 
     @staticmethod
-    def _txout(vout: dict) -> TxOut:
-        value = btc_to_sat(vout["value"])
+    def _txout(vout: dict, exact: tuple[int, bytes] | None) -> TxOut:
+        """One output: value and script from the raw bytes when we have them (``exact``), else
+        from the JSON (whose float value is inexact above 2^53 sat)."""
         spk = vout.get("scriptPubKey") or {}
-        data = op_return_data(bytes.fromhex(spk.get("hex", "")))
+        if exact is not None:
+            value, script = exact
+        else:
+            value, script = btc_to_sat(vout["value"]), bytes.fromhex(spk.get("hex", ""))
+        data = op_return_data(script)
         if data is not None:
             return TxOut(value, data=data)
         addresses = spk.get("addresses") or []
@@ -609,7 +694,13 @@ class Bitbayd:
                 return None
             raise
         inputs = [outpoint(v["txid"], int(v["vout"])) for v in res.get("vin", []) if "txid" in v]
-        outputs = [self._txout(v) for v in res.get("vout", [])]
+        vouts = res.get("vout", [])
+        try:
+            raw = parse_tx(bytes.fromhex(str(res.get("hex", "")))).outputs
+        except ValueError:  # no or unreadable hex: the JSON values then
+            raw = ()
+        exact = raw if len(raw) == len(vouts) else [None] * len(vouts)
+        outputs = [self._txout(v, exact[i]) for i, v in enumerate(vouts)]
         conf = int(res.get("confirmations") or 0)
         height = self._block_height(res["blockhash"]) if conf > 0 and res.get("blockhash") else 0
         return Tx(str(res.get("txid", txid)), inputs, outputs, height, conf, str(res.get("hex", "")))
@@ -623,26 +714,81 @@ class Bitbayd:
             raise ChainRejected(str(exc)) from None
         return self.gettxout(txid, n, True) is not None
 
-    def _unlock(self, passphrase: str) -> None:
+    def _unlock(self, passphrase: str, force: bool = False) -> None:
+        """``walletpassphrase`` for UNLOCK_SECONDS, unless this passphrase unlocked the wallet
+        less than UNLOCK_REUSE seconds ago (and ``force`` is not set)."""
+        digest = hashlib.sha256(passphrase.encode("utf-8", "surrogatepass")).digest()
+        with self._s.lock:
+            last = self._s.unlocked
+            if not force and last is not None and last[0] == digest and last[1] > time.monotonic():
+                return
+            self._s.unlocked = None
         try:
             self.walletpassphrase(passphrase, UNLOCK_SECONDS)
         except NodeError as exc:
-            # already unlocked (by us a moment ago) or not encrypted: signing can go ahead
+            if exc.code == RPC_WALLET_PASSPHRASE_INCORRECT:
+                raise WalletLocked(WRONG_PASSPHRASE) from None
+            # -17: an old node's "already unlocked" (this one answers null); -15: the wallet is
+            # not encrypted: either way the wallet call can go ahead
             if exc.code not in (RPC_WALLET_ALREADY_UNLOCKED, RPC_WALLET_WRONG_ENC_STATE):
                 raise
+        with self._s.lock:
+            self._s.unlocked = (digest, time.monotonic() + UNLOCK_REUSE)
+
+    def _locked_reason(self, exc: NodeError) -> str:
+        """Why a wallet call failed, if the cause is a locked wallet: -13 says so itself;
+        -4 ("Error adding key to wallet") only getinfo's ``unlocked_until`` == 0 tells."""
+        if exc.code == RPC_WALLET_UNLOCK_NEEDED:
+            return STAKING_ONLY if "staking only" in exc.message else LOCKED
+        if exc.code == RPC_WALLET_ERROR:
+            info = self.getinfo()
+            if isinstance(info, dict) and "unlocked_until" in info \
+                    and int(info["unlocked_until"]) == 0:
+                return LOCKED
+        return ""
+
+    def _wallet_call(self, passphrase: str, call: Any) -> Any:
+        """Run a call that needs the wallet's keys: unlocked first with ``passphrase`` (if
+        any), retried once after a fresh unlock if the wallet was locked meanwhile;
+        WalletLocked when a locked wallet is the reason it fails."""
+        if passphrase:
+            self._unlock(passphrase)
+        for attempt in (1, 2):
+            try:
+                return call()
+            except NodeError as exc:
+                if exc.code not in (RPC_WALLET_ERROR, RPC_WALLET_UNLOCK_NEEDED):
+                    raise
+                if passphrase and attempt == 1:
+                    self._unlock(passphrase, force=True)  # locked behind our back
+                    continue
+                why = self._locked_reason(exc)
+                if why:
+                    raise WalletLocked(why) from None
+                raise
+        raise AssertionError("unreachable")
 
     @_bounded
     def import_key(self, wif: str, passphrase: str = "") -> str:
-        """``importprivkey wif "" false`` (no rescan); returns the key's address."""
-        from pegx.crypto import wif_to_address
-
+        """``importprivkey wif "" false`` (no rescan), unlocking an encrypted wallet with
+        ``passphrase``; returns the key's address, checked against the node's answer."""
+        net = self.network
         try:
-            address = wif_to_address(wif)
+            address = crypto.wif_to_address(wif, net)
         except ValueError as exc:
-            raise ChainRejected(f"not a BitBay private key: {exc}") from None
-        if passphrase:
-            self._unlock(passphrase)
-        self.importprivkey(wif, "", False)
+            raise ChainRejected(f"not a BitBay {net.name} private key: {exc}") from None
+        try:
+            reply = self._wallet_call(passphrase, lambda: self.importprivkey(wif, "", False))
+        except NodeError as exc:
+            if exc.code == RPC_INVALID_ADDRESS_OR_KEY:  # "Invalid private key"
+                raise NodeError(exc.code, f"{exc.message}: the node takes no {net.name} keys; "
+                                f"is network = {net.name} right for this node?",
+                                "importprivkey") from None
+            raise
+        got = reply.get("address") if isinstance(reply, dict) else None
+        if got is not None and got != address:
+            raise NodeError(LOCAL_CHECK, f"the node imported the key as {got}, not {address}: "
+                            f"is network = {net.name} right for this node?", "importprivkey")
         return address
 
     def _tx_time(self) -> int:
@@ -656,23 +802,19 @@ class Bitbayd:
     ) -> SignedTx:
         """Serialise the transaction here (txbuild), unlock the wallet if a passphrase is
         given, have the node sign it, and check the signed bytes spend and pay exactly that."""
-        from pegx.crypto import address_to_script
-
         if len(set(inputs)) != len(inputs):
             raise ChainRejected("the same input is listed twice")
         try:
             prevouts = [split_outpoint(key) for key in inputs]
             scripts = [(o.value, op_return_script(o.data) if o.data is not None
-                        else address_to_script(o.address)) for o in outputs]
+                        else crypto.address_to_script(o.address, self.network)) for o in outputs]
             unsigned = serialize_tx(prevouts, scripts, self._tx_time())
         except ValueError as exc:  # TxFormatError, CryptoError
             raise ChainRejected(f"cannot build transaction: {exc}") from None
-        if passphrase:
-            self._unlock(passphrase)
-        res = self.signrawtransaction(unsigned.hex())
+        res = self._wallet_call(passphrase, lambda: self.signrawtransaction(unsigned.hex()))
         if not res.get("complete"):
-            raise NodeError(LOCAL_CHECK, "could not sign every input (key missing or wallet "
-                            "locked)", "signrawtransaction")
+            raise NodeError(LOCAL_CHECK, "could not sign every input (a key missing from the "
+                            "wallet)", "signrawtransaction")
         try:
             signed = bytes.fromhex(res["hex"])
             got, want = parse_tx(signed), parse_tx(unsigned)
@@ -688,8 +830,10 @@ class Bitbayd:
 
     @_bounded
     def broadcast(self, raw: str) -> str:
-        """``sendrawtransaction``; if the node refuses a transaction it already has (a resend
-        after a dropped reply, say), the txid is returned. Otherwise NodeError with its message."""
+        """``sendrawtransaction``; the txid also when the node has the transaction already: it
+        answers the txid for one in its mempool, -5 "transaction already in block <hash>" for a
+        mined one (a resend after a dropped reply, say), and for any other refusal we ask
+        whether it knows the txid. Otherwise NodeError with the node's message."""
         try:
             txid = txid_of(bytes.fromhex(raw))
         except ValueError:
@@ -697,6 +841,9 @@ class Bitbayd:
         try:
             return self.sendrawtransaction(raw)
         except NodeError as exc:
+            if exc.code == RPC_INVALID_ADDRESS_OR_KEY and "already in block" in exc.message:
+                log.info(f"broadcast {txid}: {exc.message}")
+                return txid
             try:
                 self.getrawtransaction(txid, 0)
             except NodeError:

@@ -136,7 +136,8 @@ def status(url, as_json) -> None:
         return
     ex = st["exchange"]
     lines = [
-        f"pegx {st['version']} (pid {st['pid']}) on {st['chain']}, datadir {st['datadir']}",
+        (f"pegx {st['version']} (pid {st['pid']}) on {st['chain']} "
+         f"({st.get('network', 'main')}), datadir {st['datadir']}"),
         (f"exchange   started={st['started']} loaded={st['loaded']} "
          f"cycle thread={'alive' if st['cycle_thread_alive'] else 'stopped'}"),
         (f"chain      height {st['height']:,d}, cycle {st['chain_cycle']}, "
@@ -150,6 +151,8 @@ def status(url, as_json) -> None:
          f"{st['calls_served']:,d} calls"),
         f"last error {st['last_error'] or '-'}",
     ]
+    if st.get("wallet"):  # e.g. "wallet locked: call ExchangePassword"
+        lines.append(f"wallet     {st['wallet']}")
     click.echo("\n".join(lines))
 
 

@@ -39,7 +39,10 @@ def fsync_path(path: Path) -> None:
 class ActionLog:
     """Append-only JSON-lines log under ``directory``, locked for this process while open."""
 
-    def __init__(self, directory: str | os.PathLike, header: dict) -> None:
+    def __init__(self, directory: str | os.PathLike, header: dict,
+                 defaults: dict | None = None) -> None:
+        # defaults: header values a log written before that key existed stands for
+        self._defaults = defaults or {}
         self.directory = Path(directory)
         fresh = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -98,9 +101,10 @@ class ActionLog:
                 f"version {VERSION}: move the devnet directory away to start a fresh chain"
             )
         for key, value in header.items():
-            if rec.get(key) != value:
+            got = rec.get(key, self._defaults.get(key))
+            if got != value:
                 raise DevnetLogError(
-                    f"devnet at {self.directory} was created with {key}={rec.get(key)!r}, not "
+                    f"devnet at {self.directory} was created with {key}={got!r}, not "
                     f"{value!r}: use the same setting or move the directory away"
                 )
 
