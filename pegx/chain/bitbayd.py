@@ -1,8 +1,9 @@
 """The ``bitbayd`` chain backend: a JSON-RPC client of a real BitBay node (DESIGN §5).
 
-Transport: bitcoin-0.8-style JSON-RPC 1.0 over HTTP POST with Basic auth, stdlib
-``http.client`` keep-alive connections (a small pool, so concurrent threads never queue behind
-each other's requests). JSON numbers are parsed with ``parse_float=Decimal``.
+The transport, its time bounds and the error taxonomy (NodeError, NodeWarmingUp,
+NodeUnavailable) are :mod:`pegx.chain.jsonrpc`; this module maps the node's calls onto the
+:class:`pegx.chain.base.Chain` protocol, with the shapes the real node (bitbay-core 3d39e0a)
+answers in (tests/bitbayd_replies/).
 
 Amounts: the node prints BAY amounts as doubles with 8 decimals, which are inexact above 2^53
 sat (~90M BAY): 99,999,979,999,985,000 sat prints as ``999999799.99984992``. So the exact
@@ -15,38 +16,19 @@ Wallet: an encrypted wallet is unlocked with the passphrase given (ExchangePassw
 imports and signing, once per UNLOCK_REUSE seconds, and again if it was locked behind our back.
 Without a passphrase a locked wallet raises WalletLocked ("wallet locked: call ExchangePassword").
 
-Errors (STYLE item 5) are three classes: :class:`NodeError` (the node answered "no"; final),
-:class:`NodeWarmingUp` (-28) and :class:`NodeUnavailable` (refused, reset, timeout, 401, 5xx,
-non-JSON). The last two are ``ChainUnavailable`` and may be retried.
-
-Time bounds, which must stay true: every public Chain method (``tip``, ``list_unspent``, ...)
-finishes or raises within ``deadline`` seconds in total, whatever number of node calls it
-makes; each socket operation waits at most ``min(timeout, time left)``. With ``retry=False``
-(the default, for API calls) a transient fault raises at once; with ``retry=True`` (the cycle
-thread) it is retried with capped exponential backoff 0.25 s → 4 s until the deadline.
-``chain.with_retry(deadline)`` returns a view sharing connections and caches with other
-settings, so the app builds one client and hands each thread the view it needs.
+Every public Chain method (``tip``, ``list_unspent``, ...) runs under one deadline for all its
+node calls (:func:`pegx.chain.jsonrpc.bounded`); ``chain.with_retry(deadline)`` returns the
+view the cycle thread uses, sharing connections and caches.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
-import functools
 import hashlib
-import http.client
-import itertools
-import json
 import logging
-import socket
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from decimal import Decimal, InvalidOperation
-from http import HTTPStatus
+from decimal import Decimal
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -54,7 +36,6 @@ from pegx import crypto
 from pegx.chain.base import (
     CYCLE_BLOCKS,
     ChainRejected,
-    ChainUnavailable,
     SignedTx,
     Tip,
     Tx,
@@ -64,33 +45,37 @@ from pegx.chain.base import (
     outpoint,
     split_outpoint,
 )
+from pegx.chain.jsonrpc import (
+    COIN,
+    LOCAL_CHECK,
+    RPC_INVALID_ADDRESS_OR_KEY,
+    RPC_METHOD_NOT_FOUND,
+    RPC_WALLET_ALREADY_UNLOCKED,
+    RPC_WALLET_ERROR,
+    RPC_WALLET_PASSPHRASE_INCORRECT,
+    RPC_WALLET_UNLOCK_NEEDED,
+    RPC_WALLET_WRONG_ENC_STATE,
+    JsonRpcClient,
+    NodeError,
+    NodeUnavailable,
+    NodeWarmingUp,
+    Shared,
+    amount_is,
+    backoff_delays,
+    bounded,
+    btc_to_sat,
+    cache_put,
+)
 from pegx.chain.txbuild import op_return_data, op_return_script, parse_tx, serialize_tx, txid_of
 from pegx.peg import PEG_SIZE
+
+# the taxonomy and amount helpers are part of this module's interface too
+__all__ = ["COIN", "Bitbayd", "NodeError", "NodeUnavailable", "NodeWarmingUp", "amount_is",
+           "backoff_delays", "btc_to_sat"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:19915"
-COIN = 100_000_000
-
-# JSON-RPC error codes (bitcoin 0.8 rpcprotocol.h, which BitBay core keeps; BITBAYD §3)
-RPC_MISC_ERROR = -1
-RPC_TYPE_ERROR = -3
-RPC_WALLET_ERROR = -4
-RPC_INVALID_ADDRESS_OR_KEY = -5  # also "No information available about transaction"
-RPC_INVALID_PARAMETER = -8
-RPC_WALLET_UNLOCK_NEEDED = -13
-RPC_WALLET_PASSPHRASE_INCORRECT = -14
-RPC_WALLET_WRONG_ENC_STATE = -15  # walletpassphrase on an unencrypted wallet
-RPC_WALLET_ALREADY_UNLOCKED = -17
-RPC_DESERIALIZATION_ERROR = -22
-RPC_IN_WARMUP = -28
-RPC_METHOD_NOT_FOUND = -32601
-LOCAL_CHECK = 0  # not a node code: a reply that failed a consistency check made here
-
-BACKOFF_FIRST = 0.25
-BACKOFF_CAP = 4.0
-OUTAGE_LOG_SECONDS = 60.0  # an ongoing outage is logged at most this often
-POOL_SIZE = 4  # idle keep-alive connections kept
 MAX_CONF = 9_999_999
 UNLOCK_SECONDS = 60  # walletpassphrase timeout used before imports and signing
 UNLOCK_REUSE = 40  # an unlock is trusted this long (each costs the node ~0.1 s of key stretching)
@@ -104,112 +89,11 @@ WRONG_PASSPHRASE = "wallet passphrase incorrect: call ExchangePassword"
 FROZEN_UNKNOWN = 0xFFFFFFFF  # frozen, but the node gave no unlock time: treat as locked
 
 
-class NodeError(ChainRejected):
-    """The node answered with a JSON-RPC error: final, not retried. ``.code`` and ``.message``."""
-
-    def __init__(self, code: int, message: str, method: str = "") -> None:
-        self.code = code
-        self.message = message
-        self.method = method
-        where = f"{method}: " if method else ""
-        super().__init__(f"{where}{message} (code {code})")
-
-
-class NodeWarmingUp(ChainUnavailable):
-    """The node is starting (-28, "Loading block index..."): retry later."""
-
-
-class NodeUnavailable(ChainUnavailable):
-    """No usable answer: refused, reset, timeout, HTTP 401/5xx, a reply that is not JSON-RPC."""
-
-
-def btc_to_sat(value: Any) -> int:
-    """Exact satoshi of a BAY amount given as Decimal (JSON parsed with ``parse_float=Decimal``),
-    int or decimal string. Floats are refused (they would already have lost digits), as are
-    negative amounts and amounts with non-zero digits beyond the 8th decimal.
-
-    Trailing zeros are fine: bitbayd prints doubles with 16 significant digits, so 0.1 BAY
-    arrives as ``0.1000000000000000``.
-    """
-    if isinstance(value, (bool, float)):
-        raise TypeError(f"amount {value!r}: parse node JSON with parse_float=Decimal")
-    try:
-        dec = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"amount {value!r} is not a number") from None
-    if not dec.is_finite():
-        raise ValueError(f"amount {value!r} is not finite")
-    if dec < 0:
-        raise ValueError(f"negative amount {value!r}")
-    sat = dec * COIN
-    if sat != sat.to_integral_value():
-        raise ValueError(f"amount {value!r} has more than 8 decimals")
-    return int(sat)
-
-
-def amount_is(amount: Any, sat: int) -> bool:
-    """True if ``amount`` (a BAY amount as the node printed it, parsed as Decimal) stands for
-    ``sat`` satoshi: exactly, or as the node renders ``sat`` (ValueFromAmount: the double
-    ``sat / 1e8``, printed with 8 decimals, which rounds above 2^53 sat)."""
-    try:
-        dec = Decimal(amount)
-    except (InvalidOperation, TypeError, ValueError):
-        return False
-    if dec * COIN == sat:
-        return True
-    return Decimal(f"{float(sat) / COIN:.8f}") == dec
-
-
-def backoff_delays(first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> Iterator[float]:
-    """The pauses between retries: 0.25, 0.5, 1, 2, 4, 4, ... seconds."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * 2, cap)
-
-
-class _Health:
-    """Outage bookkeeping shared by all views: one warning when the node goes away, a reminder
-    at most once a minute, one "connection restored" when it answers again."""
+class _Shared(Shared):
+    """The transport's shared state plus this client's caches (all views share them)."""
 
     def __init__(self, where: str) -> None:
-        self.where = where
-        self.lock = threading.Lock()
-        self.since: float | None = None
-        self.logged = 0.0
-
-    def down(self, exc: Exception) -> None:
-        now = time.monotonic()
-        with self.lock:
-            if self.since is None:
-                self.since = self.logged = now
-                log.warning(f"bitbayd {self.where} unavailable: {exc}")
-            elif now - self.logged >= OUTAGE_LOG_SECONDS:
-                self.logged = now
-                log.warning(
-                    f"bitbayd {self.where} still unavailable after {now - self.since:,.0f} s: {exc}"
-                )
-
-    def up(self) -> None:
-        with self.lock:
-            if self.since is not None:
-                log.info(
-                    f"bitbayd {self.where}: connection restored after "
-                    f"{time.monotonic() - self.since:,.1f} s"
-                )
-                self.since = None
-
-
-class _Shared:
-    """State every view of one client shares: connections, caches, health, request ids."""
-
-    def __init__(self, where: str) -> None:
-        self.lock = threading.Lock()  # guards pool, closed and the caches below
-        self.pool: list[http.client.HTTPConnection] = []
-        self.closed = False
-        self.ids = itertools.count(1)
-        self.health = _Health(where)
-        self.local = threading.local()  # .end: monotonic deadline of the running operation
+        super().__init__(where)
         self.pegs: OrderedDict[int, int] = OrderedDict()  # cycle -> peg seen as current
         self.fractions: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
         self.block_heights: OrderedDict[str, int] = OrderedDict()
@@ -218,68 +102,7 @@ class _Shared:
         self.unlocked: tuple[bytes, float] | None = None  # (sha256 of passphrase, trusted until)
 
 
-def _bounded(method):
-    """Run a public method under one deadline for all the node calls it makes, and turn a
-    reply of an unexpected shape (missing key, wrong type) into NodeError: a node version
-    mismatch, which no retry fixes."""
-
-    @functools.wraps(method)
-    def wrapper(self: Bitbayd, *args: Any, **kwargs: Any) -> Any:
-        local = self._s.local
-        if getattr(local, "end", None) is not None:
-            return method(self, *args, **kwargs)  # nested: the outer deadline applies
-        local.end = time.monotonic() + self.deadline
-        try:
-            return method(self, *args, **kwargs)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise NodeError(LOCAL_CHECK, f"unexpected reply shape: {exc!r}",
-                            method.__name__) from exc
-        finally:
-            local.end = None
-
-    return wrapper
-
-
-def _quickack(sock: socket.socket | None) -> None:
-    """Acknowledge the reply's segments at once. The node writes a reply larger than its
-    stream buffer (getfractions' ~14 kB, a big listunspent) in several writes, and Nagle holds
-    the last one until our ACK, which Linux delays by 40 ms: measured on loopback, getfractions
-    took 44 ms, 2.2 ms with this. The kernel clears the flag again, so it is set per request."""
-    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except OSError:
-            pass
-
-
-def _read_all(resp: http.client.HTTPResponse, conn: http.client.HTTPConnection) -> bytes:
-    """The reply body, acknowledging each piece at once (see _quickack): a reply of many
-    segments (a verbose transaction with 100 outputs, a long listunspent) would otherwise wait
-    40 ms more per delayed ACK."""
-    parts = []
-    while resp.length != 0:  # None: no Content-Length, read to the end
-        _quickack(conn.sock)
-        part = resp.read1(1 << 16)
-        if not part:
-            break
-        parts.append(part)
-    parts.append(resp.read())  # b"" by now; marks the reply done so the connection is reused
-    return b"".join(parts)
-
-
-def _check_times(timeout: float, deadline: float) -> None:
-    if not (timeout > 0 and deadline > 0):
-        raise ValueError(f"timeout {timeout} and deadline {deadline} must be positive")
-
-
-def _cache_put(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > limit:
-        cache.popitem(last=False)
-
-
-class Bitbayd:
+class Bitbayd(JsonRpcClient):
     """JSON-RPC client of a BitBay node implementing :class:`pegx.chain.base.Chain`.
 
     ``url`` is ``http://[user:password@]host[:port][/path]`` (port 19915 by default).
@@ -299,165 +122,14 @@ class Bitbayd:
         retry: bool = False,
         network: crypto.Network = crypto.MAIN,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"bitbayd URL must be http://[user:password@]host[:port]: {url!r}")
-        _check_times(timeout, deadline)
-        self._host = parts.hostname
-        self._port = parts.port or 19915
-        self._path = parts.path or "/"
-        self._headers = {"Content-Type": "application/json"}
-        if parts.username is not None:
-            cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self._headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
-        self.url = f"http://{self._host}:{self._port}{self._path}"  # no credentials: safe to log
-        self.timeout = float(timeout)
-        self.deadline = float(deadline)
-        self.retry = bool(retry)
+        super().__init__(url, timeout=timeout, deadline=deadline, retry=retry)
         self.network = network
-        self._s = _Shared(self.url)
+
+    def _new_shared(self) -> _Shared:
+        return _Shared(self.url)
 
     def __repr__(self) -> str:
         return f"Bitbayd({self.url!r}, retry={self.retry}, deadline={self.deadline:g})"
-
-    def with_options(
-        self, *, retry: bool | None = None, deadline: float | None = None,
-        timeout: float | None = None,
-    ) -> Bitbayd:
-        """A view of this client (same connections, caches and health) with other settings."""
-        _check_times(timeout or self.timeout, deadline or self.deadline)
-        view = copy.copy(self)
-        if retry is not None:
-            view.retry = bool(retry)
-        if deadline is not None:
-            view.deadline = float(deadline)
-        if timeout is not None:
-            view.timeout = float(timeout)
-        return view
-
-    def with_retry(self, deadline: float | None = None) -> Bitbayd:
-        """The view the cycle thread uses: retry transient faults until ``deadline`` seconds
-        (``math.inf``: for ever; each socket wait stays bounded by ``timeout``)."""
-        return self.with_options(retry=True, deadline=deadline)
-
-    def close(self) -> None:
-        """Close every pooled connection; later calls raise NodeUnavailable."""
-        with self._s.lock:
-            self._s.closed = True
-            pool, self._s.pool = self._s.pool, []
-        for conn in pool:
-            conn.close()
-
-    # ------------------------------------------------------------------ transport
-
-    def _checkout(self, fresh: bool = False) -> http.client.HTTPConnection:
-        """An idle pooled connection, or a new one. ``fresh`` also drops the idle ones: after
-        one went stale (node restarted, idle timeout) the others are likely stale too."""
-        stale: list[http.client.HTTPConnection] = []
-        with self._s.lock:
-            if self._s.closed:
-                raise NodeUnavailable(f"bitbayd client for {self.url} is closed")
-            if fresh:
-                stale, self._s.pool = self._s.pool, []
-            elif self._s.pool:
-                return self._s.pool.pop()
-        for conn in stale:
-            conn.close()
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-
-    def _checkin(self, conn: http.client.HTTPConnection) -> None:
-        with self._s.lock:
-            if not self._s.closed and len(self._s.pool) < POOL_SIZE:
-                self._s.pool.append(conn)
-                return
-        conn.close()
-
-    def _call(self, method: str, params: list, end: float) -> Any:
-        """One JSON-RPC exchange, finished by monotonic time ``end``. A connection dropped
-        without a reply (typically a keep-alive socket the node closed) is retried once on a
-        fresh connection; ``broadcast`` copes with the resulting duplicate send."""
-        rid = next(self._s.ids)
-        body = json.dumps({"jsonrpc": "1.0", "id": rid, "method": method, "params": params})
-        for attempt in (1, 2):
-            wait = min(self.timeout, end - time.monotonic())
-            if wait <= 0:
-                raise NodeUnavailable(f"{method}: deadline of {self.deadline:g} s passed")
-            conn = self._checkout(fresh=attempt == 2)
-            conn.timeout = wait
-            if conn.sock is not None:
-                conn.sock.settimeout(wait)
-            try:
-                conn.request("POST", self._path, body.encode(), self._headers)
-                _quickack(conn.sock)
-                resp = conn.getresponse()
-                data = _read_all(resp, conn)
-            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
-                    http.client.IncompleteRead, http.client.BadStatusLine) as exc:
-                conn.close()  # RemoteDisconnected is both a reset and a bad status line
-                if attempt == 1:
-                    continue
-                raise NodeUnavailable(f"{method}: connection to {self.url} dropped: {exc!r}")
-            except TimeoutError:
-                conn.close()
-                raise NodeUnavailable(f"{method}: no reply from {self.url} in {wait:.2f} s")
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise NodeUnavailable(f"{method}: cannot reach {self.url}: {exc}")
-            if resp.will_close:
-                conn.close()
-            else:
-                self._checkin(conn)
-            try:
-                reply = json.loads(data, parse_float=Decimal)
-            except ValueError:
-                reply = None
-            if isinstance(reply, dict) and reply.get("id") not in (rid, None):
-                raise NodeUnavailable(f"{method}: reply id {reply.get('id')!r} is not {rid}")
-            return self._classify(resp.status, reply, method)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _classify(status: int, reply: Any, method: str = "") -> Any:
-        """The result of a reply, or the taxonomy exception it means. A JSON-RPC error object
-        wins over the HTTP status: bitcoind sends its errors with HTTP 500 (404 for -32601)."""
-        if status == HTTPStatus.UNAUTHORIZED:
-            raise NodeUnavailable(f"{method}: HTTP 401, the node refused the RPC user/password")
-        if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
-            raise NodeUnavailable(f"{method}: HTTP {status} without a JSON-RPC reply")
-        err = reply.get("error")
-        if err is None:
-            return reply.get("result")
-        code, message = RPC_MISC_ERROR, str(err)
-        if isinstance(err, dict):
-            if type(err.get("code")) is int:
-                code = err["code"]
-            message = str(err.get("message", ""))
-        if code == RPC_IN_WARMUP:
-            raise NodeWarmingUp(f"{method}: node warming up: {message}")
-        raise NodeError(code, message, method)
-
-    def _rpc(self, method: str, *params: Any) -> Any:
-        """Call ``method`` under the running operation's deadline (or a fresh one), retrying
-        ChainUnavailable with backoff when this view has ``retry``."""
-        end = getattr(self._s.local, "end", None) or time.monotonic() + self.deadline
-        delays = backoff_delays()
-        while True:
-            try:
-                result = self._call(method, list(params), end)
-            except ChainRejected:
-                self._s.health.up()  # the node answered: it is reachable
-                raise
-            except ChainUnavailable as exc:
-                self._s.health.down(exc)
-                left = end - time.monotonic()
-                if not self.retry or left <= 0 or self._s.closed:
-                    raise
-                time.sleep(min(next(delays), left))
-                if end - time.monotonic() <= 0:
-                    raise
-                continue
-            self._s.health.up()
-            return result
 
     # ------------------------------------------------------------------ node calls
 
@@ -525,7 +197,7 @@ class Bitbayd:
 
     def _remember_peg(self, info: dict) -> None:
         with self._s.lock:
-            _cache_put(self._s.pegs, int(info["cycle"]), int(info["peg"]), PEG_CACHE_CYCLES)
+            cache_put(self._s.pegs, int(info["cycle"]), int(info["peg"]), PEG_CACHE_CYCLES)
 
     def _block_time(self, height: int) -> int:
         with self._s.lock:
@@ -544,7 +216,7 @@ class Bitbayd:
             self._s.tip_block = (height, btime)
         return btime
 
-    @_bounded
+    @bounded
     def tip(self) -> Tip:
         """Height from ``getblockcount``; cycle and supply from ``getpeginfo``; block time."""
         height = self.getblockcount()
@@ -558,7 +230,7 @@ class Bitbayd:
         return Tip(height, int(info["cycle"]), int(info["peg"]), self._block_time(height),
                    interval if interval > 0 else CYCLE_BLOCKS)
 
-    @_bounded
+    @bounded
     def supply_for_cycle(self, cycle: int) -> int:
         """The peg of ``cycle``: the current cycle and the next two come from ``getpeginfo``
         (``peg``, ``pegnext``, ``pegnextnext``); past cycles only from the pegs this client
@@ -608,7 +280,7 @@ class Bitbayd:
         found = (vec, int(reply.get("lock") or 0))
         if cache:
             with self._s.lock:
-                _cache_put(self._s.fractions, key, found, FRACTIONS_CACHE_SIZE)
+                cache_put(self._s.fractions, key, found, FRACTIONS_CACHE_SIZE)
         return found
 
     def _skip(self, key: str, why: str) -> None:
@@ -616,11 +288,11 @@ class Bitbayd:
         with self._s.lock:
             if key in self._s.skipped:
                 return
-            _cache_put(self._s.skipped, key, why, SKIPPED_LOG_SIZE)
+            cache_put(self._s.skipped, key, why, SKIPPED_LOG_SIZE)
         why = why.removeprefix(f"{key}: ")
         log.warning(f"wallet output {key} skipped (logged once): {why}")
 
-    @_bounded
+    @bounded
     def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
         """Wallet ``listunspent`` + ``listfrozen`` (frozen rows win; ``frozen_until`` from
         ``unlocktime``, else the fractions' lock, else FROZEN_UNKNOWN), each with its
@@ -670,7 +342,7 @@ class Bitbayd:
             ))
         return out
 
-    @_bounded
+    @bounded
     def get_fractions(self, key: str) -> np.ndarray:
         """``getfractions`` of one output (checked: 1200 ints summing to ``total``)."""
         try:
@@ -693,7 +365,7 @@ class Bitbayd:
                 raise NodeUnavailable(f"block {blockhash} vanished (reorganisation?)") from None
             raise
         with self._s.lock:
-            _cache_put(self._s.block_heights, blockhash, height, BLOCK_CACHE_SIZE)
+            cache_put(self._s.block_heights, blockhash, height, BLOCK_CACHE_SIZE)
         return height
 
     @staticmethod
@@ -712,7 +384,7 @@ class Bitbayd:
         # "" stands for a script without an address (coinstake marker, nonstandard)
         return TxOut(value, address=str(addresses[0]) if addresses else "")
 
-    @_bounded
+    @bounded
     def get_transaction(self, txid: str) -> Tx | None:
         """``getrawtransaction txid 1`` as a Tx (height via ``getblock`` when mined); None
         when the node does not know the txid (-5)."""
@@ -734,7 +406,7 @@ class Bitbayd:
         height = self._block_height(res["blockhash"]) if conf > 0 and res.get("blockhash") else 0
         return Tx(str(res.get("txid", txid)), inputs, outputs, height, conf, str(res.get("hex", "")))
 
-    @_bounded
+    @bounded
     def is_unspent(self, key: str) -> bool:
         """``gettxout txid n true``: False once spent (mempool included) or unknown."""
         try:
@@ -797,7 +469,7 @@ class Bitbayd:
                 raise
         raise AssertionError("unreachable")
 
-    @_bounded
+    @bounded
     def import_key(self, wif: str, passphrase: str = "") -> str:
         """``importprivkey wif "" false`` (no rescan), unlocking an encrypted wallet with
         ``passphrase``; returns the key's address, checked against the node's answer."""
@@ -825,7 +497,7 @@ class Bitbayd:
         time must not be earlier) can include it; the clock if the node reports none."""
         return self._block_time(self.getblockcount()) or int(time.time())
 
-    @_bounded
+    @bounded
     def create_transaction(
         self, inputs: list[str], outputs: list[TxOut], passphrase: str = ""
     ) -> SignedTx:
@@ -857,7 +529,7 @@ class Bitbayd:
                             "signrawtransaction")
         return SignedTx(txid_of(signed), signed.hex(), tuple(inputs))
 
-    @_bounded
+    @bounded
     def broadcast(self, raw: str) -> str:
         """``sendrawtransaction``; the txid also when the node has the transaction already: it
         answers the txid for one in its mempool, -5 "transaction already in block <hash>" for a
