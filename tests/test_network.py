@@ -10,6 +10,7 @@ import pytest
 from daemon import Daemon, assert_returns, wait_until
 
 from pegx import crypto
+from pegx.admin import tools
 from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.log import DevnetLogError
 
@@ -83,3 +84,16 @@ def test_devnet_remembers_its_network(tmp_path):
             dn.import_key(crypto.generate_deposit_key())
     finally:
         dn.close()
+
+
+def test_offline_tools_open_a_testnet_devnet(tmp_path):
+    """`pegx audit --datadir` / verify-backup open the devnet with its own header's network
+    (before, a testnet devnet was refused as "created with network='testnet', not 'main'")."""
+    dn = Devnet(tmp_path, block_seconds=0, network=crypto.TESTNET)
+    dn.mine(21)
+    dn.close()
+    chain = tools.open_devnet(tmp_path)
+    try:
+        assert chain.network is crypto.TESTNET and chain.tip().cycle == 1
+    finally:
+        chain.close()
