@@ -72,10 +72,15 @@ class Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
-        wait_until(self._answers, 20, what=f"pegx serve on {self.url} (log {self.log_path})")
-        if wait_loaded and "--autostart" in self.args:
-            wait_until(lambda: self.proxy().StartExchange("", 1, 1) is True, 20,
-                       what="the exchange to load")
+        try:
+            wait_until(self._answers, 20, what=f"pegx serve on {self.url} (log {self.log_path})")
+            if wait_loaded and "--autostart" in self.args:
+                wait_until(lambda: self.proxy().StartExchange("", 1, 1) is True, 20,
+                           what="the exchange to load")
+        except BaseException:
+            # `with Daemon(...)` never reaches __exit__ when start fails: stop it here
+            self.stop(signal.SIGKILL)
+            raise
         return self
 
     def _answers(self) -> bool:

@@ -179,8 +179,14 @@ class RegtestNode:
         log.close()
         (self.datadir / "bitbayd.pid").write_text(f"{proc.pid}\n")
         self._proc = proc
-        wait_for(lambda: self._alive_or_raise(proc) and self.answers(), START_TIMEOUT,
-                 f"bitbayd to answer on port {self.port} (see {self.datadir}/regtest/debug.log)")
+        try:
+            wait_for(lambda: self._alive_or_raise(proc) and self.answers(), START_TIMEOUT,
+                     f"bitbayd to answer on port {self.port} (see {self.datadir}/regtest/"
+                     "debug.log)")
+        except BaseException:
+            proc.kill()  # not left running when it never answered
+            proc.wait()
+            raise
 
     def _alive_or_raise(self, proc) -> bool:
         if proc.poll() is not None:
