@@ -45,14 +45,16 @@ def with_defaults(rec: dict | None) -> dict:
 
 def updated(current: dict, *, exchangeaccounts="", exchangefeeaccount="", commission="",
             exchangeconfirmations="",
-            not_in_wallet: Callable[[list], str | None] = lambda accounts: None) -> dict:
+            not_in_wallet: Callable[[list], str | None] = lambda accounts: None,
+            network: crypto.Network = crypto.MAIN) -> dict:
     """``current`` with every field that is not '' replaced by its validated value; raises
-    Refused (nothing changed) at the first field that fails."""
+    Refused (nothing changed) at the first field that fails. Addresses are checked against
+    ``network``'s versions (the network setting)."""
     new = dict(current)
     if exchangeaccounts != "":
-        new["exchangeaccounts"] = _accounts(exchangeaccounts, not_in_wallet)
+        new["exchangeaccounts"] = _accounts(exchangeaccounts, not_in_wallet, network)
     if exchangefeeaccount != "":
-        new["exchangefeeaccount"] = _fee_account(exchangefeeaccount)
+        new["exchangefeeaccount"] = _fee_account(exchangefeeaccount, network)
     if commission != "":
         new["commission"] = _commission(commission)
     if exchangeconfirmations != "":
@@ -60,12 +62,13 @@ def updated(current: dict, *, exchangeaccounts="", exchangefeeaccount="", commis
     return new
 
 
-def _accounts(accounts, not_in_wallet: Callable[[list], str | None]) -> list:
+def _accounts(accounts, not_in_wallet: Callable[[list], str | None],
+              network: crypto.Network) -> list:
     if not isinstance(accounts, (list, tuple)) or not accounts:
         raise Refused(ACCOUNTS_MSG)
     for addr in accounts:
         try:
-            crypto.validate_address(addr)
+            crypto.validate_address(addr, network)
         except crypto.CryptoError as exc:
             raise Refused(f"Exchange account {addr!r} is not a valid address: {exc}.") from None
     refused = not_in_wallet(list(accounts))
@@ -74,9 +77,9 @@ def _accounts(accounts, not_in_wallet: Callable[[list], str | None]) -> list:
     return list(accounts)
 
 
-def _fee_account(address) -> str:
+def _fee_account(address, network: crypto.Network) -> str:
     try:
-        crypto.validate_address(address)
+        crypto.validate_address(address, network)
     except crypto.CryptoError as exc:
         raise Refused(f"Exchange fee account is not a valid address: {exc}.") from None
     return address

@@ -139,8 +139,9 @@ class PegAPI:
     """The documented calls. Method names are the wire names."""
 
     def __init__(self, ledger: Exchange, control: Control, *, busy_wait: float = 2.0,
-                 exec_api=None):
+                 exec_api=None, network: crypto.Network = crypto.MAIN):
         self.ledger = ledger
+        self.net = network  # the address and key versions (the network setting)
         self.control = control
         self.busy_wait = busy_wait
         self.exec_api = exec_api
@@ -214,8 +215,8 @@ class PegAPI:
             return (WRONG_PASSWORD, "")
         if self._stopped():
             return (STOPPED, "")
-        key = crypto.generate_deposit_key()
-        address = crypto.wif_to_address(key)
+        key = crypto.generate_deposit_key(self.net)
+        address = crypto.wif_to_address(key, self.net)
         # durable before we answer; the cycle thread imports it into the wallet
         self.ledger.put("addresses", address, {"wif": key, "imported": 0})
         return (key, True)
@@ -339,7 +340,8 @@ class PegAPI:
             new = exchange_settings.updated(
                 self.settings(), exchangeaccounts=exchangeaccounts,
                 exchangefeeaccount=exchangefeeaccount, commission=commission,
-                exchangeconfirmations=exchangeconfirmations, not_in_wallet=self._not_in_wallet)
+                exchangeconfirmations=exchangeconfirmations, not_in_wallet=self._not_in_wallet,
+                network=self.net)
         except exchange_settings.Refused as refused:
             return refused.answer
         self.ledger.put("settings", "exchange", new)
@@ -393,7 +395,7 @@ class PegAPI:
         if address == "":
             raise _Answer(False)
         try:
-            crypto.validate_address(address)
+            crypto.validate_address(address, self.net)
         except crypto.CryptoError:
             raise _Answer("Withdraw address not valid") from None
         try:
