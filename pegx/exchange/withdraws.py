@@ -8,7 +8,7 @@ transaction it sent until it is ``Complete`` (the coins leave the ledger) or ``F
 its audit (:mod:`pegx.ledger.audit`). The desk decides and talks to the chain; every record
 it leaves is written by the ledger's lifecycle methods (:mod:`pegx.ledger.withdrawals`), which
 also square the house account and the drift when a batch ends (:mod:`pegx.ledger.lifecycle`).
-This module is ~470 lines: batching, tracking and endings follow one batch record through its
+This module is ~490 lines: batching, tracking and endings follow one batch record through its
 life and are kept together until the planner's pre-broadcast check has landed (issue #11).
 
 What must stay true:
@@ -139,23 +139,7 @@ class WithdrawDesk:
         if tip.height - state["last_task_height"] < task_spacing(tip.interval):
             return
         task = window_task(tip.height, tip.interval)
-        try:
-            if task in (peg.LIQUID, peg.RESERVE):
-                result = self.batch(task, tip, cycle)
-            elif task == "maintenance":
-                result = self.maintenance(tip, cycle)
-            elif task == "status":
-                result = self.status_summary()
-            else:
-                result = "nothing to do at this block position"
-        except ChainError as exc:
-            result = f"chain: {exc}"
-            if isinstance(exc, WalletLocked):  # pegx.status shows it until ExchangePassword
-                cycle.wallet_note = str(exc)
-            log.warning("withdraw task %s at height %s failed: %s", task, f"{tip.height:,d}", exc)
-        except Exception as exc:  # logged; the next window tries again, never a tight loop
-            result = f"{type(exc).__name__}: {exc}"
-            log.exception("withdraw task %s at height %s failed", task, f"{tip.height:,d}")
+        result = self._run_task(task, tip, cycle)
         self.last_result = str(result)
         if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.withdraw_count():
             # withdraws keep being accepted and would silently expire: say why, each window
@@ -171,6 +155,26 @@ class WithdrawDesk:
                 blocked[task] = self.last_result
         self.ledger.put("meta", "desk", {"last_task_height": tip.height, "task": task,
                                          "result": self.last_result, "blocked": blocked})
+
+    def _run_task(self, task: str | None, tip: Tip, cycle) -> str:
+        """The window task's result; a failure is logged and is the result (the next window
+        tries again, never a tight loop)."""
+        try:
+            if task in (peg.LIQUID, peg.RESERVE):
+                return self.batch(task, tip, cycle)
+            if task == "maintenance":
+                return self.maintenance(tip, cycle)
+            if task == "status":
+                return self.status_summary()
+            return "nothing to do at this block position"
+        except ChainError as exc:
+            if isinstance(exc, WalletLocked):  # pegx.status shows it until ExchangePassword
+                cycle.wallet_note = str(exc)
+            log.warning("withdraw task %s at height %s failed: %s", task, f"{tip.height:,d}", exc)
+            return f"chain: {exc}"
+        except Exception as exc:
+            log.exception("withdraw task %s at height %s failed", task, f"{tip.height:,d}")
+            return f"{type(exc).__name__}: {exc}"
 
     def not_batchable(self) -> str:
         """Why the pending (unbatched) withdraws cannot be batched, as the last batch task of
