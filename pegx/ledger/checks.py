@@ -26,7 +26,7 @@ from pegx.ledger.rules import (
     check_amount,
     check_name,
 )
-from pegx.ledger.state import State
+from pegx.ledger.state import LEGACY_TABLES, TABLES, State
 
 # tables the ledger keeps for other components, written with "put" ops; every other table is
 # written only by the operations that own its records
@@ -271,8 +271,12 @@ def _forget(state: State, op: dict) -> None:
 
 
 def _put(state: State, op: dict) -> None:
-    if op["table"] not in OPEN_TABLES:
-        raise EngineError(f"unknown table {op['table']!r}")
+    table = op["table"]
+    if table not in OPEN_TABLES:
+        if table in TABLES or table in LEGACY_TABLES:
+            raise EngineError(f"table {table!r} is the ledger's own: its records change by its "
+                              "operations only")
+        raise EngineError(f"unknown table {table!r}")
     if not isinstance(op["key"], str):
         raise EngineError("a record key is a string")
     if (op["table"], op["key"]) in OWNED:

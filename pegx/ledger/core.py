@@ -27,10 +27,7 @@ from pegx.ledger import checks, lifecycle, migrate, ops
 from pegx.ledger import settings as settings_
 from pegx.ledger.checkpoint import Checkpoints
 from pegx.ledger.journal import Journal, read_log
-from pegx.ledger.rules import (
-    INTERNAL,
-    EngineError,
-)
+from pegx.ledger.rules import INTERNAL, EngineError
 from pegx.ledger.savepoint import Savepoint
 from pegx.ledger.state import State, input_totals
 from pegx.ledger.store import Store
@@ -241,7 +238,8 @@ class Ledger:
             return None if i is None else self._state.matrix[i].copy()
 
     def record(self, table: str, key: str):
-        """A deep copy of one table record, or None (operators' inspection and tests)."""
+        """A deep copy of one record, or None: of a table kept for others (settings,
+        addresses, exec, meta), or any, for operators' inspection and tests."""
         with self._lock:
             return copy.deepcopy(self._state.tables.get(table, {}).get(key))
 
@@ -355,14 +353,11 @@ class Ledger:
 
     # ---------------------------------------------------------------- records kept for others
     def put(self, table: str, key: str, value) -> None:
-        """Durably set (or, with None, delete) a table record."""
+        """Durably set (or, with None, delete) a record of a table the ledger keeps for others
+        (checks.OPEN_TABLES: settings, addresses, exec, meta). The ledger's own records
+        (inputs, claims, withdraws, batches ...) change by their operations only."""
         self.put_many([(table, key, value)])
 
     def put_many(self, items: list[tuple[str, str, object]]) -> None:
-        """Durably set several records as one atomic step."""
-        group = []
-        for table, key, value in items:
-            if table not in checks.OPEN_TABLES:
-                raise EngineError(f"unknown table {table!r}")
-            group.append(ops.put(table, key, value))
-        self.commit(group)
+        """Durably set several records as one atomic step (see :meth:`put`)."""
+        self.commit([ops.put(table, key, value) for table, key, value in items])
