@@ -9,6 +9,7 @@ upgrade in one checkpoint, and go on exchanging with it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -26,6 +27,7 @@ from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import schema
 from pegx.ledger.engine import Exchange
+from pegx.ledger.journal import JournalFailed
 from pegx.ledger.store import Store
 
 FIXTURE = Path(__file__).parent / "data" / "ledger_v1.json.gz"
@@ -168,3 +170,46 @@ def test_backup_verify_and_restore_of_a_format_1_datadir(old, tmp_path):
     finally:
         chain.close()
     assert on_disk(restored)["format"] == 2
+
+
+class DiskFullAtState(Store):
+    """A real Store whose batches fail as a full disk would when they reach the state record
+    (the last write of a checkpoint): LevelDB then writes nothing of the batch."""
+
+    @contextlib.contextmanager
+    def batch(self):
+        with super().batch() as wb:
+            yield _FailAtState(wb)
+
+
+class _FailAtState:
+    def __init__(self, wb):
+        self._wb = wb
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key == schema.STATE:
+            raise OSError(28, "No space left on device")
+        self._wb.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._wb.delete(key)
+
+
+def test_an_upgrade_that_cannot_be_written_leaves_the_old_ledger(old):
+    """The upgrade is one batch: if it fails, nothing of it is on disk, the open fails, and
+    the next open upgrades the old ledger as if nothing had happened."""
+    datadir, want = old
+    before = on_disk(datadir)
+    store = DiskFullAtState(datadir / "ledger")
+    with pytest.raises(JournalFailed, match="No space left"):
+        Exchange(store)
+    store.close()
+    assert on_disk(datadir) == before  # format 1, its history, its op log
+    chain = Devnet(datadir, block_seconds=0, initial_supply=100)
+    try:
+        ledger = Exchange(Store(datadir / "ledger"))
+        assert_same_answers(ledger, chain, want)
+        ledger.close()
+    finally:
+        chain.close()
+    assert on_disk(datadir)["format"] == 2
