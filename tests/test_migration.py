@@ -85,6 +85,18 @@ def assert_same_answers(ledger: Exchange, chain, want: dict) -> None:
         assert bool(after.get("cleared")) == (hist is None)
 
 
+def assert_upgraded_with_the_same_answers(datadir: Path, want: dict) -> None:
+    """Open ``datadir`` (upgrading it), check the old answers, close it: it is format 2."""
+    chain = Devnet(datadir, block_seconds=0, initial_supply=100)
+    try:
+        ledger = Exchange(Store(datadir / "ledger"))
+        assert_same_answers(ledger, chain, want)
+        ledger.close()
+    finally:
+        chain.close()
+    assert on_disk(datadir)["format"] == 2
+
+
 def test_a_format_1_ledger_opens_upgraded_with_the_same_answers(old):
     datadir, want = old
     assert on_disk(datadir)["format"] == 1 and on_disk(datadir)["log"] > 0
@@ -162,14 +174,7 @@ def test_backup_verify_and_restore_of_a_format_1_datadir(old, tmp_path):
     res = runner.invoke(main, ["restore", str(dest), "--datadir", str(restored)])
     assert res.exit_code == 0, res.output
     shutil.rmtree(datadir)  # the restored copy stands alone
-    chain = Devnet(restored, block_seconds=0, initial_supply=100)
-    try:
-        ledger = Exchange(Store(restored / "ledger"))
-        assert_same_answers(ledger, chain, want)
-        ledger.close()
-    finally:
-        chain.close()
-    assert on_disk(restored)["format"] == 2
+    assert_upgraded_with_the_same_answers(restored, want)
 
 
 class DiskFullAtState(Store):
@@ -205,11 +210,4 @@ def test_an_upgrade_that_cannot_be_written_leaves_the_old_ledger(old):
         Exchange(store)
     store.close()
     assert on_disk(datadir) == before  # format 1, its history, its op log
-    chain = Devnet(datadir, block_seconds=0, initial_supply=100)
-    try:
-        ledger = Exchange(Store(datadir / "ledger"))
-        assert_same_answers(ledger, chain, want)
-        ledger.close()
-    finally:
-        chain.close()
-    assert on_disk(datadir)["format"] == 2
+    assert_upgraded_with_the_same_answers(datadir, want)
