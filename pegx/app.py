@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pegx import __version__
 from pegx.admin import tools
-from pegx.chain.base import ChainUnavailable
+from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
@@ -145,8 +145,16 @@ class App:
             """devnet.vote('inflate'|'deflate'|'nochange', steps=1) -> True."""
             return d.vote(direction, steps)
 
+        def reorg(depth, txs="keep", votes="", spend=None):
+            """devnet.reorg(depth, txs='keep'|'drop', votes='', spend=[]) -> {fork, height,
+            replaced, mined, evicted}: the last ``depth`` blocks replaced by a new branch."""
+            try:
+                return d.reorg(depth, txs, votes or None, spend)
+            except ChainRejected as exc:  # the lever's arguments name something impossible
+                raise ValueError(str(exc)) from None
+
         self.server.register_many({
-            "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
+            "devnet.reorg": reorg, "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
             "devnet.info": d.info, "devnet.balance": d.balance,
             "devnet.new_address": d.new_address, "devnet.drop": d.drop,
             "devnet.malleate_next": d.malleate_next,
