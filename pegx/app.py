@@ -92,7 +92,8 @@ class App:
             raise
         desk = WithdrawDesk(self.ledger, self.chain)
         self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=cfg.poll_seconds,
-                                   on_shutdown=self.request_shutdown, desk=desk)
+                                   on_shutdown=self.request_shutdown, desk=desk,
+                                   final_depth=cfg.final_depth)
         pub = read_public_key(cfg.path)
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
                                 seen=lambda h: self.ledger.record("exec", h) is not None,
@@ -209,7 +210,12 @@ class App:
             if isinstance(rec, dict):
                 by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
         desk = self.cycle.desk
+        follower = self.cycle.follower.state()
         return {
+            # the last reorganisation that replaced a final block ({}: never), shown first
+            "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
+            "reorgs": int(follower.get("reorgs", 0)),
+            "final_depth": self.cycle.final_depth(),
             # why pending withdraws cannot go out ('' if nothing stands in their way)
             "withdraws_not_batchable": desk.not_batchable() if desk is not None else "",
             "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,

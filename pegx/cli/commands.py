@@ -138,6 +138,11 @@ def status(url, as_json) -> None:
         return
     ex = st["exchange"]
     lines = []
+    alarm = st.get("reorg_alarm")
+    if alarm:  # the gravest thing first: a block taken as final was replaced
+        lines.append(f"ALARM reorganisation deeper than the final depth ({alarm['final_depth']}): "
+                     f"blocks {alarm['fork'] + 1:,d}..{alarm['old_height']:,d} replaced, "
+                     f"{len(alarm['changed'])} items changed (pegx audit lists them)")
     if st.get("withdraws_not_batchable"):  # a problem first, before the figures
         lines.append(f"withdraws pending but not batchable: {st['withdraws_not_batchable']}")
     lines += [
