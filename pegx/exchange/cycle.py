@@ -216,6 +216,7 @@ class ExchangeCycle:
         self._loaded = True
         if self.desk is not None:
             self.desk.run(tip, now, self)
+            self._reflag_change()
         self.follower.note(tip, final, reorg, republished)
         if reorg is not None:  # the old branch's hash at this height is not the ledger's any more
             self.ledger.put(chainguard.TABLE, chainguard.KEY, chainguard.record_for(self.chain, tip))
@@ -331,6 +332,15 @@ class ExchangeCycle:
             spendable[u.key] = spendable_entry(u, tip.supply, u.key in house)
             utxos[u.key] = u
         self._spendable, self._utxos = spendable, utxos
+
+    def _reflag_change(self) -> None:
+        """After the desk's pass: flag change the outputs it just made the house's (a cancel
+        it adopted and settled in this pass, say), so Spendable never shows them unflagged."""
+        house = self.house()
+        if any(bool(e.get("change")) != (k in house) for k, e in self._spendable.items()):
+            self._spendable = {k: {**{f: v for f, v in e.items() if f != "change"},
+                                   **({"change": 1} if k in house else {})}
+                               for k, e in self._spendable.items()}
 
     def _register(self, tip: Tip, now: int) -> None:
         """Credit claimed deposits, as one step.
