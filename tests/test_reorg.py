@@ -154,7 +154,7 @@ def test_reorg_matrix_over_the_withdraw_lifecycle(rig, moment, caplog):
         wid = f"{moment}-{depth}"
         payee, before = request(rig, wid)
         c = MOMENTS[moment](rig, wid, rng)
-        master, b = rig.batch(wid)
+        _, b = rig.batch(wid)
         replaced = depth >= c > 0  # the block holding the batch's (or cancel's) tx goes
         kinds = ["keep", "drop"]
         if replaced and moment in ("mined", "cancel"):
@@ -186,7 +186,7 @@ def test_no_refund_while_the_batch_could_still_confirm(rig):
     for the conflicting spend to be final, and the batch completes instead."""
     payee, before = request(rig, "w")
     rig.until(lambda: rig.batch("w") is not None)
-    master, b = rig.batch("w")
+    _, b = rig.batch("w")
     rig.chain.mine(1)  # the batch, 1 deep
     rig.chain.reorg(1, "drop", spend=[b["ins"][0]])  # a branch with its cancel instead
     rig.step()
@@ -222,7 +222,7 @@ def test_a_deep_reorg_that_drops_a_complete_batch_broadcasts_it_again(rig, caplo
 def test_a_deep_reorg_that_cancels_a_complete_batch_is_an_alarm_not_a_refund(rig, caplog):
     """Beyond the final depth pegx does not undo a Complete withdraw by itself: the alarm
     names the batch, the audit names the inputs that are not on the chain."""
-    payee, before = request(rig, "w")
+    _, before = request(rig, "w")
     rig.until_status("w", "Complete")
     _, b = rig.batch("w")
     with caplog.at_level(logging.ERROR):
