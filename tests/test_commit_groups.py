@@ -149,7 +149,7 @@ def test_a_batch_record_changes_only_as_its_lifecycle_allows(tmp_path):
     ex.mark_batched(master, PLAN)
     assert ex.record("withdraws", wid)["batch"] == master == ex.input(key)["batch"]
     unconfirmed = {"status": "unconfirmed", "txid": "ab" * 32, "ID": master, "block": 70,
-                   "in0": key}
+                   "in0": key, "confirmations": 0}
     assert ex.withdraw_status(wid) == unconfirmed == ex.withdraw_status(master)
     refused = [ledger_ops.batch_update(master, {"status": "Complete"}),
                ledger_ops.batch_update(master, {"ids": []}),
@@ -164,6 +164,12 @@ def test_a_batch_record_changes_only_as_its_lifecycle_allows(tmp_path):
         assert ex.digest() == before, op
     assert ex.update_batch(master, txid2="cd" * 32, status="Processing")["refusals"] == 0
     assert ex.withdraw_status(wid) == {**unconfirmed, "status": "Processing", "txid2": "cd" * 32}
+    assert list(ex.withdraw_status(wid)) == ["status", "txid", "ID", "block", "in0",
+                                             "confirmations", "txid2"]  # the original's order
+    ex.update_batch(master, gone_since=75)
+    with pytest.raises(EngineError):
+        ex.update_batch(master, unset=["ids"])
+    assert "gone_since" not in ex.update_batch(master, unset=["gone_since"])
     assert ex.decline_batch(master, "a test", now=0) == [wid]
     assert ex.record("withdraws", wid) is None and "batch" not in ex.input(key)
     assert ex.batch(master)["state"] == "failed" and "raw" not in ex.batch(master)

@@ -71,7 +71,9 @@ def assert_same_answers(ledger: Exchange, chain, want: dict) -> None:
     assert ledger.withdraw_statuses() == want["by_status"]
     assert ledger.records("withdraws") == want["withdraws"]
     assert ledger.records("inputs") == want["inputs"]  # batch marks unchanged
-    assert audit(ledger, chain) == want["audit"]
+    report = audit(ledger, chain)
+    assert report.pop("reorganisations") == []  # a field added after the fixture was written
+    assert report == want["audit"]
     desk = WithdrawDesk(ledger, chain)
     assert sorted(desk.active()) == want["active"]
     assert desk.not_batchable() == want["not_batchable"]

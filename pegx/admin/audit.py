@@ -2,14 +2,15 @@
 
 The ledger checks its own law and invariants; this adds what only the chain can say: that it
 is the ledger's chain (the start-up check's verdict, :func:`pegx.exchange.chainguard.compare`),
-that every registered input not in flight is unspent on it, and that no registered claim's
-output is unspent while the ledger lost its input.
+that every registered input not in flight is unspent on it, that no registered claim's
+output is unspent while the ledger lost its input, and which reorganisations replaced blocks
+the exchange took as final (:mod:`pegx.exchange.follow`).
 """
 
 from __future__ import annotations
 
 from pegx.chain.base import ChainError
-from pegx.exchange import chainguard
+from pegx.exchange import chainguard, follow
 from pegx.ledger.audit import Findings, Snapshot
 from pegx.ledger.engine import Exchange
 
@@ -21,8 +22,22 @@ def audit(ledger: Exchange, chain=None) -> dict:
     claims checked against ``chain`` when one is given. The ledger lock is held while the
     rows are summed (calls wait, ~1 s per 100,000 accounts); the chain is asked afterwards."""
     if chain is None:
-        return ledger.audit()
-    return ledger.audit(lambda snap, found: _check_chain(ledger, chain, snap, found))
+        report = ledger.audit()
+    else:
+        report = ledger.audit(lambda snap, found: _check_chain(ledger, chain, snap, found))
+    return _with_reorganisations(ledger, report)
+
+
+def _with_reorganisations(ledger: Exchange, report: dict) -> dict:
+    """Add the reorganisations that replaced blocks taken as final, each with what it changed
+    (what is still wrong after them shows up among the problems, e.g. an input not on chain)."""
+    reorgs = list((ledger.record(follow.TABLE, follow.KEY) or {}).get("alarms", []))
+    for alarm in reorgs:
+        report["notes"].append(f"reorganisation past the final depth ({alarm['final_depth']}): "
+                               f"blocks {alarm['fork'] + 1:,d}..{alarm['old_height']:,d} "
+                               f"replaced; {len(alarm['changed'])} items changed")
+    report["reorganisations"] = reorgs
+    return report
 
 
 def _check_chain(ledger: Exchange, chain, snap: Snapshot, found: Findings) -> None:

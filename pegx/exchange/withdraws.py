@@ -70,7 +70,7 @@ from pegx.exchange.planner import (
 )
 from pegx.exchange.planner import sat as _fmt
 from pegx.ledger import engine
-from pegx.ledger.lifecycle import IN_FLIGHT, Cancelled, Output
+from pegx.ledger.lifecycle import IN_FLIGHT, Cancelled, Mined, Output
 from pegx.ledger.rules import HOUSE, HouseShort
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ NO_FEE_ADDRESS = "No address for collecting withdraw fees"
 TASK_SPACING = 25  # blocks between two window tasks (ORIGINAL §2.7), in a 200-block cycle
 MAX_REFUSALS = 3  # refused rebroadcasts (one per block) before the batch is cancelled
 CANCEL_FEE = 2 * MIN_FEE_PER_IO  # one input, one output
-CONFIRMATIONS = 1  # a mined transaction completes its withdraws
+CONFIRMATIONS = 1  # the final depth when no exchange cycle says otherwise (tests driving the desk)
 
 
 def task_spacing(interval: int = CYCLE_BLOCKS) -> int:
@@ -129,10 +129,14 @@ class WithdrawDesk:
         self.ledger = ledger
         self.chain = chain
         self.last_result = ""
+        # confirmations that make a block final (pegx.exchange.follow); set by each pass
+        self.final = CONFIRMATIONS
 
     # ---------------------------------------------------------------- the pass
     def run(self, tip: Tip, now: int, cycle) -> None:
         """One pass: track batches, expire stale withdraws, maybe run the window task."""
+        final_depth = getattr(cycle, "final_depth", None)
+        self.final = final_depth() if final_depth is not None else CONFIRMATIONS
         self.track(tip, now, cycle)
         self.expire(tip, cycle.cycle())
         state = self.ledger.record("meta", "desk") or {"last_task_height": 0}
@@ -357,16 +361,28 @@ class WithdrawDesk:
         tx = self._find(master, b)
         if tx is not None:
             self._seen(master, b, tx)
-            if tx.height and tx.confirmations >= CONFIRMATIONS:
+            if tx.height and tx.confirmations >= self.final:
                 self._complete(master, b, tx, now)
             return
+        if b["status"] == "Processing":
+            # seen before, on no branch or mempool now: what the chain proved is gone
+            self._update(master, b, status="unconfirmed", confirmations=0)
+            for wid in b["ids"]:
+                log.warning("withdraw %s: back to unconfirmed (tx %s is no longer on the "
+                            "chain or in the mempool; it is broadcast again)", wid,
+                            b.get("txid2") or b["txid"])
         if b["state"] == "cancelling":
             self._track_cancel(master, b, tip, now)
             return
-        if not all(self.chain.is_unspent(k) for k in b["ins"]):
-            # an input went elsewhere: this transaction can never confirm
-            self._decline(master, b, None, now, "an input was spent by another transaction")
+        gone = [k for k in b["ins"] if not self.chain.is_unspent(k)]
+        if gone:
+            # an input went elsewhere: this transaction cannot confirm on this branch
+            self._spent_elsewhere(master, b, gone, tip, now)
             return
+        if "gone_since" in b:
+            self._update(master, b, unset=["gone_since"])
+            log.warning("batch %s: its inputs are unspent again (a reorganisation); it is "
+                        "broadcast again", master)
         if tip.height > b["last_try"]:  # one rebroadcast per block at most
             self._rebroadcast(master, b, tip, cycle)
 
@@ -376,12 +392,27 @@ class WithdrawDesk:
         if tx.txid != b["txid"] and b.get("txid2") != tx.txid:
             changes["txid2"] = tx.txid
             log.info("batch %s: tx %s was malleated into %s", master, b["txid"], tx.txid)
-        if b["status"] == "unconfirmed":
-            changes["status"] = "Processing"
+        where = f"in block {tx.height:,d}" if tx.height else "in the mempool"
+        status = b["status"]
+        if status == "unconfirmed":
+            changes["status"] = status = "Processing"
             for wid in b["ids"]:
-                log.info("withdraw %s: Processing (tx %s)", wid, tx.txid)
-        if changes:
-            b.update(self.ledger.update_batch(master, **changes))
+                log.info("withdraw %s: Processing (tx %s %s)", wid, tx.txid, where)
+        conf = tx.confirmations if tx.height else 0
+        if b.get("confirmations", 0) != conf and status == "Processing":
+            if conf < b.get("confirmations", 0):  # a reorganisation moved it
+                log.warning("batch %s: tx %s now has %d confirmations (had %d): %s", master,
+                            tx.txid, conf, b.get("confirmations", 0), where)
+            changes["confirmations"] = conf
+        unset = ["gone_since"] if "gone_since" in b else []
+        if changes or unset:
+            self._update(master, b, unset=unset, **changes)
+
+    def _update(self, master: str, b: dict, **changes) -> None:
+        """Change batch ``master`` in the ledger (update_batch) and this pass's copy ``b``."""
+        new = self.ledger.update_batch(master, **changes)
+        b.clear()
+        b.update(new)
 
     def _rebroadcast(self, master: str, b: dict, tip: Tip, cycle) -> None:
         try:
@@ -394,6 +425,44 @@ class WithdrawDesk:
                         MAX_REFUSALS, exc)
             if b["refusals"] >= MAX_REFUSALS:
                 self._start_cancel(master, b, tip, cycle)
+
+    def _cancel_shaped(self, key: str, t: Tx) -> bool:
+        """Is ``t`` a spend of registered input ``key`` whole back to its own address less
+        CANCEL_FEE? Only the exchange's key can sign it, and it is exactly the cancel the desk
+        signs for ``key`` (deterministic signatures), whoever broadcast it."""
+        rec = self.ledger.input(key)
+        return rec is not None and t.inputs == [key] and list(t.outputs) == [
+            TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])]
+
+    def _spent_elsewhere(self, master: str, b: dict, gone: list[str], tip: Tip,
+                         now: int) -> None:
+        """Inputs of the batch are spent by other transactions: adopt one that is the batch's
+        cancel; decline the batch only once a spender is final (``self.final`` deep), or, for
+        a spender pegx cannot see, once the input has been spent for that many blocks."""
+        spenders = {k: self._spenders(k) for k in gone}
+        for key in gone:
+            for t in spenders[key]:
+                if self._cancel_shaped(key, t):
+                    self._update(master, b, state="cancelling", cancel={"txid": t.txid, "in": key},
+                                 last_try=tip.height,
+                                 unset=["gone_since"] if "gone_since" in b else [])
+                    log.warning("batch %s: input %s is spent by %s, the batch's cancel; it "
+                                "settles when that is %d blocks deep", master, key, t.txid,
+                                self.final)
+                    self._track_cancel(master, b, tip, now)
+                    return
+        seen = [t for ts in spenders.values() for t in ts]
+        if any(t.height and t.confirmations >= self.final for t in seen):
+            self._decline(master, b, None, now, "an input was spent by another transaction")
+            return
+        if b.get("gone_since") is None:
+            self._update(master, b, gone_since=tip.height)
+            found = ", ".join(f"{t.txid} ({t.confirmations} confirmations)" for t in seen)
+            log.warning("batch %s: input %s spent by %s; the batch is declined once that "
+                        "spend is %d blocks deep", master, gone[0], found or "a transaction "
+                        "pegx cannot see", self.final)
+        elif not seen and tip.height - b["gone_since"] + 1 >= self.final:
+            self._decline(master, b, None, now, "an input was spent by another transaction")
 
     def _start_cancel(self, master: str, b: dict, tip: Tip, cycle) -> None:
         """Spend one batch input back to its own address so the batch can never confirm."""
@@ -415,15 +484,27 @@ class WithdrawDesk:
         c = b["cancel"]
         ctx = self._find_cancel(b)
         if ctx is not None:
+            changes: dict = {}
             if ctx.txid != c["txid"] and c.get("txid2") != ctx.txid:
-                b.update(self.ledger.update_batch(master, cancel={**c, "txid2": ctx.txid}))
+                changes["cancel"] = {**c, "txid2": ctx.txid}
                 log.info("batch %s: cancel tx %s was malleated into %s", master, c["txid"],
                          ctx.txid)
-            if ctx.height and ctx.confirmations >= CONFIRMATIONS:
-                self._decline(master, b, ctx, now, "cancelled after refusals")
+            unset = ["gone_since"] if "gone_since" in b else []
+            if changes or unset:
+                self._update(master, b, unset=unset, **changes)
+            if ctx.height and ctx.confirmations >= self.final:
+                self._decline(master, b, ctx, now, "cancelled after refusals"
+                              if c.get("raw") else "cancelled by a spend of its input")
             return
         if not self.chain.is_unspent(c["in"]):
-            self._decline(master, b, None, now, "an input was spent by another transaction")
+            self._spent_elsewhere(master, b, [c["in"]], tip, now)
+            return
+        if not c.get("raw"):
+            # a cancel the desk did not sign left the chain (a reorganisation): nothing stops
+            # the batch now, so it goes back to being broadcast
+            self.ledger.update_batch(master, state="sent", refusals=0, unset=["cancel"])
+            log.warning("batch %s: its cancel %s left the chain; the batch is broadcast again",
+                        master, c["txid"])
             return
         if tip.height > b["last_try"]:
             self.ledger.update_batch(master, last_try=tip.height)
@@ -441,7 +522,10 @@ class WithdrawDesk:
 
     def _complete(self, master: str, b: dict, tx: Tx, now: int) -> None:
         outputs = [self._output(tx, v) for v in b["house_vouts"]]
-        ids = self.ledger.complete_batch(master, tx.txid, outputs, now=now)
+        # the raw stays in the record: if a reorganisation deeper than the final depth drops
+        # the transaction, it is broadcast again (ExchangeCycle._final_items)
+        ids = self.ledger.complete_batch(master, Mined(tx.txid, tx.height, tx.confirmations),
+                                         outputs, now=now)
         log.info("%s batch %s: Complete in block %s (tx %s)", b["kind"], master,
                  f"{tx.height:,d}", tx.txid)
         for wid in ids:

@@ -132,6 +132,12 @@ class Accounts(Ledger):
             return {k: claims[k]["name"] for k in keys
                     if k in claims and not claims[k].get("registered") and k not in inputs}
 
+    def inputs_since(self, height: int) -> dict[str, dict]:
+        """Registered inputs from blocks above ``height`` {key: record}, in key order."""
+        with self._lock:
+            return {k: dict(r) for k, r in sorted(self._state.tables["inputs"].items())
+                    if int(r.get("height") or 0) > height}
+
     def input_count(self) -> int:
         """How many inputs (the exchange's outputs on chain) are registered."""
         with self._lock:

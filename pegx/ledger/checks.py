@@ -234,9 +234,12 @@ def _in_flight(state: State, master) -> dict:
 
 def _batch_update(state: State, op: dict) -> None:
     b = _in_flight(state, op["id"])
-    changes = op["set"]
-    if not isinstance(changes, dict) or not changes:
+    changes, unset = op["set"], op.get("unset", [])
+    if not isinstance(changes, dict) or not isinstance(unset, list) or not (changes or unset):
         raise EngineError("a batch update changes some fields")
+    if not set(unset) <= set(lifecycle.REMOVABLE) or set(unset) & set(changes):
+        raise EngineError(f"batch {op['id']}: only {', '.join(lifecycle.REMOVABLE)} can be "
+                          "removed")
     for field, value in changes.items():
         want = lifecycle.UPDATES.get(field)
         ok = (want is not None and (value in want if isinstance(want, tuple)

@@ -6,10 +6,14 @@ Records (table: key -> value):
   maintenance), ``ids`` (its withdraws), ``ins`` (the inputs it spends), ``txid``, ``raw``
   (until it ends), ``house_vouts``, ``fee``, ``total``, ``commission``, ``height`` (sent at),
   ``refusals``, ``last_try``, ``state`` (``sent`` → (``cancelling``) → ``done`` or
-  ``failed``), ``status`` (what CheckWithdraw shows: ``unconfirmed`` → ``Processing`` →
-  ``Complete``, or ``Failed/Declined``), and as they happen ``txid2`` (malleated),
-  ``cancel`` {txid, raw, in[, txid2, cost, house_paid]}, ``withheld``, ``final_txid``,
-  ``reason``, ``cleared`` (CheckWithdraw(clear=1) on the master id).
+  ``failed``; a reorganisation can take a cancel away: back to ``sent``), ``status`` (what
+  CheckWithdraw shows: ``unconfirmed`` → ``Processing`` → ``Complete``, or ``Failed/Declined``;
+  a transaction that left the chain goes back to ``unconfirmed``), ``confirmations``, and as
+  they happen ``txid2`` (malleated), ``gone_since`` (an input spent elsewhere since that
+  height), ``cancel`` {txid, in[, raw (one the desk signed), txid2, cost, house_paid]},
+  ``withheld``, ``final_txid`` and ``final_height`` (``raw`` is kept: a reorganisation past
+  the final depth may need it broadcast again), ``reason``, ``cleared`` (CheckWithdraw(clear=1)
+  on the master id).
 * ``batch_of``: withdraw id -> the master id of the batch it went out in.
 * ``expired``: withdraw id -> {block}: refunded because no batch took it in time.
 
@@ -34,10 +38,13 @@ KINDS = ("liquid", "reserve", "maintenance")
 ENDINGS = {"Complete": "done", "Failed/Declined": "failed"}  # status -> state
 PLAN_FIELDS = ("kind", "ids", "ins", "txid", "raw", "house_vouts", "fee", "total", "commission",
                "height")
-# what update_batch may change while a batch is in flight, with the values it may take
-UPDATES = {"last_try": int, "refusals": int, "txid2": str, "cancel": dict,
-           "status": ("Processing",), "state": ("cancelling",)}
-END_FIELDS = ("final_txid", "reason", "cancel", "withheld")
+# what update_batch may change while a batch is in flight, with the values it may take, and
+# what it may remove
+UPDATES = {"last_try": int, "refusals": int, "txid2": str, "cancel": dict, "confirmations": int,
+           "gone_since": int, "status": ("Processing", "unconfirmed"),
+           "state": ("cancelling", "sent")}
+REMOVABLE = ("gone_since", "cancel")
+END_FIELDS = ("final_txid", "final_height", "confirmations", "reason", "cancel", "withheld")
 
 
 class Output(NamedTuple):
@@ -48,6 +55,14 @@ class Output(NamedTuple):
     address: str
     vector: np.ndarray
     height: int
+
+
+class Mined(NamedTuple):
+    """A batch's transaction as the chain has it: final, it completes the batch."""
+
+    txid: str
+    height: int
+    confirmations: int
 
 
 class Cancelled(NamedTuple):
@@ -89,20 +104,22 @@ def new_record(plan: dict) -> dict:
     """The lifecycle record of a batch about to be broadcast (``plan``: PLAN_FIELDS)."""
     rec = {k: plan[k] for k in PLAN_FIELDS if k != "height"}
     rec.update(state="sent", height=plan["height"], refusals=0, last_try=plan["height"],
-               status="unconfirmed")
+               status="unconfirmed", confirmations=0)
     return rec
 
 
 def answer(batches: dict, master: str) -> dict | None:
-    """CheckWithdraw's record of batch ``master`` {status, txid, ID, block, in0[, txid2]}, or
-    None if there is none (or it was cleared)."""
+    """CheckWithdraw's record of batch ``master`` {status, txid, ID, block, in0[,
+    confirmations][, txid2]}, or None if there is none (or it was cleared). A batch recorded
+    before confirmations were kept (ledger format 1) shows none."""
     b = batches.get(master)
     if not isinstance(b, dict) or b.get("cleared"):
         return None
     rec = {"status": b["status"], "txid": b["txid"], "ID": master, "block": b["height"],
            "in0": b["ins"][0] if b["ins"] else ""}
-    if "txid2" in b:
-        rec["txid2"] = b["txid2"]
+    for field in ("confirmations", "txid2"):
+        if field in b:
+            rec[field] = b[field]
     return rec
 
 
@@ -190,12 +207,13 @@ def pending_of(state, master: str) -> list[str]:
     return [w for w in state.tables["batches"][master]["ids"] if w in state.tables["withdraws"]]
 
 
-def complete(state, master: str, txid: str, outputs: list[Output]) -> list[dict]:
-    """The group that ends batch ``master`` Complete: its mined transaction ``txid`` spent
-    its inputs, paid its withdraws and returned ``outputs`` to the house."""
+def complete(state, master: str, tx: Mined, outputs: list[Output]) -> list[dict]:
+    """The group that ends batch ``master`` Complete: its final transaction ``tx`` spent its
+    inputs, paid its withdraws and returned ``outputs`` to the house."""
     b = state.tables["batches"][master]
     group = settle(state, b["ins"], outputs, pending_of(state, master))
-    group.append(ops.batch_end(master, "Complete", {"final_txid": txid}))
+    group.append(ops.batch_end(master, "Complete", {
+        "final_txid": tx.txid, "final_height": tx.height, "confirmations": tx.confirmations}))
     return group
 
 

@@ -96,14 +96,18 @@ def batch(master: str, record: dict) -> dict:
     return {"op": "batch", "id": master, "batch": record}
 
 
-def batch_update(master: str, changes: dict) -> dict:
-    """Fields of an in-flight batch that change as it is tracked (lifecycle.UPDATES)."""
-    return {"op": "batch_update", "id": master, "set": changes}
+def batch_update(master: str, changes: dict, unset: list[str] = ()) -> dict:
+    """Fields of an in-flight batch that change as it is tracked (lifecycle.UPDATES), and the
+    ones it loses (lifecycle.REMOVABLE)."""
+    op = {"op": "batch_update", "id": master, "set": changes}
+    if unset:
+        op["unset"] = list(unset)
+    return op
 
 
 def batch_end(master: str, status: str, fields: dict) -> dict:
     """Batch ``master`` ends with ``status`` (Complete or Failed/Declined); the inputs it
-    still marks are free again, its raw transaction is dropped."""
+    still marks are free again; a declined batch's raw transaction is dropped."""
     return {"op": "batch_end", "id": master, "status": status, "set": fields}
 
 

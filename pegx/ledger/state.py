@@ -305,14 +305,16 @@ class State:
             self._mark("inputs", key, master)
 
     def _apply_batch_update(self, op: dict) -> None:
-        master = op["id"]
-        self.put("batches", master, {**self.tables["batches"][master], **op["set"]})
+        master, gone = op["id"], op.get("unset", ())
+        rec = {k: v for k, v in self.tables["batches"][master].items() if k not in gone}
+        self.put("batches", master, {**rec, **op["set"]})
 
     def _apply_batch_end(self, op: dict) -> None:
         master = op["id"]
         b = self.tables["batches"][master]
         rec = {**b, **op["set"], "state": ENDINGS[op["status"]], "status": op["status"]}
-        rec.pop("raw", None)
+        if op["status"] != "Complete":  # a Complete one keeps it for a deep reorganisation
+            rec.pop("raw", None)
         self.put("batches", master, rec)
         for key in b["ins"]:  # spent ones left the input set; the others are free again
             if self.tables["inputs"].get(key, {}).get("batch") == master:

@@ -10,11 +10,13 @@ or ``decline_batch`` at its end, ``expire`` for a withdraw no batch took in time
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from pegx.ledger import checks, lifecycle, ops
 from pegx.ledger.core import Ledger
-from pegx.ledger.lifecycle import Cancelled, Output
+from pegx.ledger.lifecycle import Cancelled, Mined, Output
 from pegx.ledger.rules import (
     LIMIT_MSGS,
     LIMITS,
@@ -125,13 +127,12 @@ class Withdrawals(Ledger):
     def batch(self, master: str) -> dict | None:
         """A copy of batch ``master``'s lifecycle record, or None."""
         with self._lock:
-            rec = self._state.tables["batches"].get(master)
-            return None if rec is None else dict(rec)
+            return copy.deepcopy(self._state.tables["batches"].get(master))
 
     def batches(self, states: tuple[str, ...] = lifecycle.IN_FLIGHT) -> dict[str, dict]:
         """Copies of the batch records in ``states`` {master: record} (by default: in flight)."""
         with self._lock:
-            return {m: dict(b) for m, b in self._state.tables["batches"].items()
+            return {m: copy.deepcopy(b) for m, b in self._state.tables["batches"].items()
                     if b["state"] in states}
 
     def batch_withdraws(self, master: str) -> dict[str, dict]:
@@ -156,22 +157,22 @@ class Withdrawals(Ledger):
         before the transaction can exist anywhere, so a restart resumes from the ledger."""
         self.commit([ops.batch(master, lifecycle.new_record(plan))])
 
-    def update_batch(self, master: str, **changes) -> dict:
-        """Change fields of batch ``master`` in flight (lifecycle.UPDATES); returns the new
-        record."""
+    def update_batch(self, master: str, *, unset: list[str] = (), **changes) -> dict:
+        """Change fields of batch ``master`` in flight (lifecycle.UPDATES), remove ``unset``
+        ones (lifecycle.REMOVABLE); returns the new record."""
         with self.locked():
-            self.commit([ops.batch_update(master, changes)])
+            self.commit([ops.batch_update(master, changes, unset)])
             return self.batch(master)
 
-    def complete_batch(self, master: str, txid: str, outputs: list[Output], *,
+    def complete_batch(self, master: str, tx: Mined, outputs: list[Output], *,
                        now: int) -> list[str]:
-        """Batch ``master``'s transaction ``txid`` confirmed: its inputs are spent, its
-        withdraws burned, ``outputs`` (the house's change) registered, the house credited with
-        the commissions less the costs; the batch ends Complete. Returns the withdraws burned.
+        """Batch ``master``'s transaction ``tx`` is final: its inputs are spent, its withdraws
+        burned, ``outputs`` (the house's change) registered, the house credited with the
+        commissions less the costs; the batch ends Complete. Returns the withdraws burned.
         HouseShort (nothing changed) if the house would have to pay more than it holds."""
         with self.locked():
             ids = lifecycle.pending_of(self._state, master)
-            self.commit(lifecycle.complete(self._state, master, txid, outputs),
+            self.commit(lifecycle.complete(self._state, master, tx, outputs),
                         supply=self._state.supply, now=now)
         return ids
 
