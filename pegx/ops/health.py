@@ -9,7 +9,7 @@ for too long, the cycle thread's passes fail, pending withdraws cannot be batche
 The report must come at once, even when the node is down: it never waits for the cycle
 thread's retries. It combines what the cycle thread last saw with a quick probe of the node
 (one ``tip()`` on a view of the client that does not retry, bounded by PROBE_DEADLINE seconds;
-shared by the callers of the same second), so a node that went away shows up on the first
+shared by the callers that arrive while it runs), so a node that went away shows up on the first
 ``pegx status`` after it did.
 
 "Chain not advancing" is the age of the node's best block beyond a threshold
@@ -31,7 +31,6 @@ from pegx.config import Config
 
 PROBE_TIMEOUT = 1.0  # seconds one probe request may take
 PROBE_DEADLINE = 2.0  # seconds a whole probe (a few node calls) may take
-PROBE_REUSE = 1.0  # seconds a probe's answer serves other callers
 STALL_BLOCKS = 10  # block intervals without a block before the chain counts as stalled
 BITBAYD_BLOCK_SECONDS = 64  # the node's block target (BITBAYD: 64 s since protocol v2)
 
@@ -100,10 +99,12 @@ class Health:
             self._seen = (tip.height, self._seen[1] if first else time.time())
 
     def probe(self) -> Probe:
-        """The node's tip now (an answer at most PROBE_REUSE seconds old)."""
+        """The node's tip now. Callers that arrive while a probe runs share its answer: a
+        burst of status calls and scrapes asks the node once."""
+        arrived = time.monotonic()
         with self._mu:
             last = self._last
-            if last is not None and time.monotonic() - last.at < PROBE_REUSE:
+            if last is not None and last.at >= arrived:
                 return last
             try:
                 tip = self._probe_chain.tip()
