@@ -201,8 +201,8 @@ def render(st: dict, holdings: np.ndarray, cycles: list[dict]) -> str:
     if problems:
         items = "".join(f'<li data-kind="{_e(p["kind"])}">{_e(p["message"])}</li>'
                         for p in problems)
-        top = (f'<div class="problems" id="problems"><b>{len(problems)} '
-               f'problem{"s" if len(problems) != 1 else ""} need the operator</b>'
+        what = "1 problem needs" if len(problems) == 1 else f"{len(problems)} problems need"
+        top = (f'<div class="problems" id="problems"><b>{what} the operator</b>'
                f'<ul>{items}</ul></div>')
     else:
         top = '<div class="ok" id="problems"><b>No problems.</b></div>'
@@ -223,6 +223,7 @@ def render(st: dict, holdings: np.ndarray, cycles: list[dict]) -> str:
         ("ledger", f'{st["ledger_bytes"]:,d} bytes, op {st["op_seq"]:,d}', "fig-ledger"),
         ("calls served", f'{st["calls_served"]:,d}', "fig-calls"),
         ("uptime", duration(st["uptime"]), "fig-uptime"),
+        ("last cycle error", _e(st["last_error"] or "-"), "fig-last-error"),
     ]
     fig_rows = "".join(f'<tr><td class="l">{k}</td><td id="{i}">{v}</td></tr>'
                        for k, v, i in figures)
