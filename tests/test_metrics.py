@@ -4,12 +4,15 @@ deposit -> trade -> withdraw flow and the text is parsed with prometheus-client'
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 import xmlrpc.client
+from pathlib import Path
 
 import pytest
 from daemon import Daemon, free_port, wait_until
+from fakenode import FakeNode
 from prometheus_client.parser import text_string_to_metric_families
 from test_cycle_e2e import COMM, SUPPLY, advance, outside_address, status_of
 
@@ -105,6 +108,40 @@ def test_metrics_during_deposit_trade_withdraw(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=60)
         assert err.value.code == 404
+
+
+def test_readme_lists_every_metric(tmp_path):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    port = free_port()
+    with Daemon(tmp_path / "d", extra=["--metrics-port", str(port)]):
+        types = scrape(port)["types"]
+    assert set(types) == set(EXPECTED)
+    for name, kind in types.items():
+        shown = f"{name}_total" if kind == "counter" else name
+        assert f"| `{shown}" in readme, f"README's metric table lacks {shown}"
+
+
+def test_node_rpc_errors_are_counted(tmp_path):
+    node = FakeNode()
+    try:
+        node.state["blockcount"] = 30
+        hashes = {h: f"{h:08x}" + "c" * 56 for h in range(31)}
+        node.state["blockhashes"] = hashes
+        node.state["blocks"] = {v: {"hash": v, "height": h, "time": int(time.time())}
+                                for h, v in hashes.items()}
+        port = free_port()
+        extra = ["--chain", "bitbayd", "--node-url", node.url, "--metrics-port", str(port)]
+        with Daemon(tmp_path / "d", extra=extra) as d:
+            x = d.proxy()
+            wait_until(lambda: x.pegx.status()["height"] == 30, 20, what="a pass at height 30")
+            assert value(scrape(port), "pegx_node_rpc_errors_total") == 0
+            node.fault("http503", 3)  # three requests answered 503, by whoever asks next
+            wait_until(lambda: value(scrape(port), "pegx_node_rpc_errors_total") == 3, 30,
+                       what="three node errors counted")
+            snap = scrape(port)
+            assert value(snap, "pegx_node_height") == 30
+    finally:
+        node.close()
 
 
 def test_a_problem_shows_in_pegx_up(tmp_path):

@@ -31,6 +31,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -72,6 +73,9 @@ class Metrics:
     """The registry and the metrics measured in place (see the module docstring)."""
 
     def __init__(self) -> None:
+        # no *_created series: a start time per label pair doubles the text for nothing
+        # Prometheus uses here (a process-wide switch of prometheus-client)
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         r = self.registry
         self.calls = Counter("pegx_calls", "XML-RPC method calls answered, by method and "
