@@ -150,6 +150,27 @@ def test_a_stalled_chain_and_failing_passes(tmp_path):
         node.close()
 
 
+def test_a_locked_wallet_is_a_problem_until_exchange_password(tmp_path):
+    node = FakeNode()
+    try:
+        _chain(node, 30, int(time.time()))
+        node.state["passphrase"] = "wallet pass 1"  # encrypted and locked
+        extra = ["--chain", "bitbayd", "--node-url", node.url]
+        with Daemon(tmp_path / "d", extra=extra) as d:
+            x = d.proxy()
+            key, ok = x.GenerateDepositAddress()  # a key to import: the wallet is needed
+            assert ok is True
+            wait_until(lambda: "wallet_locked" in kinds(x), 20, what="the locked wallet")
+            assert kinds(x) == ["wallet_locked"]
+            assert check(d.url) == (1, ["wallet locked: call ExchangePassword"])
+            assert x.ExchangePassword("wallet pass 1") is True
+            wait_until(lambda: [key, "", False] in node.state["imported"], 20, what="the import")
+            wait_until(lambda: kinds(x) == [], 20, what="the problem to clear")
+            assert check(d.url) == (0, ["ok: nothing needs the operator"])
+    finally:
+        node.close()
+
+
 def test_stall_threshold_and_durations(tmp_path):
     devnet = {"chain": "devnet", "datadir": str(tmp_path)}
     assert stall_threshold(load({**devnet, "block_seconds": 0}, environ={})) == 0

@@ -73,6 +73,8 @@ def main() -> None:
                    "PORT [default: off].")
 @click.option("--chain", type=click.Choice(["devnet", "bitbayd"]),
               help="Chain backend [default: devnet].")
+@click.option("--network", type=click.Choice(["main", "testnet", "regtest"]),
+              help="BitBay network [default: main]: address versions (devnet: cycle length).")
 @click.option("--node-url", help="bitbayd JSON-RPC URL, e.g. http://user:pw@127.0.0.1:19915.")
 @click.option("--autostart/--no-autostart", default=None,
               help="Start the exchange at launch, as StartExchange() would.")
@@ -167,8 +169,9 @@ def _figures(st: dict) -> list[str]:
     for name, s in stages.items():
         waited = f" (oldest {s['oldest_age']:,d} s)" if s["oldest_age"] >= 0 else ""
         flow.append(f"{name} {s['count']:,d}{waited}")
-    return [
-        f"pegx {st['version']} (pid {st['pid']}) on {st['chain']}, datadir {st['datadir']}",
+    lines = [
+        (f"pegx {st['version']} (pid {st['pid']}) on {st['chain']} "
+         f"({st.get('network', 'main')}), datadir {st['datadir']}"),
         (f"exchange   started={st['started']} loaded={st['loaded']} "
          f"cycle thread={'alive' if st['cycle_thread_alive'] else 'stopped'}"),
         (f"chain      height {st['height']:,d}{at_node}, cycle {st['chain_cycle']}, "
@@ -182,6 +185,9 @@ def _figures(st: dict) -> list[str]:
          f"{st['calls_served']:,d} calls"),
         f"last error {st['last_error'] or '-'}",
     ]
+    if st.get("wallet"):  # e.g. "wallet locked: call ExchangePassword"
+        lines.append(f"wallet     {st['wallet']}")
+    return lines
 
 
 def _parse_arg(text: str):

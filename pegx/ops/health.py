@@ -152,9 +152,8 @@ class Health:
         elif not cycle.started():
             found["exchange_stopped"] = ("exchange not started: nothing is registered or sent "
                                          "until StartExchange(start=1) (or --autostart)")
-        wallet = getattr(cycle, "wallet_note", "")
-        if wallet:
-            found["wallet_locked"] = f"wallet: {wallet}"
+        if cycle.wallet_note:  # "wallet locked: call ExchangePassword", set by a failed use
+            found["wallet_locked"] = cycle.wallet_note
         if self.stall_seconds > 0 and age is not None and age > self.stall_seconds:
             tip = probe.tip or cycle.tip
             found["chain_stalled"] = (f"chain not advancing: no new block for {duration(age)} "
