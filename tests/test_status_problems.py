@@ -77,6 +77,21 @@ def test_exchange_stopped_and_withdraws_not_batchable_fail_the_check(tmp_path):
         assert st["node"] == {"reachable": True, "height": st["height"], "error": ""}
 
 
+def test_devnet_block_age_is_from_when_the_block_came(tmp_path):
+    """The devnet's block times are synthetic (2020 and a fixed spacing): its tip age counts
+    from when this daemon saw the block. An explicit stall_seconds applies even on demand."""
+    with Daemon(tmp_path / "d", env={"PEGX_STALL_SECONDS": "2"}) as d:
+        x = d.proxy()
+        wait_until(lambda: "chain_stalled" in kinds(x), 60, what="the stall alarm")
+        st = x.pegx.status()
+        assert st["tip_age"] >= 2 and st["stall_seconds"] == 2
+        assert st["problems"][0]["message"].startswith("chain not advancing: no new block for ")
+        before = time.time()
+        mine_one(x)
+        age = x.pegx.status()["tip_age"]
+        assert age <= time.time() - before + 1  # counted from the new block, not the old one
+
+
 def _chain(node: FakeNode, height: int, tip_time: int) -> None:
     """A node at ``height`` whose blocks are 64 s apart, the best one at ``tip_time``."""
     hashes = {0: GENESIS} | {h: f"{h:08x}" + "c" * 56 for h in range(1, height + 1)}
