@@ -250,12 +250,9 @@ class App:
         """The status report (pegx.status without the password check; the metrics port):
         the problems first (pegx.ops.health), then the figures."""
         tip = self.cycle.tip
-        withdraws = self.ledger.records("withdraws")
-        history = self.ledger.records("history")
-        by_status: dict[str, int] = {"pending": len(withdraws)}
-        for rec in history.values():
-            if isinstance(rec, dict):
-                by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
+        # one pass over the withdraws and the history under the lock, nothing copied: a
+        # metrics scrape reads this too, and trades wait while the lock is held
+        pipe = pipeline(self.ledger, time.time())
         desk = self.cycle.desk
         return {
             # why pending withdraws cannot go out ('' if nothing stands in their way)
@@ -267,12 +264,12 @@ class App:
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
             "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
             "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.names),
-            "inputs": len(self.ledger.tables["inputs"]), "withdraws": by_status,
+            "inputs": len(self.ledger.tables["inputs"]), "withdraws": pipe.pop("by_status"),
             "last_error": self.cycle.last_error, "ledger_bytes": self.store.approximate_size(),
             "op_seq": self.ledger.seq, "checkpoint_seq": self.ledger.ckpt_seq,
             "uptime": int(time.time() - self.started_at),
             "calls_served": self.server.calls_served, "exec_enabled": self.exec_api.active,
-            "pipeline": pipeline(self.ledger, time.time()),
+            "pipeline": pipe,
             **self.health.report(),  # problems, node, tip_age, stall_seconds
         }
 

@@ -30,15 +30,21 @@ OLDEST_SHOWN = 10  # in-flight withdraws listed by pipeline(), oldest first
 
 
 def pipeline(ledger: engine.Exchange, now: float) -> dict:
-    """{stages: {stage: {count, amount, oldest_age}}, oldest: [...]} at unix time ``now``.
+    """{stages: {stage: {count, amount, oldest_age}}, oldest: [...], by_status: {...}} at unix
+    time ``now``.
 
     ``oldest_age`` is the seconds the stage's oldest withdraw (with a known accept time) has
-    waited since it was accepted, -1 if none has one; finished stages have -1. ``oldest`` lists
-    the OLDEST_SHOWN in-flight withdraws waiting longest: {id, stage, style, amount, age}.
+    waited since it was accepted, -1 if none has one; finished stages have -1 and amount 0.
+    ``oldest`` lists the OLDEST_SHOWN in-flight withdraws waiting longest: {id, stage, style,
+    amount, age}. ``by_status`` is pegx.status's older ``withdraws`` count: ``pending`` (every
+    withdraw still in the ledger) and each history record's status (batches and expired
+    withdraws; a ``Pending`` record is already counted as pending).
     """
     stages = {s: {"count": 0, "amount": 0, "oldest_age": -1} for s in STAGES}
     waiting: list[tuple[float, str, str, str, int]] = []
+    by_status: dict[str, int] = {}
     with ledger.lock:
+        by_status["pending"] = len(ledger.tables["withdraws"])
         history = ledger.tables["history"]
         batches = ledger.tables["batches"]
         for wid, rec in ledger.tables["withdraws"].items():
@@ -52,6 +58,8 @@ def pipeline(ledger: engine.Exchange, now: float) -> dict:
             if "time" in rec:
                 waiting.append((rec["time"], wid, stage, rec["style"], int(rec["amount"])))
         for key, value in history.items():
+            if isinstance(value, dict) and value.get("status") != "Pending":
+                by_status[value["status"]] = by_status.get(value["status"], 0) + 1
             if isinstance(value, str):  # a withdraw's id -> its batch's master id
                 master = history.get(value)
                 status = master.get("status") if isinstance(master, dict) else None
@@ -69,4 +77,4 @@ def pipeline(ledger: engine.Exchange, now: float) -> dict:
     oldest = [{"id": wid, "stage": stage, "style": style, "amount": amount,
                "age": max(0, int(now - accepted))}
               for accepted, wid, stage, style, amount in waiting[:OLDEST_SHOWN]]
-    return {"stages": stages, "oldest": oldest}
+    return {"stages": stages, "oldest": oldest, "by_status": by_status}
