@@ -87,16 +87,19 @@ class Health:
         self._block_clock = block_clock
         self._mu = threading.Lock()  # one probe at a time; later callers reuse its answer
         self._last: Probe | None = None
-        # (height, unix time this daemon first saw it): the devnet's block clock
-        self._seen: tuple[int, float] = (-1, time.time() if started_at is None else started_at)
+        # (height, unix time this daemon first saw it): the clock of a chain whose block times
+        # are synthetic (the devnet, in-process: its tip costs nothing); the tip at start
+        # counts as seen at start
+        self._seen: tuple[int, float] = (-1, 0.0)
+        if not block_clock:
+            self._seen = (chain.tip().height, time.time() if started_at is None else started_at)
         subscribe = getattr(chain, "subscribe", None)  # the devnet tells about each block
         if subscribe is not None:
             subscribe(self._note)
 
     def _note(self, tip: Tip) -> None:
         if tip.height != self._seen[0]:
-            first = self._seen[0] < 0  # the height at start: seen since start
-            self._seen = (tip.height, self._seen[1] if first else time.time())
+            self._seen = (tip.height, time.time())
 
     def probe(self) -> Probe:
         """The node's tip now. Callers that arrive while a probe runs share its answer: a
