@@ -35,6 +35,7 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "initial_supply": (int, 0, "devnet: supply index of a new chain (0..1198)"),
     "devnet_walk": (int, -1, "devnet: seed of a random supply walk (-1 = off)"),
     "devnet_seed": (int, 1, "devnet: seed of the simulated chain"),
+    "final_depth": (int, 0, "confirmations that make a block final (0 = exchangeconfirmations)"),
     "stall_seconds": (float, 0.0, ("seconds without a new block before status calls the "
                                     "chain stalled (0: ten blocks' time, never on an "
                                     "on-demand devnet; < 0: never)")),
@@ -64,6 +65,7 @@ class Config:
     initial_supply: int = 0
     devnet_walk: int = -1
     devnet_seed: int = 1
+    final_depth: int = 0
     stall_seconds: float = 0.0
     poll_seconds: float = 0.5
     busy_wait: float = 2.0
@@ -152,6 +154,8 @@ def _validate(cfg: Config) -> Config:
         bad("block_seconds", "must be >= 0 (0 = mine only on demand)")
     if not 0 <= cfg.initial_supply <= 1198:
         bad("initial_supply", "must be 0..1198")
+    if not 0 <= cfg.final_depth <= 1000:
+        bad("final_depth", "must be 0..1000 (0 = the exchange's confirmation count)")
     if cfg.checkpoint_ops < 1:
         bad("checkpoint_ops", "must be >= 1")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -92,6 +92,24 @@ def test_devnet_block_age_is_from_when_the_block_came(tmp_path):
         assert age <= time.time() - before + 1  # counted from the new block, not the old one
 
 
+def test_a_reorganisation_past_the_final_depth_is_the_first_problem(tmp_path):
+    with Daemon(tmp_path / "d", env={"PEGX_FINAL_DEPTH": "3"}) as d:
+        x = d.proxy()
+        for _ in range(6):
+            mine_one(x)
+        assert kinds(x) == []
+        x.devnet.reorg(4, "keep")  # one block deeper than the final depth
+        mine_one(x)
+        st = x.pegx.status()
+        assert [p["kind"] for p in st["problems"]] == ["deep_reorg"]
+        assert st["problems"][0]["message"].startswith(
+            "ALARM reorganisation deeper than the final depth (3): blocks ")
+        code, lines = check(d.url)
+        assert code == 1 and lines == [st["problems"][0]["message"]]
+        res = CliRunner().invoke(main, ["status", "--url", d.url], catch_exceptions=False)
+        assert res.output.count("ALARM reorganisation") == 1  # once, first
+
+
 def _chain(node: FakeNode, height: int, tip_time: int) -> None:
     """A node at ``height`` whose blocks are 64 s apart, the best one at ``tip_time``."""
     hashes = {0: GENESIS} | {h: f"{h:08x}" + "c" * 56 for h in range(1, height + 1)}

@@ -15,6 +15,7 @@ import click
 
 from pegx import __version__
 from pegx.config import SETTINGS, ConfigError, load
+from pegx.ops.health import reorg_message
 
 DEFAULT_URL = "http://127.0.0.1:55779"
 INT32 = 2**31
@@ -169,7 +170,11 @@ def _figures(st: dict) -> list[str]:
     for name, s in stages.items():
         waited = f" (oldest {s['oldest_age']:,d} s)" if s["oldest_age"] >= 0 else ""
         flow.append(f"{name} {s['count']:,d}{waited}")
-    lines = [
+    lines = []
+    alarm = st.get("reorg_alarm")
+    if alarm and not any(p["kind"] == "deep_reorg" for p in st["problems"]):
+        lines.append(reorg_message(alarm))  # an old one: no longer a problem, still first
+    lines += [
         (f"pegx {st['version']} (pid {st['pid']}) on {st['chain']} "
          f"({st.get('network', 'main')}), datadir {st['datadir']}"),
         (f"exchange   started={st['started']} loaded={st['loaded']} "
@@ -256,6 +261,22 @@ def devnet_vote(url, direction, steps) -> None:
     """Script the supply move at the next cycle boundary."""
     _call(url, "devnet.vote", direction, steps)
     click.echo(f"{direction} by {steps} at the next cycle boundary")
+
+
+@devnet.command("reorg")
+@url_option
+@click.argument("depth", type=click.IntRange(1, 1000))
+@click.option("--txs", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
+              help="keep: the replaced blocks' transactions are mined again in the new branch; "
+                   "drop: the new branch does not have them.")
+@click.option("--votes", metavar="DIRECTION[:STEPS]", default="",
+              help="the vote every cycle boundary of the new branch uses (changes the supply).")
+@click.option("--spend", multiple=True, metavar="TXID|TXID:VOUT",
+              help="a conflicting spend the new branch mines first (repeatable): a txid the "
+                   "devnet has seen, or a wallet outpoint it spends back to its own address.")
+def devnet_reorg(url, depth, txs, votes, spend) -> None:
+    """Replace the last DEPTH blocks with as many new ones (a competing branch wins)."""
+    _print(_call(url, "devnet.reorg", depth, txs, votes, list(spend)))
 
 
 @devnet.command("info")

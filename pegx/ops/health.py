@@ -33,9 +33,12 @@ PROBE_TIMEOUT = 1.0  # seconds one probe request may take
 PROBE_DEADLINE = 2.0  # seconds a whole probe (a few node calls) may take
 STALL_BLOCKS = 10  # block intervals without a block before the chain counts as stalled
 BITBAYD_BLOCK_SECONDS = 64  # the node's block target (BITBAYD: 64 s since protocol v2)
+# a reorganisation past the final depth stays a problem this long (nothing acknowledges it;
+# pegx status keeps showing the last one first after that, and pegx audit lists them all)
+REORG_ALARM_SECONDS = 86_400
 
 # problem kinds, gravest first (the order of Health.problems)
-KINDS = ("node_unreachable", "node_error", "cycle_thread_dead", "exchange_stopped",
+KINDS = ("deep_reorg", "node_unreachable", "node_error", "cycle_thread_dead", "exchange_stopped",
          "wallet_locked", "chain_stalled", "cycle_failing", "withdraws_not_batchable")
 
 
@@ -48,6 +51,13 @@ def stall_threshold(cfg: Config) -> float:
     if cfg.chain == "devnet":
         return STALL_BLOCKS * cfg.block_seconds  # 0 on demand: nothing is overdue
     return float(STALL_BLOCKS * BITBAYD_BLOCK_SECONDS)
+
+
+def reorg_message(alarm: dict) -> str:
+    """The line for a reorganisation that replaced blocks taken as final (follow.py's alarm)."""
+    return (f"ALARM reorganisation deeper than the final depth ({alarm['final_depth']}): "
+            f"blocks {alarm['fork'] + 1:,d}..{alarm['old_height']:,d} replaced, "
+            f"{len(alarm['changed'])} items changed (pegx audit lists them)")
 
 
 def duration(seconds: float) -> str:
@@ -145,6 +155,9 @@ class Health:
         """Every problem that holds now, gravest first (KINDS order)."""
         found: dict[str, str] = {}
         cycle = self.cycle
+        alarm = cycle.follower.last_alarm()
+        if alarm and time.time() - alarm.get("time", 0) < REORG_ALARM_SECONDS:
+            found["deep_reorg"] = reorg_message(alarm)
         if probe.tip is None and probe.unreachable:
             found["node_unreachable"] = f"node unreachable: {probe.error}"
         elif probe.tip is None:
