@@ -267,9 +267,7 @@ class LedgerMachine(RuleBasedStateMachine):
         matrix = np.array([self.ex.row(u) for u in names])
         view = np.array([[self.ex.balance(u)["liquid"], self.ex.balance(u)["reserve"]]
                          for u in names])
-        inputs = peg.zeros()
-        for key in self.ex.records("inputs"):
-            inputs += self.ex.vector("inputs", key)
+        inputs = self.ex.holdings()
         assert (inputs == self.registered).all()
         assert (matrix.sum(axis=0) == inputs - self.burned).all()
         assert (matrix >= 0).all() and (view >= 0).all()

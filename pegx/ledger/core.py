@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -280,6 +281,22 @@ class Ledger:
         with self._lock:
             v = self._state.vectors.get(("meta", "drift"))
             return np.zeros(peg.PEG_SIZE, dtype=np.int64) if v is None else v.copy()
+
+    def holdings(self) -> np.ndarray:
+        """What the exchange holds per peg step: the sum of every registered input's
+        fractions (a copy; for the status page)."""
+        out = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+        with self._lock:
+            for key in self._state.tables["inputs"]:
+                out += self._state.vectors[("inputs", key)]
+        return out
+
+    def observe(self, *, fsync: Callable[[float], None] | None = None,
+                checkpoint: Callable[[float], None] | None = None) -> None:
+        """Report the seconds each synced log write (``fsync``) and each checkpoint write take
+        (metrics). Called by the writing thread while other callers wait: it must be quick."""
+        self.journal.on_fsync = fsync
+        self.journal.on_checkpoint = checkpoint
 
     @property
     def recomputed(self) -> bool:

@@ -147,6 +147,37 @@ def status_counts(tables: dict) -> dict[str, int]:
     return counts
 
 
+# withdraw stages as an operator sees them (pegx.exchange.pipeline), in order
+IN_FLIGHT_STAGES = ("pending", "batched", "processing")
+FINISHED_STAGES = ("complete", "failed", "expired")
+_FLIGHT_STAGE = {"unconfirmed": "batched", "Processing": "processing"}
+_FINAL_STAGE = {"Complete": "complete", "Failed/Declined": "failed", "Expired": "expired"}
+
+
+def stages(tables: dict) -> tuple[list[tuple[str, str, dict]], dict[str, int]]:
+    """(in flight: [(withdraw id, stage, {style, amount[, time]})], finished: {stage: count}).
+
+    In flight: ``pending`` (in no batch yet), ``batched`` (its batch is ``unconfirmed``),
+    ``processing``. Finished: counted per withdraw whose CheckWithdraw record is there
+    (``complete``, ``failed``, ``expired``); a cleared one is not counted.
+    """
+    batches = tables["batches"]
+    flight = []
+    for wid, rec in tables["withdraws"].items():
+        stage = "pending"
+        if "batch" in rec:
+            stage = _FLIGHT_STAGE.get((batches.get(rec["batch"]) or {}).get("status"), "batched")
+        flight.append((wid, stage, {k: rec[k] for k in ("style", "amount", "time") if k in rec}))
+    finished = dict.fromkeys(FINISHED_STAGES, 0)
+    for master in tables["batch_of"].values():
+        rec = answer(batches, master)
+        stage = _FINAL_STAGE.get(rec["status"]) if rec is not None else None
+        if stage is not None:
+            finished[stage] += 1
+    finished["expired"] += len(tables["expired"])
+    return flight, finished
+
+
 # ------------------------------------------------------------------------- settling
 def settle(state, spent: list[str], outputs: list[Output], burned: list[str],
            withheld: np.ndarray | None = None) -> list[dict]:

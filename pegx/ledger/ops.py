@@ -35,14 +35,11 @@ def trade(u1: str, u2: str, amount: int, style: str) -> dict:
     return {"op": "trade", "u1": u1, "u2": u2, "amount": int(amount), "style": style}
 
 
-def withdraw(wid: str, user: str, amount: int, style: str, address: str, cycle: int,
-             commission: int | None = None) -> dict:
-    """Move ``amount`` from ``user`` to the withdraws account under withdraw id ``wid``."""
-    op = {"op": "withdraw", "id": wid, "user": user, "amount": int(amount), "style": style,
-          "address": address, "cycle": int(cycle)}
-    if commission is not None:
-        op["commission"] = int(commission)
-    return op
+def withdraw(wid: str, user: str, amount: int, style: str, address: str, cycle: int) -> dict:
+    """Move ``amount`` from ``user`` to the withdraws account under withdraw id ``wid`` (the
+    caller adds ``commission`` and ``time`` once it has checked them)."""
+    return {"op": "withdraw", "id": wid, "user": user, "amount": int(amount), "style": style,
+            "address": address, "cycle": int(cycle)}
 
 
 def refund(wid: str) -> dict:

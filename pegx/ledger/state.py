@@ -232,8 +232,9 @@ class State:
         vec = peg.deduction(self.matrix[self.index[user]], amount, style, self.supply)
         self._move_rows(user, WITHDRAWS, vec)
         self._move_view(user, WITHDRAWS, amount, style)
-        rec = {k: op[k] for k in ("user", "amount", "style", "address", "cycle", "commission")
-               if k in op}  # ops logged before commissions were kept have none
+        rec = {k: op[k] for k in ("user", "amount", "style", "address", "cycle", "commission",
+                                  "time")
+               if k in op}  # ops logged before commissions (times) were kept have none
         self.put("withdraws", op["id"], rec)
         self.put_vec("withdraws", op["id"], vec)
 

@@ -46,14 +46,17 @@ class Withdrawals(Ledger):
             return len(self._state.tables["withdraws"])
 
     def request_withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,
-                         *, commission: int | None = None, limit: bool = False) -> None:
+                         *, commission: int | None = None, limit: bool = False,
+                         accepted: int | None = None) -> None:
         """Move ``amount`` from ``user`` to the ``withdraws`` account under withdraw id ``wid``.
 
         ``commission`` (satoshi, 0 <= commission < amount) is the commission in force when the
         withdraw was accepted; it is kept with the withdraw and is what its batch charges,
         whatever the settings say by then. Without it the batch uses the settings of its time.
         With ``limit``, a style that has its maximum of pending withdraws refuses it
-        (LimitReached), counted and taken atomically.
+        (LimitReached), counted and taken atomically. ``accepted`` (unix time) is kept as the
+        record's ``time``: how long a withdraw has waited (pegx status, metrics); withdraws
+        logged before it was kept have none.
         """
         check_name(user)
         amount = check_amount(amount)
@@ -65,6 +68,8 @@ class Withdrawals(Ledger):
                 raise AmountError(f"commission must be a whole number of satoshi from 0 to "
                                   f"below the amount, got {commission!r}")
             op["commission"] = int(commission)
+        if accepted is not None:
+            op["time"] = int(accepted)
         with self._lock:
             full = self.withdraw_limit(style) if limit else None
             if full:
@@ -210,6 +215,15 @@ class Withdrawals(Ledger):
             if clear and rec is not None and rec["status"] in lifecycle.FINISHED:
                 self.commit([ops.forget(ident)])
         return rec
+
+    def withdraw_stages(self) -> tuple[list[tuple[str, str, dict]], dict[str, int],
+                                       dict[str, int]]:
+        """Where every withdraw is, in one pass under the lock: (in flight: [(id, stage,
+        {style, amount[, time]})], finished: {stage: count} (lifecycle.stages), and
+        :meth:`withdraw_statuses`)."""
+        with self._lock:
+            flight, finished = lifecycle.stages(self._state.tables)
+            return flight, finished, self.withdraw_statuses()
 
     def withdraw_statuses(self) -> dict[str, int]:
         """{"pending": withdraws pending or in flight, status: CheckWithdraw records}."""

@@ -17,6 +17,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from typing import Protocol
 
 from pegx import crypto, peg
@@ -384,7 +385,7 @@ class PegAPI:
             # the limit is counted and the slot taken atomically (limit=True)
             self.ledger.request_withdraw(uid, user, amount, style, address, self.control.cycle(),
                                          commission=planner.commission(amount, rates),
-                                         limit=True)
+                                         limit=True, accepted=int(time.time()))
         except EngineError as exc:
             return (str(exc), "")
         return (True, uid)
