@@ -8,7 +8,7 @@ transaction it sent until it is ``Complete`` (the coins leave the ledger) or ``F
 its audit (:mod:`pegx.ledger.audit`). The desk decides and talks to the chain; every record
 it leaves is written by the ledger's lifecycle methods (:mod:`pegx.ledger.withdrawals`), which
 also square the house account and the drift when a batch ends (:mod:`pegx.ledger.lifecycle`).
-This module is ~490 lines: batching, tracking and endings follow one batch record through its
+This module is ~580 lines: batching, tracking and endings follow one batch record through its
 life and are kept together until the planner's pre-broadcast check has landed (issue #11).
 
 What must stay true:
