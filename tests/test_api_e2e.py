@@ -649,7 +649,7 @@ def test_check_withdraw_follows_the_master_id_and_clear_is_safe(tmp_path):
                                           "u3": "p" * 32, "p" * 32: processing})
     with Daemon(datadir) as d:
         x = d.proxy()
-        assert "ledger upgraded from format 1 to 2" in d.log()
+        assert "ledger upgraded from format 1 to 3" in d.log()
         assert_returns(lambda: x.CheckWithdraw("u1"), master)  # user id -> master id -> record
         assert_returns(lambda: x.CheckWithdraw("m" * 32), master)
         assert_returns(lambda: x.CheckWithdraw("u2"), "ID not found")  # master already cleared

@@ -2,10 +2,15 @@
 
 A hypothesis state machine drives a real Exchange on a real LevelDB through random deposits
 (STD spreads and arbitrary fraction vectors, some huge so peg._share takes its Python-int path),
-trades of both styles, pool debits and credits, withdraw moves, refunds, burns, supply moves and
-close/reopen cycles, and checks the engine's invariants after every step:
+spends of inputs, trades of both styles, pool debits and credits, withdraw moves, refunds, burns,
+supply moves and close/reopen cycles (with checkpoints in LevelDB keys or in checkpoint files:
+``file_rows`` 0 writes files at every checkpoint), and checks the engine's invariants after
+every step:
 
-* per step, Σ accounts (users, pool, withdraws, exchange) == Σ registered inputs − Σ burned;
+* per step, Σ accounts (users, pool, withdraws, exchange) == Σ registered inputs − Σ burned
+  + Σ spent (a spend takes an input out of the set without touching the accounts);
+* every recompute publishes exactly the totals :func:`pegx.ledger.figures.input_totals`
+  works out input by input (the ledger's per-supply tables, frozen inputs or not);
 * no negative step in any row, no negative published balance;
 * every account's published liquid + reserve == its row total;
 * Σ published liquid <= the exchange's liquid of the last recompute.
@@ -31,7 +36,8 @@ from hypothesis.stateful import (
 
 from pegx import peg
 from pegx.ledger.engine import Exchange
-from pegx.ledger.rules import HOUSE, INTERNAL, POOL, EngineError, FundsError
+from pegx.ledger.figures import input_totals
+from pegx.ledger.rules import FROZEN_GRACE, HOUSE, INTERNAL, POOL, EngineError, FundsError
 from pegx.ledger.store import Store
 
 USERS = ("alice", "bobby", "carol", "dave1", "erin1", "frank")
@@ -87,7 +93,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.path = f"{self.dir}/ledger"
         self.ex: Exchange | None = None
         self.checkpoint_ops = 5000
-        self.registered = peg.zeros()  # Σ vectors ever registered (nothing is spent here)
+        self.file_rows = 4096
+        self.registered = peg.zeros()  # Σ vectors ever registered
+        self.spent = peg.zeros()
         self.burned = peg.zeros()
         self.total = 0
         self.n_inputs = 0
@@ -100,7 +108,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- helpers ---------------------------------------------------------------------------
     def open(self) -> None:
-        self.ex = Exchange(Store(self.path), checkpoint_ops=self.checkpoint_ops)
+        self.ex = Exchange(Store(self.path), checkpoint_ops=self.checkpoint_ops,
+                           file_rows=self.file_rows)
 
     def published(self, name: str, style: str) -> int:
         bal = self.ex.balance(name)
@@ -134,9 +143,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------------
     @initialize(supply=st.integers(0, SUPPLY_MAX), ckpt=st.sampled_from([3, 11, 5000]),
-                owner=st.sampled_from(USERS), value=st.integers(1, 10**14))
-    def start(self, supply, ckpt, owner, value):
-        self.checkpoint_ops = ckpt
+                files=st.sampled_from([0, 2, 4096]), owner=st.sampled_from(USERS),
+                value=st.integers(1, 10**14))
+    def start(self, supply, ckpt, files, owner, value):
+        self.checkpoint_ops, self.file_rows = ckpt, files
         self.open()
         self.ex.recompute(supply, now=0)
         self.register(owner, peg.std_spread(value), frozen=False)
@@ -240,11 +250,25 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.ex.digest() == before
         self.ex.burn(ids)
 
-    @rule(step=st.integers(-3, 3), jump=st.one_of(st.none(), st.integers(0, SUPPLY_MAX)))
-    def recompute(self, step, jump):
+    @precondition(lambda self: self.ex is not None and self.ex.input_count())
+    @rule(data=st.data())
+    def spend(self, data):
+        keys = data.draw(st.lists(st.sampled_from(sorted(self.ex.records("inputs"))),
+                                  min_size=1, max_size=3, unique=True))
+        for key in keys:
+            self.spent += self.ex.vector("inputs", key)
+        self.ex.spend_inputs(keys, supply=self.ex.supply, now=0)
+        assert all(self.ex.vector("inputs", k) is None for k in keys)
+
+    @rule(step=st.integers(-3, 3), jump=st.one_of(st.none(), st.integers(0, SUPPLY_MAX)),
+          now=st.sampled_from([0, 10**9 + FROZEN_GRACE - 1, 10**9 + FROZEN_GRACE]))
+    def recompute(self, step, jump, now):
         supply = jump if jump is not None else min(SUPPLY_MAX, max(0, self.ex.supply + step))
-        totals = self.ex.recompute(supply, now=0)
+        totals = self.ex.recompute(supply, now=now)
         assert self.ex.supply == supply and totals == self.ex.exchange_balance()
+        inputs = self.ex.records("inputs")
+        vectors = {("inputs", k): self.ex.vector("inputs", k) for k in inputs}
+        assert totals == input_totals(inputs, vectors, supply, now)
 
     @rule(clean=st.booleans())
     def reopen(self, clean):
@@ -257,6 +281,9 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.ex.digest() == digest and self.ex.seq == seq
         if clean:
             assert self.ex.replayed == 0
+        # the per-supply input tables agree with the vectors (read back from disk)
+        tables = [p for p in self.ex.audit()["problems"] if "table" in p or "sum of the" in p]
+        assert tables == []
 
     # -- invariants --------------------------------------------------------------------------
     @invariant()
@@ -268,8 +295,8 @@ class LedgerMachine(RuleBasedStateMachine):
         view = np.array([[self.ex.balance(u)["liquid"], self.ex.balance(u)["reserve"]]
                          for u in names])
         inputs = self.ex.holdings()
-        assert (inputs == self.registered).all()
-        assert (matrix.sum(axis=0) == inputs - self.burned).all()
+        assert (inputs == self.registered - self.spent).all()
+        assert (matrix.sum(axis=0) == inputs + self.spent - self.burned).all()
         assert (matrix >= 0).all() and (view >= 0).all()
         assert (view.sum(axis=1) == matrix.sum(axis=1)).all()
         assert int(view[:, 0].sum()) <= self.ex.exchange_balance()["liquid"]

@@ -28,7 +28,7 @@ from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import schema
 from pegx.ledger.engine import Exchange
 from pegx.ledger.journal import JournalFailed
-from pegx.ledger.store import Store
+from pegx.ledger.store import FORMAT_VERSION, Store
 
 FIXTURE = Path(__file__).parent / "data" / "ledger_v1.json.gz"
 ORDER = ["status", "txid", "ID", "block", "in0"]  # CheckWithdraw's keys, as the original sends
@@ -88,7 +88,8 @@ def assert_same_answers(ledger: Exchange, chain, want: dict) -> None:
 
 
 def assert_upgraded_with_the_same_answers(datadir: Path, want: dict) -> None:
-    """Open ``datadir`` (upgrading it), check the old answers, close it: it is format 2."""
+    """Open ``datadir`` (upgrading it), check the old answers, close it: it is of today's
+    format."""
     chain = Devnet(datadir, block_seconds=0, initial_supply=100)
     try:
         ledger = Exchange(Store(datadir / "ledger"))
@@ -96,7 +97,7 @@ def assert_upgraded_with_the_same_answers(datadir: Path, want: dict) -> None:
         ledger.close()
     finally:
         chain.close()
-    assert on_disk(datadir)["format"] == 2
+    assert on_disk(datadir)["format"] == FORMAT_VERSION
 
 
 def test_a_format_1_ledger_opens_upgraded_with_the_same_answers(old):
@@ -110,7 +111,7 @@ def test_a_format_1_ledger_opens_upgraded_with_the_same_answers(old):
         digest = ledger.digest()
         ledger.store.close()  # a crash right after the open: the upgrade is already on disk
         disk = on_disk(datadir)
-        assert disk == {"format": 2, "history": [], "log": 0}, disk
+        assert disk == {"format": FORMAT_VERSION, "history": [], "log": 0}, disk
         again = Exchange(Store(datadir / "ledger"))
         assert again.replayed == 0 and again.digest() == digest
         again.close()

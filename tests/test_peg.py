@@ -140,6 +140,48 @@ def test_vectorised_figures_equal_the_scalar_ones(supply):
                           and peg.rating(v, supply)[0] < peg.SUBPREMIUM_RATING)
 
 
+def _table_rows() -> np.ndarray:
+    """Vectors whose ratings cross 200 at many supplies: STD spreads, sparse ones, equal
+    amounts (shares exactly on the 10 % thresholds), a top-heavy tail, and rows too large for
+    the int64 path (the table's Python-int branch)."""
+    rng = np.random.default_rng(11)
+    m = np.zeros((14, peg.PEG_SIZE), dtype=np.int64)
+    m[0] = peg.std_spread(10**11)
+    m[1] = peg.std_spread(123_456_789)
+    for i in (2, 3):
+        m[i, rng.integers(0, peg.PEG_SIZE, 25)] = rng.integers(0, 10**12, 25)
+    m[4, rng.integers(0, peg.PEG_SIZE, 12)] = 10
+    m[5, ::7] = 3
+    m[6, 1150:] = rng.integers(0, 10**9, 50)
+    m[7, :40] = 5  # liquid only at low supplies
+    m[8, 1199] = 77  # only the last step
+    m[9] = rng.integers(0, 10**6, peg.PEG_SIZE)
+    m[10] = rng.integers(0, 8 * 10**13, peg.PEG_SIZE)  # ~5e16 in all: Python ints
+    m[11, rng.integers(0, peg.PEG_SIZE, 30)] = 10**15
+    m[12, 600:603] = [10**17, 1, 10**17]
+    return m  # row 13 stays empty
+
+
+def test_subpremium_table_is_the_rating_at_every_supply():
+    m = _table_rows()
+    table = peg.subpremium_table(m)
+    assert table.shape == (len(m), peg.MAX_SUPPLY_INDEX + 1)
+    for i, v in enumerate(m):
+        for s in range(peg.MAX_SUPPLY_INDEX + 1):
+            liquid = peg.liquid_of(v, s)
+            sub = liquid > 0 and peg.rating(v, s)[0] < peg.SUBPREMIUM_RATING
+            assert table[i, s] == (liquid if sub else 0), (i, s)
+    assert table[13].sum() == 0 and table[8].any() and not table[8].all()
+
+
+def test_subpremium_table_agrees_with_the_vectorised_figures():
+    m = _table_rows()
+    table = peg.subpremium_table(m)
+    for s in (0, 1, 250, 599, 600, 601, 1100, 1197, 1198):
+        liquid, _, _, sub = peg.figures(m, s)
+        assert (table[:, s] == np.where(sub, liquid, 0)).all(), s
+
+
 # ------------------------------------------- decided differences from the node (PegAPI.md)
 
 

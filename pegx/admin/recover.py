@@ -23,8 +23,8 @@ from pegx.exchange import chainguard
 from pegx.ledger import ops as ledger_ops
 from pegx.ledger import rules
 from pegx.ledger.engine import Exchange
+from pegx.ledger.figures import input_totals
 from pegx.ledger.rules import HOUSE, POOL, WITHDRAWS
-from pegx.ledger.state import input_totals
 from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)

@@ -104,8 +104,7 @@ class Accounts(Ledger):
         """Apply ``group``, then a recompute whose totals include what it registers or spends;
         log all of it as one record (call with the lock held)."""
         supply = peg.check_supply(supply)
-        for op in group:
-            self._state.apply(op)
+        self._state.apply_group(group)
         return self._log(group + [self._recompute(supply, now, cycle)])
 
     # ---------------------------------------------------------------- deposits

@@ -3,7 +3,9 @@
 One audit serves ``pegx audit`` (offline and ``pegx.audit``), ``pegx verify-backup``, the
 crash test and the tests. Invariants: per step Σ accounts + drift == Σ registered inputs; no
 negative step or balance; liquid + reserve == row total; Σ liquid <= the exchange's liquid;
-the withdraws row == Σ pending withdraw vectors; claims registered <=> input registered.
+the withdraws row == Σ pending withdraw vectors; claims registered <=> input registered;
+the per-supply input tables (pegx.ledger.figures) == what the input vectors give (the sum
+per step in full, the subpremium table at the current supply: a recompute's inputs).
 Whether every input is still unspent is the chain's question: the caller passes a
 ``chain_check`` (see :func:`audit`), since the ledger never asks the chain itself.
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pegx import peg
+from pegx.ledger import figures, schema
 from pegx.ledger.lifecycle import in_flight_inputs
 from pegx.ledger.rules import HOUSE, INTERNAL, POOL, WITHDRAWS
 from pegx.ledger.state import State
@@ -46,10 +49,25 @@ class Snapshot:
     inputs: dict
     claims: dict
     withdraws: list[str]
-    vectors: dict
+    vectors: dict  # withdraw vectors, the drift, the input tables, and input vectors held
     meta: dict
     in_flight: set[str]
     seq: int
+    disk: object = None  # a LevelDB snapshot of the same moment: the other input vectors
+
+    def input_vector(self, key: str) -> np.ndarray | None:
+        """Registered input ``key``'s vector as it was at the snapshot, or None."""
+        vec = self.vectors.get(("inputs", key))
+        if vec is None and self.disk is not None:
+            raw = self.disk.get(schema.pack_vector("inputs", key))
+            vec = None if raw is None else np.frombuffer(raw, dtype="<i8").astype(np.int64)
+        return vec
+
+    def release(self) -> None:
+        """Let go of the LevelDB snapshot."""
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
 
 
 @dataclass
@@ -75,10 +93,11 @@ def _exact_sum(a: np.ndarray, axis: int) -> np.ndarray:
     return hi.astype(object) * (1 << 32) + lo.astype(object)
 
 
-def snapshot(state: State, seq: int) -> Snapshot:
+def snapshot(state: State, seq: int, store=None) -> Snapshot:
     """Sum the rows and copy the records the audit needs; call under the ledger lock
     (calls wait, ~1 s per 100,000 accounts). Works in chunks of rows instead of copying the
-    matrix (users x 1200 int64 can be GBs)."""
+    matrix (users x 1200 int64 can be GBs). The input vectors a checkpoint wrote are read
+    later, from a LevelDB snapshot of ``store`` taken now (release() it)."""
     n = len(state.names)
     cols = np.zeros(peg.PEG_SIZE, dtype=object)
     totals = np.zeros(n, dtype=object)
@@ -94,14 +113,15 @@ def snapshot(state: State, seq: int) -> Snapshot:
                for name in INTERNAL if name in state.index}
     tables = state.tables
     vectors = {k: v.copy() for k, v in state.vectors.items()
-               if k[0] in ("inputs", "withdraws") or k == DRIFT}
+               if k[0] in ("inputs", "withdraws") or k in (DRIFT, figures.SUM, figures.SUB)}
+    disk = None if store is None else store.snapshot()
     return Snapshot(names=list(state.names), view=state.view[:n].copy(), cols=cols,
                     totals=totals, negative=negative, special=special,
                     inputs=dict(tables["inputs"]), claims=dict(tables["claims"]),
                     withdraws=list(tables["withdraws"]), vectors=vectors,
                     meta=tables["meta"].get("engine", {"supply": 0, "cycle": 0,
                                                        "totals": {"liquid": 0}}),
-                    in_flight=in_flight_inputs(tables["batches"]), seq=seq)
+                    in_flight=in_flight_inputs(tables["batches"]), seq=seq, disk=disk)
 
 
 def report(snap: Snapshot, chain_check: ChainCheck | None = None) -> dict:
@@ -145,15 +165,22 @@ def _conservation(snap: Snapshot, found: Findings) -> tuple[np.ndarray, list[int
     pool, wds, house = (snap.special.get(a, zero) for a in (POOL, WITHDRAWS, HOUSE))
     users = snap.cols - pool - wds - house
     ins = zero.copy()
+    supply = int(snap.meta.get("supply", 0))
+    sub, batch = 0, []
     for key, rec in snap.inputs.items():
-        vec = snap.vectors.get(("inputs", key))
+        vec = snap.input_vector(key)
         if vec is None or vec.shape != (peg.PEG_SIZE,):
             found.problem("input", f"input {key}: its fraction vector is missing or malformed")
             continue
         if (vec < 0).any() or int(vec.sum()) != int(rec.get("value", -1)):
             found.problem("input", f"input {key}: fractions sum to {int(vec.sum()):,d}, "
                                    f"value is {rec.get('value')!r}")
-        ins = ins + vec.astype(object)
+        batch.append(vec)
+        if len(batch) == figures.CHUNK:
+            ins, sub = _add_inputs(batch, supply, ins, sub)
+            batch = []
+    ins, sub = _add_inputs(batch, supply, ins, sub)
+    _tables(snap, found, ins, sub, supply)
     drift = snap.vectors[DRIFT].astype(object) if DRIFT in snap.vectors else zero.copy()
     diff = users + pool + wds + house + drift - ins
     differing = [int(i) for i in np.flatnonzero(diff != 0)]
@@ -163,6 +190,32 @@ def _conservation(snap: Snapshot, found: Findings) -> tuple[np.ndarray, list[int
                                       f"{'more' if d > 0 else 'less'} than the registered "
                                       f"inputs")
     return np.stack([users, pool, wds, house, ins, drift, diff]), differing
+
+
+def _add_inputs(batch: list[np.ndarray], supply: int, ins: np.ndarray,
+                sub: int) -> tuple[np.ndarray, int]:
+    """Σ per step (exact) and Σ subpremium liquid at ``supply`` of a batch of input vectors."""
+    if not batch:
+        return ins, sub
+    stack = np.stack(batch)
+    liquid, _, _, low = peg.figures(stack, supply)
+    return ins + _exact_sum(stack, 0), sub + sum(int(x) for x in liquid[low].tolist())
+
+
+def _tables(snap: Snapshot, found: Findings, ins: np.ndarray, sub: int, supply: int) -> None:
+    """The per-supply input tables a recompute reads agree with the input vectors."""
+    total, subs = snap.vectors.get(figures.SUM), snap.vectors.get(figures.SUB)
+    if total is None:
+        if snap.inputs:
+            found.problem("tables", "the per-supply input tables are missing")
+        return
+    wrong = np.flatnonzero(total.astype(object) != ins)
+    if wrong.size:
+        found.problem("tables", f"the per-step sum of the inputs is wrong at "
+                                f"{wrong.size:,d} steps (first: step {int(wrong[0])})")
+    if int(subs[supply]) != sub:
+        found.problem("tables", f"the subpremium table says {int(subs[supply]):,d} sat at "
+                                f"supply {supply}, the inputs {sub:,d} sat")
 
 
 def _accounts(snap: Snapshot, found: Findings, differing: list[int]) -> None:

@@ -18,19 +18,20 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
 
 from pegx import peg
 from pegx.ledger import audit as audit_
-from pegx.ledger import checks, lifecycle, migrate, ops
+from pegx.ledger import checks, figures, lifecycle, matrix, migrate, ops, schema
 from pegx.ledger import settings as settings_
 from pegx.ledger.checkpoint import Checkpoints
 from pegx.ledger.journal import Journal, read_log
 from pegx.ledger.rules import INTERNAL, EngineError
 from pegx.ledger.savepoint import Savepoint
-from pegx.ledger.state import State, input_totals
+from pegx.ledger.state import State
 from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
@@ -67,33 +68,40 @@ class Ledger:
 
     def __init__(self, store: Store, *, capacity: int = 1024, checkpoint_ops: int = 5000,
                  checkpoint_rows: int = 4000, checkpoint_seconds: float = 30.0,
-                 write_upgrade: bool = True):
+                 file_rows: int = matrix.FILE_ROWS, write_upgrade: bool = True):
         """Open the ledger in ``store``: load its checkpoint, replay its op log, and upgrade
         an older layout (written at once unless ``write_upgrade`` is false or the store is
-        read-only: then only in memory)."""
+        read-only: then only in memory). ``file_rows``: a checkpoint that changes more rows
+        (balances) than this writes checkpoint files rather than LevelDB keys
+        (:mod:`pegx.ledger.matrix`)."""
         self.store = store
         self._lock = threading.RLock()
         self._held = _Held(self)
         self._local = threading.local()  # per thread: locked() depth, seq awaiting its fsync
-        self._state = State(capacity)
+        self._state = State(8)
+        self._state.store = store
         self._checkpoints = Checkpoints(self, ops=checkpoint_ops, rows=checkpoint_rows,
-                                        seconds=checkpoint_seconds)
+                                        seconds=checkpoint_seconds, file_rows=file_rows)
         self.replayed = 0
-        self._load(write_upgrade and not store.read_only)
+        self._load(write_upgrade and not store.read_only, capacity)
 
     # ---------------------------------------------------------------- opening
-    def _load(self, write_upgrade: bool) -> None:
+    def _load(self, write_upgrade: bool, capacity: int) -> None:
+        t0 = time.perf_counter()
         state = self.store.state()
         self.ckpt_seq = state["seq"] if state else 0
         fmt = state.get("format") if state else None
         st = self._state
-        st.load_checkpoint(self.store)
-        seq = self.ckpt_seq
-        for seq, group in read_log(self.store, self.ckpt_seq):
-            for op in group:
-                st.apply(op)
+        self._checkpoints.disk.load(self.store, state, st, capacity)
+        st.load_records(self.store)
+        if migrate.tables_needed(fmt, st):  # before the replay, which adds to them
+            migrate.input_tables(st, fmt)
+        seq, torn = self.ckpt_seq, []
+        for seq, group in read_log(self.store, self.ckpt_seq, torn):
+            st.apply_group(group)
             self.replayed += 1
         self.seq = seq
+        self._tidy(torn, write_upgrade)
         self.journal = Journal(self.store, seq, self.ckpt_seq)
         self.journal.durable_seq = seq
         for name in INTERNAL:
@@ -111,8 +119,28 @@ class Ledger:
                                                      "history")))
         log.info(
             "ledger open: %s accounts, %s inputs, %s pending withdraws, checkpoint seq %s, "
-            "%s ops replayed", f"{len(st.names):,d}", f"{len(st.tables['inputs']):,d}",
-            f"{len(st.tables['withdraws']):,d}", f"{self.ckpt_seq:,d}", f"{self.replayed:,d}")
+            "%s ops replayed (%.2f s)", f"{len(st.names):,d}", f"{len(st.tables['inputs']):,d}",
+            f"{len(st.tables['withdraws']):,d}", f"{self.ckpt_seq:,d}", f"{self.replayed:,d}",
+            time.perf_counter() - t0)
+
+    def _tidy(self, torn: list[int], writable: bool) -> None:
+        """Delete what a crash left: the first records of a group whose end never reached
+        the disk (never acknowledged) and checkpoint files the state record does not name."""
+        if torn:
+            log.warning("op log: %s records of a group cut short by a crash (never "
+                        "acknowledged) %s", f"{len(torn):,d}",
+                        "deleted" if writable else "left out")
+        if not writable:
+            return
+        if torn:
+            with self.store.batch() as wb:
+                for s in torn:
+                    wb.delete(schema.pack_seq(s))
+        stray = self.store.stray_files()
+        if stray:
+            log.warning("deleting %s checkpoint files no checkpoint names (a checkpoint cut "
+                        "short, or its cleanup): %s", len(stray), ", ".join(stray))
+            self.store.remove_files(stray)
 
     # ---------------------------------------------------------------- commits and the lock
     def _submit(self, group: list[dict]) -> int:
@@ -120,15 +148,12 @@ class Ledger:
 
         Call with the lock held; then call :meth:`_durable` without the lock.
         """
-        for op in group:
-            self._state.apply(op)
+        self._state.apply_group(group)
         return self._log(group)
 
     def _log(self, group: list[dict]) -> int:
-        seq = self.seq + 1
-        self.journal.append(seq, group)
-        self.seq = seq
-        return seq
+        self.seq = self.journal.append(self.seq + 1, group)
+        return self.seq
 
     def _durable(self, seq: int) -> None:
         local = self._local
@@ -252,6 +277,10 @@ class Ledger:
     def vector(self, table: str, key: str) -> np.ndarray | None:
         """A copy of the fraction vector record ``key`` of ``table`` owns, or None."""
         with self._lock:
+            if table == "inputs":
+                if key not in self._state.tables["inputs"]:
+                    return None
+                return self._state.input_vector(key).copy()
             v = self._state.vectors.get((table, key))
             return None if v is None else v.copy()
 
@@ -272,8 +301,11 @@ class Ledger:
                 h.update(st.view[i].astype("<i8").tobytes())
                 h.update(st.matrix[i].astype("<i8").tobytes())
             h.update(json.dumps(st.tables, sort_keys=True).encode())
-            for key in sorted(st.vectors):
-                h.update(repr(key).encode() + st.vectors[key].astype("<i8").tobytes())
+            keys = {k for k in st.vectors if k[0] != "inputs"}
+            keys.update(("inputs", k) for k in st.tables["inputs"])
+            for key in sorted(keys):
+                vec = st.input_vector(key[1]) if key[0] == "inputs" else st.vectors[key]
+                h.update(repr(key).encode() + vec.astype("<i8").tobytes())
         return h.hexdigest()
 
     def drift(self) -> np.ndarray:
@@ -285,11 +317,9 @@ class Ledger:
     def holdings(self) -> np.ndarray:
         """What the exchange holds per peg step: the sum of every registered input's
         fractions (a copy; for the status page)."""
-        out = np.zeros(peg.PEG_SIZE, dtype=np.int64)
         with self._lock:
-            for key in self._state.tables["inputs"]:
-                out += self._state.vectors[("inputs", key)]
-        return out
+            total = self._state.vectors.get(figures.SUM)
+            return np.zeros(peg.PEG_SIZE, dtype=np.int64) if total is None else total.copy()
 
     def observe(self, *, fsync: Callable[[float], None] | None = None,
                 checkpoint: Callable[[float], None] | None = None) -> None:
@@ -353,8 +383,11 @@ class Ledger:
         """The audit report (:mod:`pegx.ledger.audit`) of one consistent view; the lock is
         held while the rows are summed, ``chain_check`` runs after, without it."""
         with self._lock:
-            snap = audit_.snapshot(self._state, self.seq)
-        return audit_.report(snap, chain_check)
+            snap = audit_.snapshot(self._state, self.seq, self.store)
+        try:
+            return audit_.report(snap, chain_check)
+        finally:
+            snap.release()
 
     def exchange_settings(self) -> dict:
         """ExchangeSettings values with the original's defaults filled in."""
@@ -363,8 +396,7 @@ class Ledger:
     def _recompute(self, supply: int, now: int, cycle: int | None) -> dict:
         """Apply a recompute at ``supply`` over the registered inputs; returns its op."""
         st = self._state
-        totals = input_totals(st.tables["inputs"], st.vectors, supply, now, st.figures)
-        op = ops.recompute(supply, totals, cycle)
+        op = ops.recompute(supply, st.exchange_totals(supply, now), cycle)
         st.apply(op)
         return op
 

@@ -15,6 +15,18 @@
   record on disk, refuses a checkpoint older than it (writing it would put stale rows over newer
   ones and move the seq back) and deletes exactly the log records between that seq and the new
   one: every record after the state on disk stays until a state covering it has landed.
+* Bounded records (issue #15: one 10,000-input credit was a 128 MB record, and LevelDB took
+  seconds to reopen a log file that size). A group whose JSON is longer than RECORD_BYTES is
+  logged as several consecutive records, each a JSON list of some of its ops in order; all but
+  the last are marked with a leading PART byte (``+[...]``), so the last record of a group is
+  always a plain JSON list. :meth:`Journal.append` takes the first seq and returns the last;
+  the engine's seq (and a checkpoint's) is always the last record of a group, so a checkpoint
+  covers whole groups. The group commit writes at most about BATCH_BYTES per synced batch, so
+  a crash can leave the first parts of the last group on disk without its end: nothing of it
+  was acknowledged, :func:`read_log` (and :func:`groups`, for anyone who reads raw records,
+  e.g. a standby) joins parts and leaves such a torn tail out, and the engine deletes it on
+  open. Records are still ``(seq, bytes)``; ``wait(seq)`` of a group's last seq returns once
+  every part is on disk.
 """
 
 from __future__ import annotations
@@ -29,6 +41,10 @@ from pegx.ledger import schema
 from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
+
+RECORD_BYTES = 1 << 20  # a group longer than this is logged as several records ...
+BATCH_BYTES = 4 << 20  # ... and a synced write of the group commit holds about this much
+PART = b"+"  # the first byte of every record of a group but its last
 
 
 class JournalFailed(RuntimeError):
@@ -55,14 +71,18 @@ class Journal:
         self.on_fsync: Callable[[float], None] | None = None
         self.on_checkpoint: Callable[[float], None] | None = None
 
-    def append(self, seq: int, ops: list[dict]) -> None:
-        """Queue record ``seq`` (call in seq order, under the engine lock)."""
-        data = json.dumps(ops, separators=(",", ":")).encode()
+    def append(self, seq: int, ops: list[dict]) -> int:
+        """Queue the group ``ops`` as record ``seq`` (or records seq.. if it is long: see the
+        module docstring); returns the seq of its last record. Call in seq order, under the
+        engine lock."""
+        records = encode(ops)
         with self._mu:
             if seq != self.appended_seq + 1:
                 raise JournalFailed(f"op log out of order: {seq} after {self.appended_seq}")
-            self._pending.append((seq, data))
-            self.appended_seq = seq
+            for k, data in enumerate(records):
+                self._pending.append((seq + k, data))
+            self.appended_seq = seq + len(records) - 1
+            return self.appended_seq
 
     def wait(self, seq: int) -> None:
         """Block until record ``seq`` (and every earlier one) is fsynced."""
@@ -78,9 +98,10 @@ class Journal:
                 self._mu.release()
                 t0 = time.perf_counter()
                 try:
-                    with self.store.batch() as wb:
-                        for s, data in batch:
-                            wb.put(schema.pack_seq(s), data)
+                    for part in _batches(batch):
+                        with self.store.batch() as wb:
+                            for s, data in part:
+                                wb.put(schema.pack_seq(s), data)
                 except BaseException as exc:  # memory is ahead of disk: nothing may ack now
                     self._mu.acquire()
                     self._failed = exc
@@ -106,14 +127,17 @@ class Journal:
         return self._failed
 
     def write_checkpoint(self, seq: int, puts: list[tuple[bytes, bytes]],
-                         deletes: list[bytes]) -> None:
+                         deletes: list[bytes], *, files: dict | None = None,
+                         before: Callable[[], None] | None = None) -> None:
         """Write a checkpoint of the state at ``seq`` (every op up to it, durable first).
 
         ``puts``/``deletes`` are the rows and records that changed since the state on disk, as
         they were at ``seq``. One synced batch writes them, deletes the log records after the
         state on disk up to ``seq`` and writes the state record last: the batch is the commit
-        point. A checkpoint older than the one on disk is refused and stops the journal: its
-        rows are stale, and not writing them leaves memory ahead of what disk can rebuild.
+        point. ``before()`` runs first (it writes what the state record will name: checkpoint
+        files, ``files``, and vectors nothing names yet); if it fails, so does the checkpoint.
+        A checkpoint older than the one on disk is refused and stops the journal: its rows are
+        stale, and not writing them leaves memory ahead of what disk can rebuild.
         """
         self.wait(seq)
         with self._ckpt_mu:
@@ -127,6 +151,8 @@ class Journal:
                 raise exc
             t0 = time.perf_counter()
             try:
+                if before is not None:
+                    before()
                 with self.store.batch() as wb:
                     for k in deletes:
                         wb.delete(k)
@@ -134,13 +160,17 @@ class Journal:
                         wb.put(k, v)
                     for s in range(prev + 1, seq + 1):
                         wb.delete(schema.pack_seq(s))
-                    wb.put(schema.STATE, Store.state_value(seq))
+                    wb.put(schema.STATE, Store.state_value(seq, files))
             except BaseException as exc:
                 self._fail(exc, "checkpoint write failed")
                 raise JournalFailed(f"checkpoint write failed: {exc}") from exc
             self.checkpoint_seq = seq
             if self.on_checkpoint is not None:
                 self.on_checkpoint(time.perf_counter() - t0)
+
+    def fail(self, exc: BaseException, what: str) -> None:
+        """Stop the journal: every later write and checkpoint is refused."""
+        self._fail(exc, what)
 
     def _fail(self, exc: BaseException, what: str) -> None:
         with self._mu:
@@ -150,9 +180,59 @@ class Journal:
         log.critical("%s: %s", what, exc)
 
 
-def read_log(store: Store, after: int):
-    """Yield (seq, ops) for every logged record with seq > ``after``, in order."""
-    for k, v in store.scan(schema.OPLOG):
-        seq = schema.unpack_seq(k)
-        if seq > after:
-            yield seq, json.loads(v)
+def encode(ops: list[dict]) -> list[bytes]:
+    """The records of one group: one JSON list, or (longer than RECORD_BYTES) several, cut
+    between ops, all but the last marked PART."""
+    data = json.dumps(ops, separators=(",", ":")).encode()
+    if len(data) <= RECORD_BYTES:
+        return [data]
+    records, part, size = [], [], 0
+    for op in ops:
+        text = json.dumps(op, separators=(",", ":")).encode()
+        if part and size + len(text) > RECORD_BYTES:
+            records.append(PART + b"[" + b",".join(part) + b"]")
+            part, size = [], 0
+        part.append(text)
+        size += len(text) + 1
+    records.append(b"[" + b",".join(part) + b"]")
+    return records
+
+
+def _batches(records: list[tuple[int, bytes]]):
+    """``records`` cut into synced writes of about BATCH_BYTES each."""
+    part, size = [], 0
+    for rec in records:
+        if part and size + len(rec[1]) > BATCH_BYTES:
+            yield part
+            part, size = [], 0
+        part.append(rec)
+        size += len(rec[1])
+    if part:
+        yield part
+
+
+def groups(records, torn: list[int] | None = None):
+    """Join raw log records ``(seq, bytes)`` (in seq order) into groups: yield (seq of the
+    group's last record, [op, ...]). The seqs of a trailing run of parts without its last
+    record (a group a crash cut short) are appended to ``torn``."""
+    parts: list[int] = []
+    ops: list = []
+    for seq, raw in records:
+        if raw[:1] == PART:
+            parts.append(seq)
+            ops.extend(json.loads(raw[1:]))
+            continue
+        group = json.loads(raw)
+        if parts:
+            group = ops + group
+            parts, ops = [], []
+        yield seq, group
+    if parts and torn is not None:
+        torn.extend(parts)
+
+
+def read_log(store: Store, after: int, torn: list[int] | None = None):
+    """Yield (seq, ops) for every logged group whose last record has seq > ``after``, in
+    order (see :func:`groups` for ``torn``)."""
+    raw = ((schema.unpack_seq(k), v) for k, v in store.scan(schema.OPLOG))
+    yield from groups(((s, v) for s, v in raw if s > after), torn)

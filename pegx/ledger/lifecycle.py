@@ -190,7 +190,7 @@ def settle(state, spent: list[str], outputs: list[Output], burned: list[str],
     reg = np.zeros(peg.PEG_SIZE, dtype=np.int64)
     value = 0 if withheld is None else int(withheld.sum())
     for key in spent:
-        reg -= vectors[("inputs", key)]
+        reg -= state.input_vector(key)
         value -= tables["inputs"][key]["value"]
     wd = np.zeros(peg.PEG_SIZE, dtype=np.int64) if withheld is None else withheld.copy()
     for wid in burned:

@@ -1,4 +1,11 @@
-"""Upgrading a ledger of an older layout when it is opened (format 1 → 2).
+"""Upgrading a ledger of an older layout when it is opened (format 1 → 2 → 3).
+
+Format 3 (issue #15) keeps two per-supply tables of the registered inputs
+(:mod:`pegx.ledger.figures`) instead of reading every input's vector at a recompute, and may
+hold rows and balances in checkpoint files (:mod:`pegx.ledger.matrix`). A format-2 ledger's
+tables are worked out from the input vectors on disk when it is opened, before its log is
+replayed (the replay adds to them), and written by the upgrade's checkpoint (which may also
+move many rows from LevelDB keys into a file); a crash before it leaves format 2.
 
 Format 1 kept a ``history`` table of two kinds of record: withdraw id -> master id (a string),
 and master id (or an expired withdraw's id) -> {status, txid, ID, block, in0[, txid2]}; the
@@ -16,9 +23,34 @@ at the next open.
 
 from __future__ import annotations
 
+import logging
+import time
+
+from pegx.ledger import figures
 from pegx.ledger.lifecycle import ENDINGS
 from pegx.ledger.state import State
 from pegx.ledger.store import FORMAT_VERSION as FORMAT  # the layout this code writes
+
+log = logging.getLogger(__name__)
+
+
+def tables_needed(fmt: int | None, state: State) -> bool:
+    """Must the per-supply input tables be worked out from the vectors on disk (a ledger
+    checkpointed by a format without them)?"""
+    return fmt is not None and fmt < 3 and figures.SUM not in state.vectors
+
+
+def input_tables(state: State, fmt: int) -> None:
+    """Work out the per-supply tables of every input registered in the checkpoint (their
+    vectors are in ``store``) and set them (dirty: the upgrade's checkpoint writes them)."""
+    t0 = time.perf_counter()
+    keys = sorted(state.tables["inputs"])
+    vecs = (state.input_vector(k) for k in keys)
+    total, sub = figures.tables_of(vecs)
+    state.put_vec(*figures.SUM, total)
+    state.put_vec(*figures.SUB, sub)
+    log.warning("ledger of format %s: per-supply tables of %s inputs worked out in %.1f s",
+                fmt, f"{len(keys):,d}", time.perf_counter() - t0)
 
 
 def needed(fmt: int | None, state: State) -> bool:

@@ -21,13 +21,33 @@ KINDS = ("trade", "withdraw", "refund", "burn", "credit", "spend", "recompute", 
 
 
 def encode_vec(vec: np.ndarray) -> str:
-    """A fraction vector as base64 of little-endian int64 (for op-log JSON)."""
-    return base64.b64encode(np.ascontiguousarray(vec, dtype="<i8").tobytes()).decode()
+    """A fraction vector for op-log JSON: ``"<w>:"`` + base64 of each step's low ``w`` bytes
+    (little-endian two's complement), ``w`` the fewest bytes that hold every step.
+
+    A STD spread of 1,000 BAY needs 4 bytes a step: 6.4 kB of text instead of the 12.8 kB of
+    plain int64 base64, which releases before format 3 wrote (still read)."""
+    a = np.ascontiguousarray(vec, dtype="<i8")
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    width = next(w for w in range(1, 9) if -(1 << (8 * w - 1)) <= lo and hi < 1 << (8 * w - 1))
+    raw = a.view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
+    return f"{width}:{base64.b64encode(raw).decode()}"
 
 
 def decode_vec(text: str) -> np.ndarray:
-    """Inverse of encode_vec."""
-    return np.frombuffer(base64.b64decode(text), dtype="<i8").astype(np.int64)
+    """Inverse of encode_vec (and of the plain int64 base64 of older op logs); ValueError
+    (binascii.Error) if ``text`` is not one."""
+    if text[1:2] != ":":
+        return np.frombuffer(base64.b64decode(text, validate=True),
+                             dtype="<i8").astype(np.int64)
+    width = int(text[0]) if text[0].isdigit() else 0
+    raw = base64.b64decode(text[2:], validate=True)
+    if not 1 <= width <= 8 or len(raw) % width:
+        raise ValueError(f"a fraction vector of {len(raw)} bytes in {width}-byte steps")
+    cells = np.zeros((len(raw) // width, 8), dtype=np.uint8)
+    cells[:, :width] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
+    if width < 8:
+        cells[cells[:, width - 1] >= 0x80, width:] = 0xFF  # sign extension
+    return cells.view("<i8").reshape(-1).astype(np.int64)
 
 
 def trade(u1: str, u2: str, amount: int, style: str) -> dict:

@@ -63,6 +63,8 @@ class Savepoint:
                 ex.tables.setdefault(table, {}).pop(key, None)
             else:
                 ex.tables.setdefault(table, {})[key] = value
+            if table == "inputs":
+                ex.index_input(key)
         for key, vec in self.vectors.items():
             if vec is _MISSING:
                 ex.vectors.pop(key, None)

@@ -34,8 +34,11 @@ from pegx.ledger import schema
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # what this code writes; pegx.ledger.migrate upgrades what it reads
-READABLE = (1, 2)  # format 1: the history table of withdraw statuses (before one batch record)
+FORMAT_VERSION = 3  # what this code writes; pegx.ledger.migrate upgrades what it reads
+# format 1: the history table of withdraw statuses (before one batch record); format 2: no
+# per-supply input tables and no checkpoint files (every row and balance in LevelDB)
+READABLE = (1, 2, 3)
+FILE_GLOBS = ("rows-*.pxm", "view-*.pxm", "*.pxm.tmp")  # checkpoint files (pegx.ledger.arrays)
 
 _open_paths: set[str] = set()
 _open_guard = threading.Lock()
@@ -56,6 +59,9 @@ class Store:
         self.path = Path(path).resolve()
         self.read_only = read_only
         self._lockfile = None
+        self._files_mu = threading.Lock()  # checkpoint files: a backup pins what it copies
+        self._pinned: dict[str, int] = {}
+        self._doomed: set[str] = set()  # obsolete files a backup still copies
         real = str(self.path)
         with _open_guard:
             if real in _open_paths:
@@ -126,11 +132,59 @@ class Store:
         return None if raw is None else json.loads(raw)
 
     @staticmethod
-    def state_value(seq: int) -> bytes:
-        """The encoded state record for a checkpoint containing every op up to ``seq``."""
-        return json.dumps(
-            {"format": FORMAT_VERSION, "seq": seq, "written": int(time.time())}
-        ).encode()
+    def state_value(seq: int, files: dict | None = None) -> bytes:
+        """The encoded state record for a checkpoint containing every op up to ``seq``;
+        ``files``: the checkpoint files it names (pegx.ledger.matrix)."""
+        rec = {"format": FORMAT_VERSION, "seq": seq, "written": int(time.time())}
+        if files:
+            rec["files"] = files
+        return json.dumps(rec).encode()
+
+    # -- checkpoint files (beside LevelDB's own, in its directory: LevelDB leaves names it did
+    # not make alone, and a copy of the directory is a copy of the whole ledger) ---------------
+    def file_path(self, name: str) -> Path:
+        """Where checkpoint file ``name`` lives."""
+        return self.path / name
+
+    @staticmethod
+    def named_files(state: dict | None) -> list[str]:
+        """The checkpoint files a state record names."""
+        files = (state or {}).get("files") or {}
+        return [f["file"] for f in files.get("rows", [])] + (
+            [files["views"]["file"]] if files.get("views") else [])
+
+    def remove_files(self, names: list[str]) -> None:
+        """Delete obsolete checkpoint files (one a backup is copying: once it is done)."""
+        with self._files_mu:
+            for name in names:
+                if self._pinned.get(name):
+                    self._doomed.add(name)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.file_path(name).unlink()
+
+    def stray_files(self) -> list[str]:
+        """Checkpoint files in the directory that the state record does not name (left by a
+        checkpoint a crash cut short, or by one whose deletion it cut short)."""
+        keep = set(self.named_files(self.state()))
+        return sorted({p.name for g in FILE_GLOBS for p in self.path.glob(g)} - keep)
+
+    def _pin(self, names: list[str], up: int) -> None:
+        with self._files_mu:
+            for name in names:
+                self._pinned[name] = self._pinned.get(name, 0) + up
+                if not self._pinned[name]:
+                    del self._pinned[name]
+                    if name in self._doomed:
+                        self._doomed.discard(name)
+                        with contextlib.suppress(FileNotFoundError):
+                            self.file_path(name).unlink()
+
+    def scan_outside(self, prefix: bytes, skip: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under ``prefix`` but those under ``skip`` (a longer prefix),
+        in key order, without reading the skipped values."""
+        yield from self.db.iterator(start=prefix, stop=skip)
+        yield from self.db.iterator(start=_after(skip), stop=_after(prefix))
 
     # -- reads and writes -----------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
@@ -166,7 +220,12 @@ class Store:
         dest = Path(dest)
         if dest.exists() and any(dest.iterdir()):
             raise StoreError(f"backup destination {dest} is not empty")
-        snap = self.db.snapshot()
+        with self._files_mu:  # the snapshot and the pin of the files it names: no deletion
+            snap = self.db.snapshot()  # between them (remove_files takes the same lock)
+            raw = snap.get(schema.STATE)
+            files = self.named_files(None if raw is None else json.loads(raw))
+            for name in files:
+                self._pinned[name] = self._pinned.get(name, 0) + 1
         out = plyvel.DB(str(dest), create_if_missing=True, error_if_exists=False)
         count = 0
         try:
@@ -185,12 +244,20 @@ class Store:
             wb.write()
             if progress:
                 progress(size)
+            for name in files:  # never changed once named: a link is a copy
+                try:
+                    os.link(self.file_path(name), dest / name)
+                except OSError:
+                    shutil.copyfile(self.file_path(name), dest / name)
+                if progress:
+                    progress((dest / name).stat().st_size)
         except BaseException:
             out.close()
             shutil.rmtree(dest, ignore_errors=True)
             raise
         finally:
             snap.close()
+            self._pin(files, -1)
         out.close()
         return count
 
@@ -208,3 +275,9 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _after(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix``."""
+    head = prefix.rstrip(b"\xff")
+    return head[:-1] + bytes([head[-1] + 1]) if head else b""

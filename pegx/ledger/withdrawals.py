@@ -113,7 +113,7 @@ class Withdrawals(Ledger):
             for key in keys:
                 rec = inputs.get(key)
                 if rec is not None and "batch" not in rec:
-                    out.append((key, rec["address"], self._state.vectors[("inputs", key)].copy()))
+                    out.append((key, rec["address"], self._state.input_vector(key).copy()))
         return out
 
     def unbatched_inputs(self) -> list[str]:
