@@ -169,7 +169,7 @@ class App:
         history = self.ledger.records("history")
         by_status: dict[str, int] = {"pending": len(withdraws)}
         for rec in history.values():
-            if isinstance(rec, dict):
+            if isinstance(rec, dict) and rec["status"] != "Pending":  # counted as pending
                 by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
         desk = self.cycle.desk
         return {

@@ -19,6 +19,15 @@ What must stay true:
   out a withdraw it cannot pay or fund rather than fail the batch.
 * A cancel is found like a batch, by the transaction that spends its input, so a malleated
   cancel settles like the original (input spent, output registered).
+* Nothing is broadcast that the node's rule refuses: before every broadcast (a batch, a
+  maintenance, a cancel, every rebroadcast) the transaction is checked with
+  :func:`pegx.exchange.planner.check_plan` (pegstd, the node's ``CalculateStandardFractions``
+  and ``GetMinFee``) on the chain's own fractions of its inputs at the chain's current supply.
+  A transaction that fails is logged with the reason and not sent: a new batch is not even
+  recorded (its withdraws stay pending), a rebroadcast counts as a refusal.
+* A withdraw a batch task leaves pending for a reason (no valid transaction can pay it now,
+  the batch is full, its commission leaves nothing) gets a ``Pending`` history record with the
+  reason, which ``CheckWithdraw`` shows until it is batched or expires.
 
 Who pays the exchange's own transactions (exact; the house account is ``exchange``):
 * A withdraw batch that completes pays its miner fee and dust from its commissions; the
@@ -60,6 +69,7 @@ from pegx.exchange.planner import (
     Candidate,
     Plan,
     accepted_commission,
+    check_plan,
     plan_batch,
     plan_maintenance,
     split_cost,
@@ -91,6 +101,20 @@ def window_task(height: int) -> str | None:
     if 145 <= pos < 175:
         return "status"
     return None
+
+
+def out_to_record(out: TxOut) -> list:
+    """A planned output for the batch record: [value, address or None, data hex or None]."""
+    return [out.value, out.address, None if out.data is None else out.data.hex()]
+
+
+def batch_plan(b: dict) -> Plan:
+    """The plan of a recorded batch (its inputs and outputs), to check it again before a
+    rebroadcast."""
+    outs = [TxOut(v, address=a, data=None if d is None else bytes.fromhex(d))
+            for v, a, d in b["outs"]]
+    return Plan(list(b["ins"]), outs, list(b["house_vouts"]), int(b["fee"]),
+                style=b.get("style", ""), payees=list(b.get("payees", [])))
 
 
 class DeskError(RuntimeError):
@@ -159,6 +183,7 @@ class WithdrawDesk:
         self.ledger = ledger
         self.chain = chain
         self.last_result = ""
+        self.waiting_note = ""  # the last batch task left withdraws out: why (pegx status)
 
     # ---------------------------------------------------------------- the pass
     def run(self, tip: Tip, now: int, cycle) -> None:
@@ -169,6 +194,7 @@ class WithdrawDesk:
         if tip.height - state["last_task_height"] < TASK_SPACING:
             return
         task = window_task(tip.height)
+        self.waiting_note = ""
         try:
             if task in (peg.LIQUID, peg.RESERVE):
                 result = self.batch(task, tip, cycle)
@@ -193,10 +219,10 @@ class WithdrawDesk:
         # sent, even one whose broadcast failed (tracking resends it), clears it
         blocked = dict(state.get("blocked", {}))
         if task in (peg.LIQUID, peg.RESERVE):
-            if result in ("Success", "Transaction declined"):
+            if result in ("Success", "Transaction declined") and not self.waiting_note:
                 blocked.pop(task, None)
             else:
-                blocked[task] = self.last_result
+                blocked[task] = self.waiting_note or self.last_result
         self.ledger.put("meta", "desk", {"last_task_height": tip.height, "task": task,
                                          "result": self.last_result, "blocked": blocked})
 
@@ -254,12 +280,52 @@ class WithdrawDesk:
         plan = plan_batch(style, pending, self._candidates(cycle), tip.supply,
                           settings["exchangeaccounts"][0], settings["exchangefeeaccount"],
                           settings["commission"], master)
+        self._wait(plan.waiting, tip)
         if not isinstance(plan, Plan):
-            if plan != "Success":
-                log.warning("%s withdraws not batched at height %s: %s", style,
-                            f"{tip.height:,d}", plan)
-            return plan
-        return self._send(style, plan, master, tip, cycle)
+            log.warning("%s withdraws not batched at height %s: %s", style,
+                        f"{tip.height:,d}", plan.reason)
+            return plan.reason
+        result = self._send(style, plan, master, tip, cycle)
+        if plan.waiting and result in ("Success", "Transaction declined"):
+            n = len(plan.waiting)
+            why = next(iter(plan.waiting.values()))
+            self.waiting_note = (f"{n} {style} withdraw{'s' if n > 1 else ''} left out of the "
+                                 f"last batch, e.g.: {why}")
+        return result
+
+    def _wait(self, waiting: dict[str, str], tip: Tip) -> None:
+        """Give each withdraw in ``waiting`` (still pending, not batched) a ``Pending`` history
+        record with why it waits, for CheckWithdraw (written only when the reason changed)."""
+        put = engine.Exchange.put_op
+        new = {}
+        with self.ledger.lock:
+            pending = self.ledger.tables["withdraws"]
+            history = self.ledger.tables["history"]
+            for wid, why in waiting.items():
+                old = history.get(wid)
+                if wid in pending and "batch" not in pending[wid] and not (
+                        isinstance(old, dict) and old.get("reason") == why):
+                    new[wid] = why
+        if new:
+            self.ledger.commit([put("history", wid, {
+                "status": "Pending", "txid": "", "ID": wid, "block": tip.height, "in0": "",
+                "reason": why}) for wid, why in new.items()])
+            for wid, why in new.items():
+                log.info("withdraw %s: Pending (%s)", wid, why)
+
+    def _node_check(self, plan: Plan) -> str:
+        """'' if the node's rule (pegstd) accepts ``plan``'s transaction with the chain's own
+        fractions of its inputs at the chain's supply now, and its payees get exactly their
+        style; else why not (see planner.check_plan)."""
+        supply = self.chain.tip().supply
+        inputs = []
+        for key in plan.inputs:
+            with self.ledger.lock:
+                rec = self.ledger.tables["inputs"].get(key)
+            if rec is None:
+                return f"input {key} is not a registered exchange input"
+            inputs.append((rec["address"], self.chain.get_fractions(key)))
+        return check_plan(plan, inputs, supply)
 
     def maintenance(self, tip: Tip, cycle) -> str:
         """Account maintenance (ORIGINAL §3.6), paid by the house account."""
@@ -296,11 +362,19 @@ class WithdrawDesk:
         return max(0, have - held), held
 
     def _send(self, kind: str, plan: Plan, master: str, tip: Tip, cycle) -> str:
+        why = self._node_check(plan)
+        if why:  # nothing signed, nothing recorded: the withdraws stay pending
+            result = f"{kind} transaction not sent: the node's rule would refuse it: {why}"
+            log.error("%s (height %s)", result, f"{tip.height:,d}")
+            self._wait({wid: result for wid in plan.ids}, tip)
+            return result
         signed = self.chain.create_transaction(plan.inputs, plan.outputs, cycle.passphrase)
         batch = {"kind": kind, "ids": plan.ids, "ins": plan.inputs, "txid": signed.txid,
                  "raw": signed.raw, "house_vouts": plan.house_vouts, "fee": plan.fee,
                  "total": plan.total, "commission": plan.commission, "state": "sent",
-                 "height": tip.height, "refusals": 0, "last_try": tip.height}
+                 "height": tip.height, "refusals": 0, "last_try": tip.height,
+                 "style": plan.style, "payees": plan.payees,
+                 "outs": [out_to_record(o) for o in plan.outputs]}
         put = engine.Exchange.put_op
         ops = [put("batches", master, batch)]
         with self.ledger.lock:
@@ -448,6 +522,15 @@ class WithdrawDesk:
             return
         if tip.height <= b["last_try"]:
             return  # one rebroadcast per block at most
+        # (a batch recorded before its outputs were kept is rebroadcast unchecked)
+        why = self._node_check(batch_plan(b)) if "outs" in b else ""
+        if why:  # e.g. the supply moved: the node would refuse it now, so it is not sent
+            b = self._bump(master, tip.height)
+            log.warning("batch %s: rebroadcast not sent (%d/%d): the node's rule would refuse "
+                        "it: %s", master, b["refusals"], MAX_REFUSALS, why)
+            if b["refusals"] >= MAX_REFUSALS:
+                self._start_cancel(master, b, tip, cycle)
+            return
         try:
             self.chain.broadcast(b["raw"])
             b["last_try"] = tip.height
@@ -464,9 +547,13 @@ class WithdrawDesk:
         """Spend one batch input back to its own address so the batch can never confirm."""
         with self.ledger.lock:
             key = max(b["ins"], key=lambda k: (self.ledger.tables["inputs"][k]["value"], k))
-            rec = dict(self.ledger.tables["inputs"][key])
-        signed = self.chain.create_transaction(
-            [key], [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])], cycle.passphrase)
+        cancel = self._cancel_plan(key)
+        why = self._node_check(cancel)
+        if why:  # the batch stays in flight; the next block tries again
+            log.error("batch %s: cancel not sent: the node's rule would refuse it: %s", master,
+                      why)
+            return
+        signed = self.chain.create_transaction([key], cancel.outputs, cycle.passphrase)
         b.update(state="cancelling", cancel={"txid": signed.txid, "raw": signed.raw, "in": key},
                  last_try=tip.height)
         self.ledger.put("batches", master, b)
@@ -476,6 +563,13 @@ class WithdrawDesk:
             self.chain.broadcast(signed.raw)
         except ChainError as exc:
             log.warning("batch %s: cancel broadcast failed: %s", master, exc)
+
+    def _cancel_plan(self, key: str) -> Plan:
+        """The cancel of a batch: its input ``key`` back to its own address less CANCEL_FEE."""
+        with self.ledger.lock:
+            rec = dict(self.ledger.tables["inputs"][key])
+        return Plan([key], [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])], [0],
+                    CANCEL_FEE)
 
     def _track_cancel(self, master: str, b: dict, tip: Tip, now: int) -> None:
         c = b["cancel"]
@@ -495,6 +589,11 @@ class WithdrawDesk:
         if tip.height > b["last_try"]:
             b["last_try"] = tip.height
             self.ledger.put("batches", master, b)
+            why = self._node_check(self._cancel_plan(c["in"]))
+            if why:
+                log.error("batch %s: cancel rebroadcast not sent: the node's rule would "
+                          "refuse it: %s", master, why)
+                return
             try:
                 self.chain.broadcast(c["raw"])
             except ChainError as exc:
@@ -563,6 +662,7 @@ class WithdrawDesk:
         hist["status"] = "Complete"
         b.update(state="done", final_txid=tx.txid)
         b.pop("raw", None)
+        b.pop("outs", None)
         ops.append(engine.Exchange.put_op("history", master, hist))
         ops.append(engine.Exchange.put_op("batches", master, b))
         self.ledger.commit(ops, supply=self.ledger.supply, now=now)
@@ -624,6 +724,7 @@ class WithdrawDesk:
         hist["status"] = "Failed/Declined"
         b.update(state="failed", reason=why)
         b.pop("raw", None)
+        b.pop("outs", None)
         ops.append(put("history", master, hist))
         ops.append(put("batches", master, b))
         self.ledger.commit(ops, supply=self.ledger.supply, now=now)
