@@ -1,7 +1,9 @@
 """The controller: builds and wires every part, owns start-up and shutdown order (STYLE §8).
 
-Start-up: open the ledger (and check it) -> connect the chain -> build the cycle thread, API
-and XML-RPC server -> accept calls -> (autostart) start the exchange.
+Start-up: open the ledger (and check it) -> connect the chain and check it is the ledger's
+(pegx.exchange.chainguard: another chain, one behind the ledger or one lacking registered
+inputs is refused, and `pegx serve` exits non-zero) -> build the cycle thread, API and XML-RPC
+server -> accept calls -> (autostart) start the exchange.
 Shutdown (ShutDown call, SIGTERM, SIGINT): stop taking calls, let in-flight calls and the cycle
 thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
 """
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from pegx import __version__
 from pegx.admin import tools
+from pegx.chain.base import ChainUnavailable
 from pegx.config import Config
+from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
@@ -29,6 +33,7 @@ from pegx.rpc.server import CallError, RPCServer
 log = logging.getLogger(__name__)
 
 PUBLIC_KEY_FILE = "api_public_key"
+CHAIN_RETRY_SECONDS = 2.0  # pause between start-up chain checks while the node is unavailable
 
 
 def build_chain(cfg: Config):
@@ -70,11 +75,19 @@ class App:
         self._closed = False
         cfg.path.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.ledger_path)
+        self.chain = None
         try:
             self.ledger = engine.Exchange(self.store, checkpoint_ops=cfg.checkpoint_ops,
                                           checkpoint_seconds=cfg.checkpoint_seconds)
+            if cfg.chain == "devnet":
+                from pegx.chain.devnet.log import LOG_NAME
+
+                chainguard.require_devnet(self.ledger, cfg.devnet_path, LOG_NAME)
             self.chain = build_chain(cfg)
+            self._check_chain()
         except BaseException:
+            if self.chain is not None:
+                self.chain.close()
             self.store.close()
             raise
         desk = WithdrawDesk(self.ledger, self.chain)
@@ -100,6 +113,18 @@ class App:
                                    "pegx.audit": self.audit})
         if cfg.chain == "devnet":
             self._register_devnet()
+
+    def _check_chain(self) -> None:
+        """The chain must be the ledger's before any call is taken (WrongChain otherwise); an
+        unavailable node (down, warming up) is waited for, since nothing can be checked."""
+        while True:
+            try:
+                chainguard.check(self.ledger, self.chain)
+                return
+            except ChainUnavailable as exc:
+                log.warning("cannot check the chain yet (%s); no calls are taken until it "
+                            "answers, retrying in %.0f s", exc, CHAIN_RETRY_SECONDS)
+                time.sleep(CHAIN_RETRY_SECONDS)
 
     def _exec_namespace(self) -> dict:
         return {"api": self.api, "engine": self.ledger, "ledger": self.ledger,
@@ -134,8 +159,12 @@ class App:
         return True
 
     def checkpoint(self) -> int:
-        """pegx.checkpoint() -> the op seq now covered by a checkpoint."""
-        return self.ledger.checkpoint()
+        """pegx.checkpoint() -> the op seq now covered by a checkpoint (waits for one already
+        being written; refused while the daemon shuts down)."""
+        try:
+            return self.ledger.checkpoint()
+        except engine.EngineError as exc:
+            raise CallError(str(exc)) from None
 
     def backup(self, dest, passw=""):
         """pegx.backup(dest, passw='') -> {id, dest, total}: start an online backup of the

@@ -152,7 +152,7 @@ class FakeNode:
             return st["peginfo"]
         if method == "getblockhash":
             if params[0] not in st["blockhashes"]:
-                raise RpcFault(-8, "Block number out of range.")
+                raise RpcFault(-1, "Block number out of range.")  # as the real node
             return st["blockhashes"][params[0]]
         if method == "getblock":
             if params[0] not in st["blocks"]:

@@ -182,6 +182,19 @@ def test_tip_and_block_time_cache(chain, node):
     assert node.methods() == ["getblockcount", "getpeginfo"]
 
 
+def test_identity_and_block_hash(chain, node):
+    genesis = "0000066d" + "e1" * 28
+    node.state["blockhashes"][0] = genesis
+    assert chain.identity() == genesis
+    assert chain.block_hash(1005) == "b" * 64
+    assert node.calls[-2:] == [("getblockhash", [0]), ("getblockhash", [1005])]
+    with pytest.raises(NodeError) as exc:  # the node's reply, getblockhash_out_of_range.json
+        chain.block_hash(999999)
+    assert (exc.value.code, exc.value.message) == (-1, "Block number out of range.")
+    assert isinstance(exc.value, ChainRejected)
+    assert chain.reorganises is True
+
+
 def test_supply_for_cycle(chain, node):
     assert [chain.supply_for_cycle(c) for c in (5, 6, 7)] == [10, 11, 13]
     node.state["peginfo"].update(cycle=6, peg=11, pegnext=13, pegnextnext=14)

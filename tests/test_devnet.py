@@ -56,12 +56,18 @@ def script(dn: Devnet) -> dict:
     return {"a": a, "b": b, "t1": t1, "t2": t2}
 
 
-def snapshot(dn: Devnet) -> dict:
+def snapshot(dn: Devnet, twin: bool = False) -> dict:
+    """Everything observable; ``twin``: leave out what names this devnet (its id, hence its
+    block hashes), for comparing two devnets fed the same actions."""
     tip = dn.tip()
+    info = dn.info()
+    if twin:
+        info.pop("id")
     return {
         "tip": tip,
         "supplies": [dn.supply_for_cycle(c) for c in range(tip.cycle + 2)],
-        "info": dn.info(),
+        "info": info,
+        "hashes": [] if twin else [dn.block_hash(h) for h in range(tip.height + 1)],
         "utxos": [
             (
                 u.key,
@@ -96,7 +102,7 @@ def test_determinism_same_seed_same_chain(tmp_path):
     try:
         r1, r2, r3 = script(one), script(two), script(other)
         assert r1 == r2
-        assert snapshot(one) == snapshot(two)
+        assert snapshot(one, twin=True) == snapshot(two, twin=True)
         assert r3["a"] != r1["a"]  # another seed derives other keys, hence other txids
         assert r3["t2"] != r1["t2"]
     finally:
@@ -126,11 +132,55 @@ def test_persistence_across_close_and_reopen(tmp_path):
             twin.broadcast("00")
         chain.mine(200)
         twin.mine(200)
-        assert snapshot(chain) == snapshot(twin)  # the reopened chain goes on exactly alike
+        # the reopened chain goes on exactly alike
+        assert snapshot(chain, twin=True) == snapshot(twin, twin=True)
         assert chain.supply_for_cycle(2) == S + 2 - 3
     finally:
         chain.close()
         twin.close()
+
+
+def test_identity_and_block_hashes(tmp_path):
+    one = Devnet(tmp_path / "one", block_seconds=0, initial_supply=S)
+    two = Devnet(tmp_path / "two", block_seconds=0, initial_supply=S)
+    try:
+        for d in (one, two):
+            d.mine(3)
+        # same seed, same actions: still two chains, told apart by id and every block hash
+        assert one.identity() != two.identity() and len(one.identity()) == 32
+        assert one.info()["id"] == one.identity()
+        assert all(one.block_hash(h) != two.block_hash(h) for h in range(4))
+        hashes = [one.block_hash(h) for h in range(4)]
+        assert len(set(hashes)) == 4 and all(len(h) == 64 for h in hashes)
+        with pytest.raises(ChainRejected, match="no block at height 4"):
+            one.block_hash(4)
+        one.send(one.new_address(), 5_000)
+        one.mine()
+        two.mine()  # the same height with other content: another hash
+        assert one.block_hash(4) != two.block_hash(4)
+        ident, hashes = one.identity(), [one.block_hash(h) for h in range(5)]
+        one.close()
+        one = Devnet(tmp_path / "one", block_seconds=0, initial_supply=S)  # replayed alike
+        assert one.identity() == ident and [one.block_hash(h) for h in range(5)] == hashes
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_log_from_before_ids_gets_an_id_from_its_parameters(tmp_path):
+    chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    chain.mine(2)
+    chain.close()
+    path = tmp_path / "devnet" / LOG_NAME
+    lines = path.read_bytes().split(b"\n")
+    header = json.loads(lines[0])
+    del header["id"]  # as written by a pegx before chain identities
+    path.write_bytes(b"\n".join([json.dumps(header).encode(), *lines[1:]]))
+    chain = Devnet(tmp_path, block_seconds=0, initial_supply=S)
+    try:
+        assert chain.identity().startswith("legacy-") and chain.tip().height == 2
+    finally:
+        chain.close()
 
 
 def test_torn_last_line_is_dropped_and_settings_are_checked(tmp_path):

@@ -5,7 +5,12 @@ CLI commands run in-process with click's CliRunner; daemons are real `pegx serve
 """
 
 import csv
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import xmlrpc.client
 
@@ -173,6 +178,9 @@ def test_recover_gives_every_user_their_balances_back(tmp_path):
         for u in USERS:
             assert ledger.balance(u) == known[u], u
         pool = ledger.balance("pool")
+        chain = ledger.record("meta", "chain")  # the chain it was rebuilt from is recorded
+    header = json.loads((datadir / "devnet" / "actions.jsonl").read_text().splitlines()[0])
+    assert (chain["chain"], chain["id"]) == ("devnet", header["id"]), chain
     assert pool["liquid"] > 0 and pool["reserve"] > 0  # the unclaimed payment and carol's gift
     code, out = cli("audit", "--datadir", str(datadir))
     assert code == 0 and "audit OK" in out, out
@@ -186,6 +194,7 @@ def test_recover_gives_every_user_their_balances_back(tmp_path):
             assert x.GetDeposits(deposits[u][0]) == {"name": u, "registered": 1}
         assert sum(sum(x.GetBalance(u).values()) for u in USERS) == \
             sum(sum(b.values()) for b in known.values())
+        assert "records no chain" not in d.log()
 
 
 # ------------------------------------------------------------------ in-process: audit and recover
@@ -257,3 +266,50 @@ def test_recover_refuses_a_plan_the_exchange_cannot_pay(tmp_path, devnet):
     with pytest.raises(tools.ToolError, match="too little liquid"):
         tools.recover(tmp_path / "d", devnet, targets, {key: "alice"}, dry_run=True)
     assert not (tmp_path / "d").exists()
+
+
+RESTORE_KILLED_AT_A_SIZE = """
+import resource, signal, sys
+from pegx.cli import main
+# the kernel kills this process (SIGXFSZ, default action) at the first write past the limit:
+# a restore cut short for real, no except clause or finally runs
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = ["pegx", "restore", sys.argv[2], "--datadir", sys.argv[3]]
+main()
+"""
+
+
+def test_a_restore_killed_between_its_copies_leaves_nothing_and_can_be_rerun(tmp_path):
+    src, dest, target = tmp_path / "src", tmp_path / "backup", tmp_path / "restored"
+    with Daemon(src) as d:
+        x = d.proxy()
+        d.fund("alice", 10**10)
+        filler = x.devnet.new_address()
+        spread = [10**9 // peg.PEG_SIZE] * peg.PEG_SIZE  # ~8 kB log lines
+        for _ in range(12):
+            x.devnet.send(filler, str(sum(spread)), spread)
+        info = x.devnet.info()
+    code, out = cli("backup", str(dest), "--datadir", str(src))
+    assert code == 0, out
+    devnet_log = dest / tools.DEVNET_DIR / "actions.jsonl"
+    others = [p.stat().st_size for p in dest.rglob("*") if p.is_file() and p != devnet_log]
+    limit = max(others) + 1  # every other file fits; the devnet log (copied last) does not
+    assert devnet_log.stat().st_size > limit + 10_000
+    res = subprocess.run([sys.executable, "-c", RESTORE_KILLED_AT_A_SIZE, str(limit), str(dest),
+                          str(target)], check=False, capture_output=True, text=True,
+                         timeout=120,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert res.returncode == -signal.SIGXFSZ, res.stderr
+    # nothing half-made where the datadir goes: no ledger without its chain
+    assert not target.exists() or not any(target.iterdir()), sorted(target.rglob("*"))
+    code, out = cli("restore", str(dest), "--datadir", str(target))
+    assert code == 0, out
+    assert sorted(p.name for p in tmp_path.iterdir() if "restore" in p.name) == ["restored"]
+    with Daemon(target) as d:
+        x = d.proxy()
+        restored = x.devnet.info()
+        assert (restored["id"], restored["height"], restored["mempool"]) == \
+            (info["id"], info["height"], info["mempool"])
+        assert sum(int(v) for v in x.GetBalance("alice").values()) == 10**10

@@ -38,6 +38,7 @@ import numpy as np
 from pegx import peg
 from pegx.chain.base import ChainError
 from pegx.chain.devnet.log import LOG_NAME, fsync_path
+from pegx.exchange import chainguard
 from pegx.ledger import engine
 from pegx.ledger.engine import HOUSE, POOL, WITHDRAWS, Exchange
 from pegx.ledger.store import Store
@@ -225,25 +226,47 @@ def read_manifest(src: Path) -> dict:
     return manifest
 
 
+RESTORING = ".restore-"  # <parent>/.<datadir name>.restore-XXXX: a restore being built
+
+
 def restore(src: str | os.PathLike, datadir: str | os.PathLike) -> dict:
-    """Copy the backup at ``src`` into ``datadir``, which must be empty or not exist."""
+    """Copy the backup at ``src`` into ``datadir``, which must be empty or not exist.
+
+    The copy is built in a temporary directory beside ``datadir`` and renamed into place only
+    when complete and fsynced, so a restore cut short (killed, disk full, power lost) leaves
+    ``datadir`` as it was: never a ledger without its chain. What such a restore left beside
+    it is removed by the next one.
+    """
     src, datadir = Path(src).resolve(), Path(datadir).resolve()
     manifest = read_manifest(src)
     if not _is_empty_dir(datadir):
         raise ToolError(f"datadir {datadir} is not empty: restore only into an empty datadir "
                         f"(never over a ledger, which holds balances)")
-    datadir.mkdir(parents=True, exist_ok=True)
+    parent = datadir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{datadir.name}{RESTORING}*"):
+        log.warning("removing %s, left by a restore that was cut short", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{datadir.name}{RESTORING}", dir=parent))
     try:
-        shutil.copytree(src / LEDGER_DIR, datadir / LEDGER_DIR)
+        if datadir.is_dir():  # keep the mode the operator gave the (empty) datadir
+            tmp.chmod(datadir.stat().st_mode & 0o7777)
+        shutil.copytree(src / LEDGER_DIR, tmp / LEDGER_DIR)
         if (src / DEVNET_DIR).is_dir():
-            shutil.copytree(src / DEVNET_DIR, datadir / DEVNET_DIR)
+            shutil.copytree(src / DEVNET_DIR, tmp / DEVNET_DIR)
         for name in CONFIG_FILES:
             if (src / name).is_file():
-                shutil.copy2(src / name, datadir / name)
-        _fsync_tree(datadir)
-        fsync_path(datadir.parent)
+                shutil.copy2(src / name, tmp / name)
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, datadir)  # replaces an empty directory in one step
+        except OSError as exc:
+            raise ToolError(f"cannot move the restored copy {tmp} into place as {datadir}: "
+                            f"{exc} (a mount point cannot be replaced: restore into a "
+                            f"directory inside it)") from exc
+        fsync_path(parent)
     except BaseException:
-        _clear_dir(datadir)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("backup %s restored into %s", src, datadir)
     return manifest
@@ -431,7 +454,7 @@ def audit(ledger: Exchange, chain=None) -> dict:
         notes.append("no chain: inputs and claims were not checked against it")
     else:
         try:
-            _check_chain(ledger, chain, inputs, claims, in_flight, problem)
+            _check_chain(ledger, chain, inputs, claims, in_flight, problem, notes)
         except ChainError as exc:
             problem("chain", f"cannot check inputs against the chain: {exc}")
     totals = dict(zip(COLUMNS[1:], (int(x) for x in rows.sum(axis=1)), strict=True))
@@ -456,7 +479,15 @@ def _in_flight(batches: dict) -> set[str]:
 
 
 def _check_chain(ledger: Exchange, chain, inputs: dict, claims: dict, in_flight: set,
-                 problem: Callable[[str, str], None]) -> None:
+                 problem: Callable[[str, str], None], notes: list[str]) -> None:
+    rec = ledger.record(chainguard.TABLE, chainguard.KEY)
+    if rec is None:
+        notes.append("the ledger records no chain yet (the next start adopts the chain)")
+    else:  # the start-up check's verdict: another chain, behind, another history
+        found, warnings = chainguard.compare(rec, chain)
+        for text in found:
+            problem("chain", text)
+        notes.extend(warnings)
     gone = [k for k in inputs if k not in in_flight and not chain.is_unspent(k)]
     if gone:  # the desk may have batched them since our view: look again before blaming
         fresh_inputs = ledger.records("inputs")
@@ -519,6 +550,8 @@ def _base_ops(chain, owners: dict[str, str], now: int) -> tuple[list[dict], dict
         vecs[("inputs", u.key)] = np.asarray(u.fractions, dtype=np.int64)
     totals = engine.input_totals(recs, vecs, tip.supply, now)
     ops.append({"op": "recompute", "supply": tip.supply, "totals": totals, "cycle": tip.cycle})
+    # rebuilt from this chain at this tip: the ledger belongs to it from now on
+    ops.append(Exchange.put_op(chainguard.TABLE, chainguard.KEY, chainguard.record_for(chain, tip)))
     found = {u.key for u in utxos}
     info = {"height": tip.height, "cycle": tip.cycle, "supply": tip.supply,
             "outputs": len(utxos), "exchange_totals": totals,

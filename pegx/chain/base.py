@@ -135,6 +135,16 @@ class Chain(Protocol):
     """What pegx needs from a BitBay node. Implementations must be thread-safe."""
 
     name: str
+    reorganises: bool  # can the block at a height change (a real node: yes; the devnet: no)
+
+    def identity(self) -> str:
+        """What names this chain for good: the genesis block hash (bitbayd) or the id the
+        devnet was created with. A ledger belongs to one chain (pegx.exchange.chainguard)."""
+        ...
+
+    def block_hash(self, height: int) -> str:
+        """The hash of the best chain's block at ``height``; ChainRejected above the tip."""
+        ...
 
     def tip(self) -> Tip:
         """The current best block."""

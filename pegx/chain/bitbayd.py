@@ -226,6 +226,7 @@ class Bitbayd:
     """
 
     name = "bitbayd"
+    reorganises = True  # the block at a height can change (the node follows the best chain)
 
     def __init__(
         self,
@@ -481,6 +482,22 @@ class Bitbayd:
             info = self.getpeginfo()
         self._remember_peg(info)
         return Tip(height, int(info["cycle"]), int(info["peg"]), self._block_time(height))
+
+    @_bounded
+    def identity(self) -> str:
+        """``getblockhash 0``: the genesis block's hash names the network (main, testnet, a
+        regtest of its own)."""
+        return self.block_hash(0)
+
+    @_bounded
+    def block_hash(self, height: int) -> str:
+        """``getblockhash height``: the best chain's block there; NodeError (-1, "Block number
+        out of range.") above the tip."""
+        found = self.getblockhash(height)
+        if len(found) != 64:
+            raise NodeError(LOCAL_CHECK, f"block hash {found!r} is not 64 hex digits",
+                            "getblockhash")
+        return found
 
     @_bounded
     def supply_for_cycle(self, cycle: int) -> int:

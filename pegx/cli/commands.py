@@ -94,11 +94,15 @@ def serve(config_file, **flags) -> None:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from pegx.app import App
+    from pegx.chain.devnet.log import DevnetLogError
+    from pegx.exchange.chainguard import WrongChain
     from pegx.ledger.store import StoreError
 
     try:
         app = App(cfg)
-    except StoreError as exc:
+    except WrongChain as exc:
+        _fail(f"refusing to serve: {exc}")
+    except (StoreError, DevnetLogError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start: {exc}")

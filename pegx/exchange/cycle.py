@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from pegx import peg
 from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
+from pegx.exchange import chainguard
 from pegx.exchange.withdraws import house_outpoints
 from pegx.ledger import engine
 
@@ -184,6 +185,7 @@ class ExchangeCycle:
         self._loaded = True
         if self.desk is not None:
             self.desk.run(tip, now, self)
+        chainguard.note(self.ledger, self.chain, tip)  # the ledger's record of its chain
         # published last: `tip` is the block this exchange has fully processed (pegx.status
         # reports it, and tests wait on it to know a pass, window task included, is done)
         self.tip = tip

@@ -25,6 +25,8 @@ Invariants (checked by tests/test_engine_properties.py):
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import copy
 import hashlib
 import json
@@ -38,6 +40,7 @@ import numpy as np
 from pegx import peg
 from pegx.ledger import schema
 from pegx.ledger.journal import Journal, read_log
+from pegx.ledger.savepoint import Savepoint
 from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
@@ -159,6 +162,8 @@ class Exchange:
 
     TABLES = ("claims", "inputs", "withdraws", "history", "settings", "addresses", "exec", "meta",
               "batches")
+    OPS = ("trade", "withdraw", "refund", "burn", "credit", "spend", "recompute", "adjust", "drift",
+           "put")  # each has _check_<op> (commit groups) and _apply_<op>
 
     def __init__(self, store: Store, *, capacity: int = 1024, checkpoint_ops: int = 5000,
                  checkpoint_rows: int = 4000, checkpoint_seconds: float = 30.0):
@@ -178,8 +183,14 @@ class Exchange:
         self._figures: dict[str, tuple] = {}  # input key -> figures at a supply (input_totals)
         self._dirty_recs: set[tuple[str, str]] = set()
         self._dirty_vecs: set[tuple[str, str]] = set()
+        # held from a checkpoint's snapshot to the end of its write, so checkpoints land on disk
+        # in the order they were taken (automatic, pegx.checkpoint and close alike)
         self._ckpt_mu = threading.Lock()
+        self._closing = False  # close() started: no new checkpoint but its own
+        self._closed = False
         self._last_ckpt_time = time.monotonic()
+        self._undo: Savepoint | None = None  # set while commit applies a group
+        self._local = threading.local()  # per thread: locked() depth, seq awaiting its fsync
         self.replayed = 0
         self._load()
 
@@ -205,7 +216,7 @@ class Exchange:
                 self._apply(op)
             self.replayed += 1
         self.seq = seq
-        self.journal = Journal(self.store, seq)
+        self.journal = Journal(self.store, seq, self.ckpt_seq)
         self.journal.durable_seq = seq
         for name in INTERNAL:
             if name not in self.index:
@@ -216,6 +227,7 @@ class Exchange:
             f"{len(self.tables['withdraws']):,d}", f"{self.ckpt_seq:,d}", f"{self.replayed:,d}")
 
     def _add_account(self, name: str, *, dirty: bool = True) -> int:
+        # a savepoint drops accounts added after it by length (Savepoint.restore)
         i = len(self.names)
         if i >= self.matrix.shape[0]:
             cap = max(8, int(self.matrix.shape[0] * 1.5))
@@ -241,25 +253,80 @@ class Exchange:
         """
         for op in ops:
             self._apply(op)
-        self.seq += 1
-        self.journal.append(self.seq, ops)
-        return self.seq
+        return self._log(ops)
+
+    def _log(self, ops: list[dict]) -> int:
+        seq = self.seq + 1
+        self.journal.append(seq, ops)
+        self.seq = seq
+        return seq
 
     def _durable(self, seq: int) -> None:
+        local = self._local
+        if getattr(local, "depth", 0):  # inside locked(): wait once the lock is released
+            local.pending = max(local.pending, seq)
+            return
         self.journal.wait(seq)
         self._maybe_checkpoint()
 
-    def commit(self, ops: list[dict], *, supply: int | None = None, now: int = 0) -> None:
-        """Apply and durably log already-validated ops as one atomic record.
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the ledger lock for checks and the commits they guard, without its fsync.
 
-        For modules that build their own ops (cycle, withdraws) from the op builders below.
-        With ``supply``, a recompute at that supply is part of the same record.
+        ``with ledger.locked(): check, then commit`` keeps the check and the commit atomic, as
+        ``with ledger.lock`` does; but a commit inside returns once it is logged in memory, and
+        the wait for the disk happens when the block exits, after the lock is released. The
+        block still returns only once everything it committed is durable. (Waiting for the
+        fsync under the lock would make every other call, reads included, wait for this call's
+        disk write, and would defeat the group commit.)
         """
+        local = self._local
+        outer = not getattr(local, "depth", 0)
+        if outer:
+            local.depth, local.pending = 0, 0
+        try:
+            with self.lock:
+                local.depth += 1
+                try:
+                    yield
+                finally:
+                    local.depth -= 1
+        finally:
+            if outer and local.pending:
+                seq, local.pending = local.pending, 0
+                self._durable(seq)
+
+    def commit(self, ops: list[dict], *, supply: int | None = None, now: int = 0) -> None:
+        """Apply and durably log a group of ops as one atomic record, or refuse all of it.
+
+        For modules that build their own ops (cycle, withdraws, recover) from the op builders
+        below. With ``supply``, a recompute at that supply is part of the same record. Each op
+        is checked against the state the ops before it leave, then applied; if one is refused
+        (EngineError), everything the group did in memory is undone and nothing is logged.
+        The ops are applied as JSON reads them back, exactly what a replay applies.
+        """
+        try:
+            ops = json.loads(json.dumps(ops, separators=(",", ":")))
+        except (TypeError, ValueError) as exc:
+            raise EngineError(f"an operation cannot be logged as JSON: {exc}") from None
+        if not isinstance(ops, list):
+            raise EngineError("commit takes a list of operations")
+        if supply is not None:
+            supply = self._checked(peg.check_supply, supply)
         with self.lock:
-            if supply is None:
-                seq = self._submit(ops)
-            else:
-                seq = self._recompute_locked(ops, supply=supply, now=now)
+            self._undo = savepoint = Savepoint(self)
+            try:
+                for op in ops:
+                    self._check_op(op)
+                    self._apply(op)
+                if supply is not None:
+                    ops = [*ops, self._recompute(supply, now, None)]
+            except BaseException:
+                savepoint.restore()
+                raise
+            finally:
+                self._undo = None
+            seq = self._log(ops)
         self._durable(seq)
 
     def _maybe_checkpoint(self) -> None:
@@ -267,14 +334,37 @@ class Exchange:
                or len(self._dirty_rows) >= self.checkpoint_rows
                or (self.seq > self.ckpt_seq
                    and time.monotonic() - self._last_ckpt_time >= self.checkpoint_seconds))
-        if due and self._ckpt_mu.acquire(blocking=False):
+        # a checkpoint already writing covers this one's need soon; close() writes the last
+        if due and not self._closing and self._ckpt_mu.acquire(blocking=False):
             try:
-                self.checkpoint()
+                if not self._closed:
+                    self._checkpoint_locked()
             finally:
                 self._ckpt_mu.release()
 
     def checkpoint(self) -> int:
-        """Write the state changed since the last checkpoint; returns the seq it covers."""
+        """Write the state changed since the last checkpoint; returns the seq it covers.
+
+        Waits for a checkpoint in progress (automatic or another caller's) to finish first.
+        Refused once close() has started: the shutdown writes the last one.
+        """
+        if self._closing:
+            raise EngineError("the ledger is closed or closing: the shutdown writes the last "
+                              "checkpoint")
+        with self._ckpt_mu:
+            if self._closed:
+                raise EngineError("the ledger is closed")
+            return self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> int:
+        """Snapshot what changed and write it; call with ``_ckpt_mu`` held.
+
+        The snapshot (under the ledger lock) copies every dirty row and record as it is at
+        ``seq``; the write happens outside the ledger lock so calls go on meanwhile, but inside
+        ``_ckpt_mu``, so no later snapshot can reach the disk before this one. ``ckpt_seq``
+        moves only once the batch is on disk. If the write fails the journal stops (every
+        later write and checkpoint is refused), so the dirty sets cleared here are not needed.
+        """
         with self.lock:
             seq = self.seq
             puts: list[tuple[bytes, bytes]] = []
@@ -303,31 +393,175 @@ class Exchange:
             self._dirty_views.clear()
             self._dirty_recs.clear()
             self._dirty_vecs.clear()
-            prev = self.ckpt_seq
-            self.ckpt_seq = seq
-            self._last_ckpt_time = time.monotonic()
-        self.journal.write_checkpoint(seq, prev, puts, deletes)
+        self.journal.write_checkpoint(seq, puts, deletes)
+        self.ckpt_seq = seq
+        self._last_ckpt_time = time.monotonic()
         log.debug("checkpoint at seq %s: %s records", f"{seq:,d}", f"{len(puts):,d}")
         return seq
 
     def close(self) -> None:
-        """Checkpoint everything (a clean stop needs no replay) and close the store."""
+        """Checkpoint everything (a clean stop needs no replay) and close the store.
+
+        From the first call on, new checkpoints are refused; one already writing finishes
+        before the last one is taken.
+        """
+        self._closing = True
         with self._ckpt_mu:
-            if self.journal.failed is None:
-                self.journal.flush()
-                self.checkpoint()
-        self.store.close()
+            if self._closed:
+                return
+            try:
+                if self.journal.failed is None:
+                    self.journal.flush()
+                    self._checkpoint_locked()
+            finally:
+                self._closed = True
+                self.store.close()
+
+    # ---------------------------------------------------------------- op group checks (commit)
+    @staticmethod
+    def _checked(fn, *args):
+        """``fn(*args)``, its PegError (bad style, supply) as an EngineError for the caller."""
+        try:
+            return fn(*args)
+        except peg.PegError as exc:
+            raise EngineError(str(exc)) from None
+
+    def _check_op(self, op) -> None:
+        """Refuse an op of a commit group that its apply function would fail on, or that would
+        break an invariant, in the state the ops before it in the group left."""
+        kind = op.get("op") if isinstance(op, dict) else None
+        if kind not in self.OPS:
+            raise EngineError(f"unknown operation {kind!r}")
+        try:
+            getattr(self, f"_check_{kind}")(op)
+        except EngineError:
+            raise
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise EngineError(f"malformed {kind} operation ({type(exc).__name__}: {exc})") from None
+
+    @staticmethod
+    def _int(value, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EngineError(f"{what} must be an integer")
+        return value
+
+    def _vec(self, text) -> np.ndarray:
+        vec = decode_vec(text) if isinstance(text, str) else None
+        if vec is None or vec.shape != (peg.PEG_SIZE,):
+            raise EngineError(f"a fraction vector has {peg.PEG_SIZE} steps")
+        return vec
+
+    def _check_user(self, name) -> str:
+        name = check_name(name, allow_internal=True)
+        if name == WITHDRAWS:  # its rows belong to pending withdraws (refund, burn)
+            raise NameError_(RESERVED_MSG)
+        return name
+
+    def _check_trade(self, op: dict) -> None:
+        u1 = self._check_user(op["u1"])
+        self._check_user(op["u2"])
+        amount = check_amount(op["amount"])
+        self._checked(peg.check_style, op["style"])
+        self._check_funds(u1, amount, op["style"])
+
+    def _check_withdraw(self, op: dict) -> None:
+        wid = op["id"]
+        if not isinstance(wid, str) or wid in self.tables["withdraws"]:
+            raise EngineError(f"withdraw id {wid!r} is taken or not a string")
+        user = check_name(op["user"])
+        amount = check_amount(op["amount"])
+        self._checked(peg.check_style, op["style"])
+        if not isinstance(op["address"], str):
+            raise EngineError("a withdraw address is a string")
+        self._int(op["cycle"], "cycle")
+        self._check_funds(user, amount, op["style"])
+
+    def _check_refund(self, op: dict) -> None:
+        self._check_pending([op["id"]])
+
+    def _check_burn(self, op: dict) -> None:
+        self._check_pending(op["ids"])
+
+    def _check_pending(self, wids) -> None:
+        if not isinstance(wids, list) or len(set(wids)) != len(wids):
+            raise EngineError("withdraw ids are a list without repeats")
+        for wid in wids:
+            if wid not in self.tables["withdraws"]:
+                raise EngineError(f"no pending withdraw {wid}")
+
+    def _check_credit(self, op: dict) -> None:
+        key = op["key"]
+        if not isinstance(key, str) or key in self.tables["inputs"]:
+            raise EngineError(f"input {key!r} is already registered or not a string")
+        vec = self._vec(op["vec"])
+        value = self._int(op["value"], "value")
+        if (vec < 0).any() or int(vec.sum()) != value:
+            raise EngineError(f"input {key}: fractions must be >= 0 and sum to its value")
+        owner = op["owner"]
+        if owner is not None and owner != HOUSE:
+            check_name(owner)
+        if not isinstance(op["address"], (str, type(None))):
+            raise EngineError("an input address is a string")
+        for field in ("change", "frozen_until", "height"):
+            self._int(op[field], field)
+
+    def _check_spend(self, op: dict) -> None:
+        keys_ = op["keys"]
+        if not isinstance(keys_, list) or len(set(keys_)) != len(keys_):
+            raise EngineError("spent inputs are a list without repeats")
+        missing = [k for k in keys_ if k not in self.tables["inputs"]]
+        if missing:
+            raise EngineError(f"not registered inputs: {', '.join(map(str, missing))}")
+
+    def _check_recompute(self, op: dict) -> None:
+        self._checked(peg.check_supply, op["supply"])
+        totals = op["totals"]
+        if not isinstance(totals, dict) or set(totals) != {"liquid", "reserve", "subpremium",
+                                                           "frozen"}:
+            raise EngineError("recompute totals are {liquid, reserve, subpremium, frozen}")
+        for field, value in totals.items():
+            self._int(value, field)
+        if op.get("cycle") is not None:
+            self._int(op["cycle"], "cycle")
+
+    def _check_adjust(self, op: dict) -> None:
+        name, vec = self._check_user(op["name"]), self._vec(op["vec"])
+        style = op.get("style", peg.LIQUID)
+        self._checked(peg.check_style, style)
+        i = self.index.get(name)
+        row = self.matrix[i] if i is not None else np.zeros(peg.PEG_SIZE, dtype=np.int64)
+        if (row + vec < 0).any():
+            raise FundsError(f"adjusting {name} would leave a step below zero")
+        total = int(vec.sum())
+        if total < 0 and (i is None or int(self.view[i].sum()) < -total):
+            raise FundsError(f"{name} holds less than the {-total:,d} sat to take")
+
+    def _check_drift(self, op: dict) -> None:
+        self._vec(op["vec"])
+
+    def _check_put(self, op: dict) -> None:
+        if op["table"] not in self.TABLES:
+            raise EngineError(f"unknown table {op['table']!r}")
+        if not isinstance(op["key"], str):
+            raise EngineError("a record key is a string")
+
 
     # ---------------------------------------------------------------- apply (deterministic)
     def _apply(self, op: dict) -> None:
         getattr(self, f"_apply_{op['op']}")(op)
 
+    def _save_row(self, i: int) -> None:
+        if self._undo is not None:
+            self._undo.save_row(i)
+
     def _move_rows(self, src: str, dst: str | None, vec: np.ndarray) -> None:
         i = self._row(src)
+        self._save_row(i)
         self.matrix[i] -= vec
         self._dirty_rows.add(src)
         if dst is not None:
             j = self._row(dst)
+            self._save_row(j)
             self.matrix[j] += vec
             self._dirty_rows.add(dst)
 
@@ -335,6 +569,7 @@ class Exchange:
         """Move ``amount`` of balance in ``style``, overflowing into the other style if the
         source holds less of it (after a recompute reshuffled liquid and reserve)."""
         i = self.index[src]
+        self._save_row(i)
         self._dirty_views.add(src)
         s = 0 if style == peg.LIQUID else 1
         first = min(amount, int(self.view[i, s]))
@@ -343,6 +578,7 @@ class Exchange:
         self.view[i, 1 - s] -= second
         if dst is not None:
             j = self._row(dst)
+            self._save_row(j)
             self._dirty_views.add(dst)
             self.view[j, s] += first
             self.view[j, 1 - s] += second
@@ -364,6 +600,7 @@ class Exchange:
         owner = op["owner"]
         if owner:
             i = self._row(owner)
+            self._save_row(i)
             self.matrix[i] += vec
             self.view[i, 1] += int(vec.sum())  # reserve until the recompute that follows
             self._dirty_rows.add(owner)
@@ -380,6 +617,8 @@ class Exchange:
 
     def _apply_recompute(self, op: dict) -> None:
         n = len(self.names)
+        if self._undo is not None:
+            self._undo.save_views()
         liquid, reserve, _ = peg.assign_balances(self.matrix[:n], op["supply"],
                                                  op["totals"]["liquid"])
         self.view[:n, 0] = liquid
@@ -428,6 +667,7 @@ class Exchange:
         """
         name, vec = op["name"], decode_vec(op["vec"])
         i = self._row(name)
+        self._save_row(i)
         self.matrix[i] += vec
         self._dirty_rows.add(name)
         total = int(vec.sum())
@@ -451,6 +691,8 @@ class Exchange:
         self._put(op["table"], op["key"], op.get("value"))
 
     def _put(self, table: str, key: str, value) -> None:
+        if self._undo is not None:
+            self._undo.save_record(table, key)
         if value is None:
             self.tables[table].pop(key, None)
         else:
@@ -458,6 +700,8 @@ class Exchange:
         self._dirty_recs.add((table, key))
 
     def _put_vec(self, table: str, key: str, vec: np.ndarray | None) -> None:
+        if self._undo is not None:
+            self._undo.save_vector(table, key)
         if vec is None:
             self.vectors.pop((table, key), None)
         else:
@@ -641,12 +885,14 @@ class Exchange:
         supply = peg.check_supply(supply)
         for op in ops:
             self._apply(op)
+        return self._log(ops + [self._recompute(supply, now, cycle)])
+
+    def _recompute(self, supply: int, now: int, cycle: int | None) -> dict:
+        """Apply a recompute at ``supply`` over the registered inputs; returns its op."""
         totals = input_totals(self.tables["inputs"], self.vectors, supply, now, self._figures)
         recompute = {"op": "recompute", "supply": supply, "totals": totals, "cycle": cycle}
         self._apply(recompute)
-        self.seq += 1
-        self.journal.append(self.seq, ops + [recompute])
-        return self.seq
+        return recompute
 
     def withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,
                  commission: int | None = None) -> None:

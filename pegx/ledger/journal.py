@@ -10,6 +10,11 @@
   table records, vectors), deletes the log records it covers and writes the state record last,
   all in one synced batch: after a crash, either the old or the new checkpoint is the truth and
   replaying the log after it reproduces the exact state.
+* Checkpoints are written one at a time and in the order their snapshots were taken (the
+  engine's checkpoint lock covers snapshot and write). The journal keeps the seq of the state
+  record on disk, refuses a checkpoint older than it (writing it would put stale rows over newer
+  ones and move the seq back) and deletes exactly the log records between that seq and the new
+  one: every record after the state on disk stays until a state covering it has landed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class JournalFailed(RuntimeError):
 class Journal:
     """Group-committed op log on top of a Store."""
 
-    def __init__(self, store: Store, last_seq: int):
+    def __init__(self, store: Store, last_seq: int, checkpoint_seq: int = 0):
         self.store = store
         self._mu = threading.Lock()
         self._cond = threading.Condition(self._mu)
@@ -41,6 +46,8 @@ class Journal:
         self.durable_seq = last_seq
         self.appended_seq = last_seq
         self.commits = 0  # fsynced batches written (for metrics: records / commits = group size)
+        self.checkpoint_seq = checkpoint_seq  # the seq of the state record on disk
+        self._ckpt_mu = threading.Lock()  # one checkpoint write at a time
 
     def append(self, seq: int, ops: list[dict]) -> None:
         """Queue record ``seq`` (call in seq order, under the engine lock)."""
@@ -89,29 +96,46 @@ class Journal:
     def failed(self) -> BaseException | None:
         return self._failed
 
-    def write_checkpoint(self, seq: int, prev_seq: int, puts: list[tuple[bytes, bytes]],
+    def write_checkpoint(self, seq: int, puts: list[tuple[bytes, bytes]],
                          deletes: list[bytes]) -> None:
-        """Write a checkpoint covering every op up to ``seq`` (which must be durable already).
+        """Write a checkpoint of the state at ``seq`` (every op up to it, durable first).
 
-        Deletes the log records (prev_seq, seq] in the same batch and writes the state record
-        last, so the batch is the commit point.
+        ``puts``/``deletes`` are the rows and records that changed since the state on disk, as
+        they were at ``seq``. One synced batch writes them, deletes the log records after the
+        state on disk up to ``seq`` and writes the state record last: the batch is the commit
+        point. A checkpoint older than the one on disk is refused and stops the journal: its
+        rows are stale, and not writing them leaves memory ahead of what disk can rebuild.
         """
         self.wait(seq)
-        try:
-            with self.store.batch() as wb:
-                for k in deletes:
-                    wb.delete(k)
-                for k, v in puts:
-                    wb.put(k, v)
-                for s in range(prev_seq + 1, seq + 1):
-                    wb.delete(schema.pack_seq(s))
-                wb.put(schema.STATE, Store.state_value(seq))
-        except BaseException as exc:
-            with self._mu:
+        with self._ckpt_mu:
+            if self._failed is not None:
+                raise JournalFailed(f"ledger write failed: {self._failed}") from self._failed
+            prev = self.checkpoint_seq
+            if seq < prev:
+                exc = JournalFailed(f"checkpoint at seq {seq:,d} is older than the one on disk "
+                                    f"({prev:,d}): refused")
+                self._fail(exc, "checkpoint refused")
+                raise exc
+            try:
+                with self.store.batch() as wb:
+                    for k in deletes:
+                        wb.delete(k)
+                    for k, v in puts:
+                        wb.put(k, v)
+                    for s in range(prev + 1, seq + 1):
+                        wb.delete(schema.pack_seq(s))
+                    wb.put(schema.STATE, Store.state_value(seq))
+            except BaseException as exc:
+                self._fail(exc, "checkpoint write failed")
+                raise JournalFailed(f"checkpoint write failed: {exc}") from exc
+            self.checkpoint_seq = seq
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        with self._mu:
+            if self._failed is None:
                 self._failed = exc
-                self._cond.notify_all()
-            log.critical("checkpoint write failed: %s", exc)
-            raise JournalFailed(f"checkpoint write failed: {exc}") from exc
+            self._cond.notify_all()
+        log.critical("%s: %s", what, exc)
 
 
 def read_log(store: Store, after: int):

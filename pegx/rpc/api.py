@@ -284,7 +284,8 @@ class PegAPI:
             if claim is None and txid not in new:
                 new.append(txid)
         if new:
-            with self.ledger.lock:  # first claim wins, even between two concurrent calls
+            # first claim wins, even between two concurrent calls; the fsync waits outside
+            with self.ledger.locked():
                 claims = self.ledger.tables["claims"]
                 taken = [t for t in new if t in claims and claims[t].get("name") != name]
                 if taken:
@@ -469,7 +470,8 @@ class PegAPI:
         uid = os.urandom(16).hex()
         try:
             engine.check_name(user)
-            with self.ledger.lock:  # the limit is counted and the slot taken atomically
+            # the limit is counted and the slot taken atomically; the fsync waits outside
+            with self.ledger.locked():
                 full = self._limit_reached(style)
                 if full:
                     return (full, "")

@@ -4,7 +4,10 @@ No locks, no I/O, no clock: :class:`Ledger` is changed only through its ``apply_
 each a deterministic function of the current state and its arguments, so replaying the same
 actions reaches the same chain. ``devnet.py`` adds the lock, the log and the API around it.
 
-Blocks: height 0 is an empty genesis; block h has time ``GENESIS_TIME + 64 * h``. The supply
+Blocks: height 0 is an empty genesis; block h has time ``GENESIS_TIME + 64 * h``. Block hashes
+chain from the genesis hash (which the Devnet derives from its random id): block h's hash is
+SHA-256 of block h-1's hash, h and the txids mined in it, so two devnets never share a block
+hash and a replay reproduces every one. The supply
 index of cycle c (= h // 200) is fixed when block 200·c is mined, from the vote registered
 during cycle c-1, else (with ``walk_seed``) a seeded random vote, else unchanged.
 """
@@ -54,10 +57,13 @@ class LedgerTx:
 class Ledger:
     """Chain state. Not thread-safe on its own: the Devnet holds one lock around it."""
 
-    def __init__(self, seed: int, initial_supply: int, walk_seed: int | None) -> None:
+    def __init__(self, seed: int, initial_supply: int, walk_seed: int | None,
+                 genesis: bytes = bytes(32)) -> None:
         self.seed = seed
         self.walk_seed = walk_seed
         self.height = 0
+        # 32 bytes per block, height order (a bytearray: ~32 MB per million blocks)
+        self.hashes = bytearray(genesis)
         self.supplies = [initial_supply]  # supply index per cycle, index = cycle
         self.votes: dict[int, tuple[str, int]] = {}  # cycle it applies to -> (direction, steps)
         self.txs: dict[str, LedgerTx] = {}  # mined and mempool transactions by txid
@@ -121,6 +127,12 @@ class Ledger:
                 frozen += tx.outputs[vout].value
         reserve, liquid = int(total[:supply].sum()), int(total[supply:].sum())
         return {"amount": liquid + reserve, "liquid": liquid, "reserve": reserve, "frozen": frozen}
+
+    def block_hash(self, height: int) -> str | None:
+        """The hash of block ``height`` (hex), or None above the tip."""
+        if not 0 <= height <= self.height:
+            return None
+        return bytes(self.hashes[32 * height:32 * height + 32]).hex()
 
     def confirmations(self, tx: LedgerTx) -> int:
         return self.height - tx.height + 1 if tx.height else 0
@@ -252,6 +264,7 @@ class Ledger:
             self.supplies.append(self.supply_at(height))
             self.votes.pop(cycle_of(height), None)
         pending = [self.txs[t] for t in self.mempool]
+        mined: list[str] = []
         self.mempool = []
         for tx in reversed(pending):
             self._disconnect(tx)
@@ -273,4 +286,9 @@ class Ledger:
             self._connect(
                 LedgerTx(txid, tx.raw, tx.inputs, tx.outputs, fractions, frozen, height, tx.outside)
             )
+            mined.append(txid)
+        digest = hashlib.sha256(self.hashes[-32:] + height.to_bytes(8, "big"))
+        for txid in mined:
+            digest.update(bytes.fromhex(txid))
+        self.hashes += digest.digest()
         self.height = height

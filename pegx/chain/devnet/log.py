@@ -5,7 +5,8 @@ to it (mine, send, vote, broadcast, ...), so persisting the actions is enough: a
 replays them and reaches exactly the same chain. A record is acknowledged only after its line
 is on disk. A crash mid-write leaves at most one torn last line; it was never acknowledged, so
 loading drops it (and truncates it away). A damaged line anywhere else is corruption and
-refuses to load.
+refuses to load. An append that fails while running (disk full, I/O error) is cut away at once
+and raised, so an action that answered an error can never come back at the next start.
 
 The first record is a header holding the chain parameters, so a reopen with different
 parameters cannot silently build a different chain on the same history.
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
 
 FORMAT = "pegx-devnet"
 VERSION = 1
 LOG_NAME = "actions.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 class DevnetLogError(RuntimeError):
@@ -37,38 +41,55 @@ def fsync_path(path: Path) -> None:
 
 
 class ActionLog:
-    """Append-only JSON-lines log under ``directory``, locked for this process while open."""
+    """Append-only JSON-lines log under ``directory``, locked for this process while open.
 
-    def __init__(self, directory: str | os.PathLike, header: dict) -> None:
+    Appends go straight to the file descriptor (no buffer that could keep a failed line and
+    write it with the next one) and end with an fsync. An append that fails (no space, I/O
+    error) cuts the file back to the end of the last good line before it raises, so a record
+    that was refused can never reappear; if even that cut fails the log refuses every later
+    append (``broken``) rather than write after a torn line.
+    """
+
+    def __init__(self, directory: str | os.PathLike, header: dict,
+                 created: dict | None = None) -> None:
+        """Open (or create) the log; ``header`` must match a stored header, ``created`` is
+        written into the header of a new log only (the devnet's random id)."""
         self.directory = Path(directory)
         fresh = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         if fresh:
             fsync_path(self.directory.parent)
         self.path = self.directory / LOG_NAME
-        self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the life of the log
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self.broken: str | None = None
         try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._file.close()
+            self.close()
             raise DevnetLogError(
                 f"devnet data {self.directory} is in use by another pegx process"
             ) from None
         try:
             self.records = self._load()
             if not self.records:
-                self.append({"a": "header", "format": FORMAT, "version": VERSION, **header})
+                self.header = {"a": "header", "format": FORMAT, "version": VERSION,
+                               **header, **(created or {})}
+                self.append(self.header)
                 self.records = []
                 fsync_path(self.directory)
             else:
-                self._check_header(self.records.pop(0), header)
+                self.header = self.records.pop(0)
+                self._check_header(self.header, header)
         except Exception:
-            self._file.close()
+            self.close()
             raise
 
     def _load(self) -> list[dict]:
-        self._file.seek(0)
-        data = self._file.read()
+        chunks, offset = [], 0
+        while chunk := os.pread(self._fd, 1 << 20, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        data = b"".join(chunks)
         records: list[dict] = []
         good_end = 0
         lines = data.split(b"\n")
@@ -85,8 +106,9 @@ class ActionLog:
             good_end += len(line) + 1
         if good_end != len(data):
             # drop the torn tail so the next append starts on a clean line
-            self._file.truncate(good_end)
-            os.fsync(self._file.fileno())
+            os.ftruncate(self._fd, good_end)
+            os.fsync(self._fd)
+        self._end = good_end  # where the last good line ends: a failed append cuts back here
         return records
 
     def _check_header(self, rec: dict, header: dict) -> None:
@@ -105,13 +127,41 @@ class ActionLog:
                 )
 
     def append(self, record: dict) -> None:
-        """Write one record and fsync it; it is durable when this returns."""
+        """Write one record and fsync it; it is durable when this returns.
+
+        On any failure the file is cut back to the last good line, so nothing of the record
+        stays behind, and the OSError is raised: the caller must treat the action as not done.
+        """
+        if self._fd is None:
+            raise DevnetLogError(f"devnet log {self.path} is closed")
+        if self.broken is not None:
+            raise DevnetLogError(f"devnet log {self.path} refuses appends: {self.broken}")
         line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
-        self._file.write(line)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            view = memoryview(line)
+            while view:  # os.write may write less than asked (a disk filling up mid-line)
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._cut_back(exc)
+            raise
+        self._end += len(line)
+
+    def _cut_back(self, exc: OSError) -> None:
+        """Remove what a failed append left after the last good line."""
+        try:
+            os.ftruncate(self._fd, self._end)
+            os.fsync(self._fd)
+        except OSError as cut:
+            self.broken = (f"an append failed ({exc}) and its partial line could not be "
+                           f"removed ({cut}); restart pegx once the disk is fixed")
+            log.critical("devnet log %s: %s", self.path, self.broken)
+        else:
+            log.error("devnet log %s: append failed (%s); cut back to %s bytes, the action "
+                      "was not done", self.path, exc, f"{self._end:,d}")
 
     def close(self) -> None:
         """Release the lock and the file."""
-        if not self._file.closed:
-            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

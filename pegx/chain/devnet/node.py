@@ -12,8 +12,12 @@ State is a pure function of (``seed``, ``initial_supply``, ``walk_seed``) and th
 actions applied; nothing reads the wall clock. Every state-changing call is validated first,
 then appended to the fsynced log, then applied, all under the lock; a restart replays the log
 and reproduces the chain exactly (heights, txids, fractions, supply history, wallet, mempool,
-levers). Failed calls change nothing and are not logged, except a broadcast refused by the
-reject lever, which uses the lever up.
+levers, block hashes). Failed calls change nothing and are not logged, except a broadcast
+refused by the reject lever, which uses the lever up.
+
+Identity: a new devnet draws a random id, kept in its log header; ``identity()`` returns it and
+the genesis hash derives from it, so a devnet started afresh (its directory deleted) or copied
+from another datadir is recognisably another chain, even with the same seed.
 
 Spends are validated for inclusion in the next block (its supply and time); with the next
 block inside the same cycle that is the current supply. Votes registered during cycle c set
@@ -29,6 +33,8 @@ simulation, never give it a key that holds real coins.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -64,10 +70,22 @@ MAX_SEND = 10**17  # about all the BAY there is; keeps every pool sum far inside
 _TXID_RE = re.compile(r"[0-9a-f]{64}")
 
 
+def chain_id(header: dict) -> str:
+    """The id that names a devnet: the random one in its log header, or, for a log written
+    before ids existed, one derived from its parameters (such logs share it when they share
+    the parameters; block hashes still tell their histories apart)."""
+    if isinstance(header.get("id"), str) and header["id"]:
+        return header["id"]
+    params = json.dumps({k: header.get(k) for k in ("seed", "initial_supply", "walk_seed")},
+                        sort_keys=True)
+    return "legacy-" + hashlib.sha256(params.encode()).hexdigest()[:32]
+
+
 class Devnet:
     """The embedded simulated chain; see the module docstring. Thread-safe."""
 
     name = "devnet"
+    reorganises = False  # a block, once mined, stays: another hash at a height is another chain
 
     def __init__(
         self,
@@ -91,13 +109,16 @@ class Devnet:
         self._subscribers: list[Callable[[Tip], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._ledger = Ledger(int(seed), int(initial_supply), walk_seed)
         self.seed, self.initial_supply, self.walk_seed = int(seed), int(initial_supply), walk_seed
         self._log: ActionLog | None = ActionLog(
             Path(datadir) / "devnet",
             {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed},
+            created={"id": os.urandom(16).hex()},
         )
         try:
+            self.id = chain_id(self._log.header)
+            genesis = hashlib.sha256(f"pegx-devnet-genesis:{self.id}".encode()).digest()
+            self._ledger = Ledger(self.seed, self.initial_supply, walk_seed, genesis)
             for rec in self._log.records:
                 self._apply(rec, check_signatures=False)
         except Exception:
@@ -106,7 +127,8 @@ class Devnet:
         self._log.records = []
         tip = self.tip()
         log.info(
-            "devnet open: height %s, cycle %d, supply %d, %d wallet keys, %d in mempool",
+            "devnet %s open: height %s, cycle %d, supply %d, %d wallet keys, %d in mempool",
+            self.id,
             f"{tip.height:,d}",
             tip.cycle,
             tip.supply,
@@ -192,6 +214,18 @@ class Devnet:
         return None
 
     # ------------------------------------------------------------------ Chain protocol
+
+    def identity(self) -> str:
+        """The id this devnet was created with (random, in its log header): it names the chain."""
+        return self.id
+
+    def block_hash(self, height: int) -> str:
+        """The hash of block ``height``; ChainRejected above the tip."""
+        with self._lock:
+            found = self._ledger.block_hash(int(height))
+            if found is None:
+                raise ChainRejected(f"no block at height {height} (tip {self._ledger.height})")
+            return found
 
     def tip(self) -> Tip:
         """The best block (height, cycle, supply in force, block time)."""
@@ -413,6 +447,7 @@ class Devnet:
                 "mempool": len(led.mempool),
                 "block_seconds": self.block_seconds,
                 "wallet_addresses": list(led.wallet),
+                "id": self.id,
                 "seed": self.seed,
                 "initial_supply": self.initial_supply,
                 "walk": self.walk_seed is not None,

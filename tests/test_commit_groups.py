@@ -1,0 +1,112 @@
+"""Exchange.commit is all or nothing (issue 10 item 12).
+
+``commit`` takes a group of ops built by other modules (cycle, withdraw desk, recover) and logs
+them as one record. A group with a valid op followed by an invalid one used to leave the valid
+one applied in memory but not logged (or the journal out of order for good), so memory ran
+ahead of disk until the next restart. Now a bad group is refused with a clear EngineError, memory
+is exactly as before, and what a restart reads back equals memory. No public call hands
+arbitrary op groups to the engine, so this is tested at the engine's own API.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pegx import peg
+from pegx.ledger.engine import EngineError, Exchange
+from pegx.ledger.store import Store
+
+SUPPLY = 500
+BANK = "bankroll"
+VALID = {"op": "trade", "u1": BANK, "u2": "user0001", "amount": 5, "style": peg.LIQUID}
+
+
+def funded(path) -> Exchange:
+    ex = Exchange(Store(path))
+    vec = peg.std_spread(10**11)
+    ex.credit_inputs([{"key": "f" * 64 + ":0", "value": int(vec.sum()), "vector": vec,
+                       "owner": BANK}], supply=SUPPLY, now=0)
+    ex.withdraw("w" * 32, BANK, 10**8, peg.LIQUID, "Baddress", 0)
+    return ex
+
+
+def neg_adjust() -> dict:
+    vec = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+    vec[SUPPLY + 10] = -(10**15)
+    return Exchange.adjust_op("user0001", vec)
+
+
+BAD = {
+    "unknown sender": {"op": "trade", "u1": "nobody00", "u2": BANK, "amount": 1,
+                       "style": peg.LIQUID},
+    "more than the balance (after the valid op)": {
+        "op": "trade", "u1": "user0001", "u2": BANK, "amount": 6, "style": peg.LIQUID},
+    "negative amount": {"op": "trade", "u1": BANK, "u2": "user0002", "amount": -3,
+                        "style": peg.LIQUID},
+    "bad style": {"op": "trade", "u1": BANK, "u2": "user0002", "amount": 1, "style": "gold"},
+    "refund of an unknown withdraw": {"op": "refund", "id": "nope"},
+    "burn of a withdraw twice": {"op": "burn", "ids": ["w" * 32, "w" * 32]},
+    "unknown table": {"op": "put", "table": "nosuch", "key": "k", "value": 1},
+    "a value JSON cannot hold": {"op": "put", "table": "settings", "key": "k",
+                                 "value": {1, 2}},
+    "unknown op": {"op": "teleport", "to": "mars"},
+    "spend of an unregistered input": {"op": "spend", "keys": ["e" * 64 + ":1"]},
+    "credit of a registered input": Exchange.credit_op(
+        "f" * 64 + ":0", 10, np.full(peg.PEG_SIZE, 0, dtype=np.int64), owner="user0003"),
+    "credit whose fractions miss its value": Exchange.credit_op(
+        "d" * 64 + ":0", 11, np.ones(peg.PEG_SIZE, dtype=np.int64), owner="user0003"),
+    "adjust below zero": neg_adjust(),
+    "drift of the wrong length": {"op": "drift", "vec": "AAAA"},
+}
+
+
+def crash_and_reopen(ex: Exchange, path) -> Exchange:
+    ex.store.close()  # as a SIGKILL leaves it: no closing checkpoint
+    return Exchange(Store(path))
+
+
+@pytest.mark.parametrize("supply", [None, SUPPLY], ids=["plain", "with-recompute"])
+@pytest.mark.parametrize("bad", list(BAD), ids=list(BAD))
+def test_a_group_with_an_invalid_op_changes_nothing(tmp_path, bad, supply):
+    path = tmp_path / "ledger"
+    ex = funded(path)
+    before, seq = ex.digest(), ex.seq
+    with pytest.raises(EngineError):
+        ex.commit([dict(VALID), BAD[bad]], supply=supply, now=0)
+    assert ex.digest() == before, "the valid op of a refused group was applied"
+    assert ex.seq == seq
+    assert ex.balance("user0001") in (None, {"liquid": 0, "reserve": 0})
+    ex.commit([dict(VALID)], supply=supply, now=0)  # the journal still takes the next group
+    assert ex.balance("user0001")["liquid"] == 5
+    want = ex.digest()
+    again = crash_and_reopen(ex, path)
+    try:
+        assert again.digest() == want
+        assert again.seq == seq + 1
+    finally:
+        again.close()
+
+
+def test_a_valid_group_depending_on_its_own_earlier_ops_still_commits(tmp_path):
+    """Credits, then a recompute, then trades paid from the recomputed balances (recover's
+    shape): each op is checked against the state the ops before it leave."""
+    path = tmp_path / "ledger"
+    ex = Exchange(Store(path))
+    vec = peg.std_spread(10**10)
+    ops = [Exchange.credit_op("c" * 64 + ":0", int(vec.sum()), vec, owner="carol000"),
+           {"op": "recompute", "supply": 0, "totals": {"liquid": 10**10, "reserve": 0,
+                                                            "subpremium": 0, "frozen": 0},
+            "cycle": None},
+           {"op": "trade", "u1": "carol000", "u2": "davey000", "amount": 10**9,
+            "style": peg.LIQUID},
+           {"op": "trade", "u1": "davey000", "u2": "pool", "amount": 10**8,
+            "style": peg.LIQUID}]
+    ex.commit(ops)
+    assert ex.balance("davey000")["liquid"] == 9 * 10**8
+    want = ex.digest()
+    again = crash_and_reopen(ex, path)
+    try:
+        assert again.digest() == want
+    finally:
+        again.close()
