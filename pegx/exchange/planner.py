@@ -172,10 +172,11 @@ def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: 
             got = _take(pools, first, recipients[addr])
             if got < recipients[addr]:
                 have = sum(peg.reserve_of(v, supply) for _, _, v in sel)
+                before = (f" (and the freeze notary {sat(FREEZE_NOTARY_VALUE)} before some of "
+                          "them)" if k < len(payees) else "")
                 return _Short("reserve", f"{NO_FUNDS}: the payees need {sat(total - comm)} of "
-                              f"reserve (and the freeze notary {sat(FREEZE_NOTARY_VALUE)} "
-                              f"before some of them); {len(sel)} inputs hold {sat(have)} of "
-                              f"reserve at supply {supply}")
+                              f"reserve{before}; {len(sel)} inputs hold {sat(have)} of reserve "
+                              f"at supply {supply}")
             payee_vouts.append(i)
             head.append(TxOut(recipients[addr], address=addr))
         head[k] = TxOut(FREEZE_NOTARY_VALUE, data=f_notation(payee_vouts))
