@@ -36,7 +36,7 @@ code        when
 
 HTTP-level refusals: 404 for paths other than ``/RPC2`` and ``/``, 411 without a
 Content-Length, 413 above ``MAX_REQUEST_BYTES``, 415 for an unknown Content-Encoding,
-503 while stopping.
+503 while stopping. Each of them closes the connection (the body may be unread).
 """
 
 from __future__ import annotations
@@ -241,6 +241,18 @@ class _Handler(SimpleXMLRPCRequestHandler):
             super().finish()
         finally:
             self.server.rpc._connection_closed(self.connection)
+
+    def report_404(self) -> None:
+        """404, then close: the request's body is not read, and on a kept-alive connection it
+        would be parsed as the next request (answered, or refused with an HTTP/0.9 error page
+        that has no status line, which the client takes for its next answer)."""
+        body = b"No such page"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self) -> None:
         if not self.is_rpc_path_valid():
