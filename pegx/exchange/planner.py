@@ -261,8 +261,9 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
 
     Each withdraw pays the commission kept when it was accepted (:func:`accepted_commission`);
     one whose payee would get ``MIN_PAYOUT`` or less is left out (it expires and is refunded),
-    so no output is ever 0 or below. Inputs: liquid takes the smallest input that covers the
-    batch alone, else the largest first; reserve takes the largest reserve first; then, while
+    so no output is ever 0 or below. Inputs (those at a payee's address only when the others
+    do not suffice): liquid takes the smallest input that covers the batch alone, else the
+    largest first; reserve takes the largest reserve first; then, while
     the node's rule leaves a payee or the commission short, one more input with what is short
     (reserve, else any input, which moves the notary after more payees; liquidity), up to
     ``MAX_INPUTS``. When the inputs cannot fund the whole batch it is split: in queue order,
@@ -295,10 +296,12 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
     cands = [c for c in candidates if int(c[2].sum()) > 0]
     lq = {k: peg.liquid_of(v, supply) for k, _, v in cands}
     rs = {k: peg.reserve_of(v, supply) for k, _, v in cands}
-    by_liquid = sorted(cands, key=lambda c: (-lq[c[0]], c[0]))
-    by_reserve = sorted(cands, key=lambda c: (-rs[c[0]], c[0]))
-    most = (sum(lq[c[0]] for c in by_liquid[:MAX_INPUTS]) if style == peg.LIQUID
-            else sum(rs[c[0]] for c in by_reserve[:MAX_INPUTS]))
+    most = (sum(sorted(lq.values(), reverse=True)[:MAX_INPUTS]) if style == peg.LIQUID
+            else sum(sorted(rs.values(), reverse=True)[:MAX_INPUTS]))
+    # inputs at a payee's address come last: the node's rule would pay them right (see the
+    # shapes), but the exchange's change then lands beside a payee's coins
+    by_liquid = sorted(cands, key=lambda c: (c[1] in addresses, -lq[c[0]], c[0]))
+    by_reserve = sorted(cands, key=lambda c: (c[1] in addresses, -rs[c[0]], c[0]))
 
     def attempt(items: list[tuple[str, dict, int]]) -> Plan | _Short:
         need = sum(r["amount"] - (0 if style == peg.LIQUID else c) for _, r, c in items)
@@ -308,7 +311,7 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
                           f"exchange's {min(len(cands), MAX_INPUTS)} best spendable inputs hold "
                           f"{sat(most)}")
         return _plan_chosen(style, items, by_liquid, by_reserve, lq, rs, supply, acct0,
-                            fee_acct, master)
+                            fee_acct, master, addresses)
 
     plan = attempt(chosen)
     if isinstance(plan, _Short) and plan.kind != "fees" and len(chosen) > 1:
@@ -339,8 +342,9 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
 
 def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: list[Candidate],
                  by_reserve: list[Candidate], lq: dict, rs: dict, supply: int, acct0: str,
-                 fee_acct: str, master: str) -> Plan | _Short:
-    """Select inputs for exactly the ``chosen`` withdraws and build their transaction."""
+                 fee_acct: str, master: str, avoid: set[str]) -> Plan | _Short:
+    """Select inputs for exactly the ``chosen`` withdraws and build their transaction (the
+    candidates at an ``avoid`` address, sorted last, only when the others do not suffice)."""
     recipients: dict[str, int] = {}
     ids, total, comm = [], 0, 0
     for wid, rec, c in chosen:
@@ -353,23 +357,25 @@ def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: lis
     sel: list[Candidate] = []
     if style == peg.LIQUID:
         covering = [c for c in by_liquid if lq[c[0]] >= total]
-        if covering:
-            sel = [covering[-1]]
+        if covering:  # the smallest that covers, of the first group that has one
+            group = covering[0][1] in avoid
+            sel = [[c for c in covering if (c[1] in avoid) == group][-1]]
         else:
             got = 0
             for c in by_liquid:
-                if got >= total or len(sel) >= MAX_INPUTS or lq[c[0]] == 0:
+                if got >= total or len(sel) >= MAX_INPUTS:
                     break
-                sel.append(c)
-                got += lq[c[0]]
+                if lq[c[0]]:
+                    sel.append(c)
+                    got += lq[c[0]]
     else:
         got = 0
         for c in by_reserve:
-            if got >= total - comm + FREEZE_NOTARY_VALUE or len(sel) >= MAX_INPUTS or \
-                    rs[c[0]] == 0:
+            if got >= total - comm + FREEZE_NOTARY_VALUE or len(sel) >= MAX_INPUTS:
                 break
-            sel.append(c)
-            got += rs[c[0]]
+            if rs[c[0]]:
+                sel.append(c)
+                got += rs[c[0]]
     if not sel:
         return _Short(style, f"{NO_FUNDS}: the exchange has no spendable input holding "
                       f"{style} at supply {supply}")
