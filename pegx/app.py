@@ -103,7 +103,7 @@ class App:
                         "(pegx api-key install): API() stays disabled")
         self.api = api.PegAPI(self.ledger, self.cycle, busy_wait=cfg.busy_wait,
                               exec_api=self.exec_api)
-        self.server = RPCServer(cfg.host, cfg.port)
+        self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
         self.server.register_many(self.api.methods())
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
                                    "pegx.checkpoint": self.checkpoint})
@@ -154,13 +154,19 @@ class App:
         })
 
     # ---------------------------------------------------------------- pegx.* calls
+    # Every pegx.* call but noop takes the API password as its trailing passw argument, as the
+    # API calls do: status names the datadir, pid, totals and the last error, and checkpoint
+    # and backups cost I/O, so none of it is for anyone who can reach the port. noop stays open
+    # (a liveness probe that tells nothing); devnet.* is the simulated chain's own control.
     def noop(self) -> bool:
-        """pegx.noop() -> True (a baseline for benchmarks)."""
+        """pegx.noop() -> True (a liveness probe and a baseline for benchmarks; no password)."""
         return True
 
-    def checkpoint(self) -> int:
-        """pegx.checkpoint() -> the op seq now covered by a checkpoint (waits for one already
-        being written; refused while the daemon shuts down)."""
+    def checkpoint(self, passw=""):
+        """pegx.checkpoint(passw='') -> the op seq now covered by a checkpoint (waits for one
+        already being written; refused while the daemon shuts down)."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
         try:
             return self.ledger.checkpoint()
         except engine.EngineError as exc:
@@ -177,8 +183,11 @@ class App:
         except tools.ToolError as exc:
             raise CallError(str(exc)) from None
 
-    def backup_progress(self, job_id) -> dict:
-        """pegx.backup_progress(id) -> {id, dest, copied, total, done, error, result}."""
+    def backup_progress(self, job_id, passw=""):
+        """pegx.backup_progress(id, passw='') -> {id, dest, copied, total, done, error,
+        result}."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
         try:
             return self.backups.progress(job_id)
         except tools.ToolError as exc:
@@ -191,8 +200,10 @@ class App:
             return api.WRONG_PASSWORD
         return tools.audit(self.ledger, self.chain)
 
-    def status(self) -> dict:
-        """pegx.status() -> what an operator needs at a glance."""
+    def status(self, passw=""):
+        """pegx.status(passw='') -> what an operator needs at a glance."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
         tip = self.cycle.tip
         withdraws = self.ledger.records("withdraws")
         history = self.ledger.records("history")

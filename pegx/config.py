@@ -23,6 +23,7 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "datadir": (str, "~/.pegx", "where the ledger (and devnet chain) live"),
     "host": (str, "127.0.0.1", "XML-RPC bind address (loopback by default)"),
     "port": (int, 55779, "XML-RPC port"),
+    "rpc_request_deadline": (float, 10.0, "seconds a client may take to send one whole request"),
     "chain": (str, "devnet", "chain backend: devnet (embedded simulation) or bitbayd"),
     "node_url": (str, "http://127.0.0.1:19915", "bitbayd JSON-RPC URL (user:password@host:port)"),
     "node_timeout": (float, 10.0, "seconds a single bitbayd request may take"),
@@ -46,6 +47,7 @@ class Config:
     datadir: str = "~/.pegx"
     host: str = "127.0.0.1"
     port: int = 55779
+    rpc_request_deadline: float = 10.0
     chain: str = "devnet"
     node_url: str = "http://127.0.0.1:19915"
     node_timeout: float = 10.0
@@ -122,7 +124,7 @@ def _validate(cfg: Config) -> Config:
     if url.scheme not in ("http", "https") or not url.hostname:
         bad("node_url", "must look like http://user:password@127.0.0.1:19915")
     for name in ("node_timeout", "node_deadline", "poll_seconds", "busy_wait",
-                 "checkpoint_seconds"):
+                 "checkpoint_seconds", "rpc_request_deadline"):
         if not getattr(cfg, name) > 0:
             bad(name, "must be > 0")
     if cfg.block_seconds < 0:

@@ -76,7 +76,7 @@ class Demo:
     def mine(self, n: int = 1) -> int:
         """Mine n blocks and wait until the exchange has processed them."""
         h = self.x.devnet.mine(n)
-        wait(lambda: self.x.pegx.status()["height"] >= h, 20, f"the pass at height {h}")
+        wait(lambda: self.x.pegx.status(self.pw)["height"] >= h, 20, f"the pass at height {h}")
         return h
 
     def balances(self, title: str) -> dict:
@@ -166,7 +166,7 @@ class Demo:
                 st = rec["status"] if rec else "pending"
                 if seen.get(name) != st:
                     seen[name] = st
-                    print(f"  block {x.pegx.status()['height']:>4}: {name} withdraw {st}"
+                    print(f"  block {x.pegx.status(pw)['height']:>4}: {name} withdraw {st}"
                           + (f" (tx {rec['txid'][:16]}...)" if rec else ""))
             if all(seen.get(name) == "Complete" for name, _ in wanted):
                 break
@@ -180,7 +180,7 @@ class Demo:
         say("exchange totals")
         for k, v in x.GetBalance("exchange", pw).items():
             print(f"  {k:>10}: {bay(v)}")
-        st = x.pegx.status()
+        st = x.pegx.status(pw)
         print(f"  height {st['height']}, cycle {st['cycle']}, supply {st['supply']}, "
               f"{st['inputs']} inputs, withdraws {st['withdraws']}")
 

@@ -30,7 +30,7 @@ WHOLE = "Amount must be a whole number of satoshi, got {}."
 AMOUNT_FORMAT = ("Amount must be an integer number of satoshi: an int, a decimal string such "
                  "as '2500000000', or a whole float.")
 TOO_LARGE = "Amount is too large (at most 200,000,000,000,000,000 satoshi)."
-TXIDS = "txids must be a list of 'txid:vout' strings."
+TXIDS = "txids must be a non-empty list of 'txid:vout' strings."
 STYLE = "Style must be 'liquid' or 'reserve'."
 NOT_FOUND = "ID not found"
 ACCOUNTS_MSG = ("Exchange accounts must be a list and must contain all accounts used by the "
@@ -84,7 +84,7 @@ def snapshot(x) -> dict:
     for u in names:
         batch.GetBalance(u, PW)
     batch.GetDeposits("", PW)
-    batch.pegx.status()
+    batch.pegx.status(PW)
     batch.GetCycle(PW)
     *balances, deposits, status, cycle = batch()
     assert status["cycle_thread_alive"] is True and cycle == 0
@@ -175,6 +175,10 @@ CASES = [
     ("Deposit", ("alice", {"abcd:0": 1}, PW), TXIDS),
     ("Deposit", ("alice", [1, 2], PW), TXIDS),
     ("Deposit", ("alice", [["abcd:0"]], PW), TXIDS),
+    ("Deposit", ("alice", [], PW), TXIDS),  # was True: a client recorded a deposit that is not
+    ("Deposit", ("alice", (), PW), TXIDS),
+    ("Deposit", ("pool", [], PW),  # the name checks still come first (ORIGINAL §1.3)
+     "Name reserved for exchange operations. Please use different name."),
     ("Deposit", ("alice", ["nope:0"], PW), "nope:0 not in Spendable list yet."),
     ("Deposit", ("ålice-ünïcødé", [LONG], PW), f"{LONG} not in Spendable list yet."),
     # Trade: names, amounts, style
@@ -416,7 +420,7 @@ def test_withdraw_to_a_bad_address_is_refused_as_a_pair(daemon, user, amount, ad
 @given(name=NAMES, txids=st.one_of(JUNK, st.lists(TEXT, max_size=3)))
 def test_deposit_of_junk_claims_nothing(daemon, name, txids):
     got = outcome(daemon.proxy(), "Deposit", name, txids, PW)
-    assert isinstance(got, (str, xmlrpc.client.Fault)) or (got is True and txids == [])
+    assert isinstance(got, (str, xmlrpc.client.Fault)), got
 
 
 VALID_SETTINGS = (st.just([OWN]), st.just(ADDR),

@@ -71,8 +71,8 @@ def settings_of(x) -> dict:
     return run_exec(x, "result = ledger.exchange_settings()")
 
 
-def op_seq(x) -> int:
-    return x.pegx.status()["op_seq"]
+def op_seq(x, passw: str = "") -> int:
+    return x.pegx.status(passw)["op_seq"]
 
 
 def total(bal: dict) -> int:
@@ -357,7 +357,7 @@ def test_check_order_before_start_and_the_password(tmp_path):
 
         # the password: set, wrong (beats every other check), change
         assert_returns(lambda: x.SetPassword("first pw"), True)
-        seq = op_seq(x)
+        seq = op_seq(x, "first pw")
         wrong = [
             lambda: x.SetPassword("mine now", "nope"),
             lambda: x.StartExchange("nope", 0),
@@ -378,8 +378,8 @@ def test_check_order_before_start_and_the_password(tmp_path):
             assert_returns(call, WRONG)
         assert_returns(lambda: x.GenerateDepositAddress("nope"), [WRONG, ""])
         assert_returns(lambda: x.Withdraw("pool", 0, "", "bad", "nope"), [WRONG, ""])
-        assert op_seq(x) == seq  # a wrong password changes nothing
-        st = x.pegx.status()
+        assert op_seq(x, "first pw") == seq  # a wrong password changes nothing
+        st = x.pegx.status("first pw")
         assert st["started"] is True and st["cycle_thread_alive"] is True  # not stopped/shut
         assert_returns(lambda: x.GetCycle("first pw"), 0)
         assert_returns(lambda: x.SetPassword("second pw", "first pw"), True)
@@ -444,7 +444,7 @@ def test_shutdown_exits_cleanly_and_the_ledger_reopens(tmp_path):
         assert x.SetPassword("pw") is True
         users = ("alice", "bobby", "pool", "withdraws", "exchange")
         before = {u: x.GetBalance(u, "pw") for u in users}
-        deposits, cycle, seq = x.GetDeposits("", "pw"), x.GetCycle("pw"), op_seq(x)
+        deposits, cycle, seq = x.GetDeposits("", "pw"), x.GetCycle("pw"), op_seq(x, "pw")
         assert_returns(lambda: x.ShutDown("wrong"), WRONG)
         assert x.pegx.noop() is True
         assert_returns(lambda: x.ShutDown("pw"), True)
@@ -461,7 +461,7 @@ def test_shutdown_exits_cleanly_and_the_ledger_reopens(tmp_path):
         assert {u: total(after[u]) for u in users} == {u: total(before[u]) for u in users}
         assert x.GetDeposits("", "pw") == deposits
         assert x.GetDeposits(outpoint, "pw") == {"name": "alice", "registered": 1}
-        assert x.GetCycle("pw") == cycle and op_seq(x) >= seq
+        assert x.GetCycle("pw") == cycle and op_seq(x, "pw") >= seq
         assert x.Withdraw("alice", 30001, new_address(), "liquid", "pw")[0] is True
     finally:
         d.stop()

@@ -11,8 +11,8 @@ from pegx.cli import main
 from pegx.crypto import wif_to_address
 
 
-def run(*args):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+def run(*args, env=None):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
 
 
 def test_help_explains_every_command():
@@ -69,3 +69,34 @@ def test_serve_rejects_a_bad_setting(tmp_path):
                            "--initial-supply", "5000"], capture_output=True, text=True,
                           timeout=30, check=False)
     assert proc.returncode == 1 and "initial_supply" in proc.stderr
+
+
+def test_operator_commands_send_the_password_from_the_option_or_the_environment(tmp_path):
+    """Issue 10 item 7: with a password set every pegx.* call but noop needs it, so the CLI
+    must send it: `--password` or $PEGX_PASSWORD."""
+    pw = "cli pass word"
+    with Daemon(tmp_path / "d") as d:
+        assert d.proxy().SetPassword(pw) is True
+        url = ["--url", d.url]
+        env = {"PEGX_PASSWORD": pw}
+        refused = run("status", *url)
+        assert refused.exit_code == 1 and "Incorrect Password" in refused.output
+        assert "Traceback" not in refused.output
+        st = json.loads(run("status", "--json", "--password", pw, *url).output)
+        assert st["datadir"] == str(d.datadir) and st["running"] is True
+        assert "height" in run("status", *url, env=env).output
+        refused = run("audit", *url)
+        assert refused.exit_code == 1 and "pegx.audit: Incorrect Password" in refused.output
+        assert run("audit", *url, env=env).exit_code == 0
+        # with --datadir of a served ledger the CLI first asks pegx.status which datadir it is
+        audited = run("audit", "--datadir", str(d.datadir), "--password", pw, *url)
+        assert audited.exit_code == 0 and "audit OK" in audited.output
+        refused = run("backup", str(tmp_path / "b0"), *url)
+        assert refused.exit_code == 1 and "Incorrect Password" in refused.output
+        assert not (tmp_path / "b0").exists()
+        backed = run("backup", str(tmp_path / "b1"), *url, env=env)
+        assert backed.exit_code == 0 and "backup written" in backed.output
+        assert run("stop", *url).exit_code == 1 and d.proc.poll() is None
+        assert "shutting down" in run("stop", *url, env=env).output
+        wait_until(lambda: d.proc.poll() is not None, 15, what="exit after pegx stop")
+        assert d.proc.returncode == 0

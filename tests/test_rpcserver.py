@@ -173,27 +173,6 @@ def test_other_paths_are_404(server):
     assert info.value.errcode == 404
 
 
-def test_a_404_body_is_never_read_as_the_next_request(server):
-    """The body of a POST to another path is not read by the stock 404 handler; on a
-    keep-alive connection it was then parsed as the next request and answered (here: a
-    smuggled call), or, if it read as HTTP/0.9, answered with an error page without a status
-    line, which the client took as the answer to its next real request (test_fuzz_rpc's
-    framing test saw '<!DOCTYPE HTML>' as a status line). The connection now closes after a
-    404, so only the client's own requests get answers."""
-    smuggled = call_body("echo", "smuggled")
-    inner = (b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
-             b"Content-Length: " + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
-    with socket.create_connection(("127.0.0.1", server.address[1]), timeout=10) as sock:
-        sock.sendall(b"POST /admin HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
-                     b"Content-Length: " + str(len(inner)).encode() + b"\r\n\r\n" + inner)
-        got = b""
-        # until the server closes the connection (fixed) or answers the smuggled call (bug)
-        while b"smuggled" not in got and (chunk := sock.recv(65536)):
-            got += chunk
-    assert got.startswith(b"HTTP/1.1 404 ")
-    assert got.count(b"HTTP/1.1 ") == 1 and b"smuggled" not in got, got
-
-
 def test_none_round_trips(server):
     assert proxy(server).echo(None) is None
     assert proxy(server).nothing() is None

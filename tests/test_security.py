@@ -53,7 +53,7 @@ def signed(code: str) -> dict:
 
 def state(x, passw: str, users=("alice", "bobby", "pool", "withdraws", "exchange")) -> dict:
     """Balances, claims, op log position and the exchange's started/loaded flags."""
-    st_ = x.pegx.status()
+    st_ = x.pegx.status(passw)
     return {"balances": {u: x.GetBalance(u, passw) for u in users},
             "claims": x.GetDeposits("", passw), "cycle": x.GetCycle(passw),
             "status": {k: st_[k] for k in ("op_seq", "users", "inputs", "withdraws", "started",
@@ -125,6 +125,52 @@ def test_every_call_refuses_every_wrong_password_and_changes_nothing(guarded):
     # and the right password still works for everything
     assert x.Trade("alice", 1000, "bobby", "liquid", RIGHT) is True
     assert x.GetCycle(RIGHT) == before["cycle"]
+
+
+def pegx_calls(dest: Path, job: str) -> dict:
+    """Every pegx.* call but pegx.noop, with arguments that answer (or act) given the password."""
+    return {
+        "pegx.status": lambda x, *pw: x.pegx.status(*pw),
+        "pegx.checkpoint": lambda x, *pw: x.pegx.checkpoint(*pw),
+        "pegx.backup": lambda x, *pw: x.pegx.backup(str(dest), *pw),
+        "pegx.backup_progress": lambda x, *pw: x.pegx.backup_progress(job, *pw),
+        "pegx.audit": lambda x, *pw: x.pegx.audit(*pw),
+    }
+
+
+def test_pegx_calls_need_the_password_directly_and_in_a_multicall(guarded, tmp_path):
+    """Issue 10 item 7: pegx.status answered exchange totals, user count, datadir, pid and the
+    last error to anyone, and pegx.checkpoint / pegx.backup_progress ran, password or not."""
+    x = guarded.proxy()
+    job = x.pegx.backup(str(tmp_path / "mine"), RIGHT)
+    wait_until(lambda: x.pegx.backup_progress(job["id"], RIGHT)["done"], 60, what="the backup")
+    stolen = tmp_path / "stolen"
+    calls = pegx_calls(stolen, job["id"])
+    published = {m for m in x.system.listMethods() if m.startswith("pegx.")}
+    assert published - {"pegx.noop"} == set(calls), "a pegx.* call is not checked here"
+    before = state(x, RIGHT)
+    for name, call in calls.items():
+        assert call(x) == WRONG, f"{name} without a password"
+        for pw in WRONG_PASSWORDS:
+            assert call(x, pw) == WRONG, f"{name} with {pw!r}"
+    multi = x.system.multicall(
+        [{"methodName": "pegx.noop", "params": []}]
+        + [{"methodName": name, "params": params}
+           for name, params in (("pegx.status", []), ("pegx.status", ["nope"]),
+                                ("pegx.checkpoint", []), ("pegx.audit", [""]),
+                                ("pegx.backup_progress", [job["id"]]),
+                                ("pegx.backup", [str(stolen), "nope"]))])
+    assert multi == [[True]] + [[WRONG]] * 6
+    assert not stolen.exists()
+    assert state(x, RIGHT) == before
+    assert x.pegx.noop() is True  # the liveness probe stays open
+    # with the password every one of them answers
+    assert x.pegx.status(RIGHT)["datadir"] == str(guarded.datadir)
+    assert type(x.pegx.checkpoint(RIGHT)) is int
+    assert x.pegx.backup_progress(job["id"], RIGHT)["error"] in ("", None)
+    assert x.pegx.audit(RIGHT)["ok"] is True
+    assert x.system.multicall([{"methodName": "pegx.status", "params": [RIGHT]}])[0][0]["pid"] \
+        == guarded.proc.pid
 
 
 def test_password_survives_a_restart_and_a_wrong_one_still_changes_nothing(guarded):
@@ -267,9 +313,9 @@ def test_api_answers_false_to_anything_when_not_enabled(guarded, command):
 
 def test_api_is_false_even_for_a_signed_command_without_a_key(guarded):
     x = guarded.proxy()
-    seq = x.pegx.status()["op_seq"]
+    seq = x.pegx.status(RIGHT)["op_seq"]
     assert x.API(signed("api.password.set('')\nresult = 5")) is False
-    assert x.pegx.status()["op_seq"] == seq
+    assert x.pegx.status(RIGHT)["op_seq"] == seq
     assert x.GetCycle("") == WRONG  # the password was not cleared
 
 

@@ -122,17 +122,22 @@ def stop(url, password) -> None:
 
 @main.command()
 @url_option
+@password_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(url, as_json) -> None:
+def status(url, password, as_json) -> None:
     """Show the daemon's state: chain, cycle, totals, users, withdraws, errors."""
     try:
-        st = _proxy(url).pegx.status()
+        st = _proxy(url).pegx.status(password)
     except (OSError, xmlrpc.client.ProtocolError):
         if as_json:
             _print({"running": False})
         else:
             click.echo(f"pegx is not running at {url}")
         sys.exit(3)
+    except xmlrpc.client.Fault as exc:
+        _fail(f"pegx.status: {exc.faultString}", 2)
+    if not isinstance(st, dict):  # "Incorrect Password"
+        _fail(f"pegx.status: {st} (give it with --password or $PEGX_PASSWORD)")
     if as_json:
         _print(st)
         return

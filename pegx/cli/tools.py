@@ -24,6 +24,7 @@ from pegx.admin import tools
 from pegx.chain.devnet.log import DevnetLogError
 from pegx.config import ConfigError, load
 from pegx.ledger.store import LedgerLocked, Store, StoreError
+from pegx.rpc.api import WRONG_PASSWORD
 from pegx.rpc.execapi import SENT_PREVIOUSLY, SIGNATURE_FAILED
 
 DEFAULT_URL = "http://127.0.0.1:55779"
@@ -67,11 +68,12 @@ def _rpc(proxy, method: str, *args):
     except (OSError, xmlrpc.client.ProtocolError) as exc:
         _fail(f"{method}: {exc}")
     if isinstance(result, str) and method != "API":  # the API's password answer
-        _fail(result)
+        _fail(f"{method}: {result} (give the API password with --password or $PEGX_PASSWORD)"
+              if result == WRONG_PASSWORD else result)
     return result
 
 
-def _route(url: str, datadir: str | None):
+def _route(url: str, datadir: str | None, password: str):
     """("rpc", proxy) when a daemon serves the datadir, else ("local", cfg).
 
     With --datadir, the datadir is opened directly unless its ledger is locked, in which case
@@ -89,7 +91,7 @@ def _route(url: str, datadir: str | None):
     if proxy is None:
         _fail(f"the ledger in {cfg.path} is in use, but no pegx daemon answers at {url} "
               f"(pass the daemon's --url)")
-    served = Path(_rpc(proxy, "pegx.status")["datadir"]).resolve()
+    served = Path(_rpc(proxy, "pegx.status", password)["datadir"]).resolve()
     if served != cfg.path.resolve():
         _fail(f"the daemon at {url} serves {served}, not {cfg.path}; pass its --url")
     return "rpc", proxy
@@ -240,13 +242,13 @@ def exec_cmd(url: str, key_file: str, code_file, nonce: int | None, code: str | 
 def backup_cmd(dest: str, url: str, datadir: str | None, password: str) -> None:
     """Write a consistent copy of the ledger (and devnet chain) to DEST, even while serving."""
     dest = str(Path(dest).resolve())
-    how, target = _route(url, datadir)
+    how, target = _route(url, datadir, password)
     if how == "rpc":
         job = _rpc(target, "pegx.backup", dest, password)
         with click.progressbar(length=max(job["total"], 1), label="backup") as bar:
             shown = 0
             while True:
-                job = _rpc(target, "pegx.backup_progress", job["id"])
+                job = _rpc(target, "pegx.backup_progress", job["id"], password)
                 done = min(job["copied"], bar.length)
                 bar.update(done - shown)
                 shown = done
@@ -356,7 +358,7 @@ def _print_audit(report: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 def audit_cmd(url: str, datadir: str | None, password: str, as_json: bool) -> None:
     """Check conservation and every ledger invariant against the chain; exit 1 on any problem."""
-    how, target = _route(url, datadir)
+    how, target = _route(url, datadir, password)
     if how == "rpc":
         report = _rpc(target, "pegx.audit", password)
     else:

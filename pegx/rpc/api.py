@@ -41,6 +41,7 @@ LIQUID_LIMIT_MSG = "Withdraw limit reached, please wait until transactions clear
 RESERVE_LIMIT_MSG = "Reserve withdraw limit reached, please wait until transactions clear."
 LIQUID_LIMIT = 300  # pending liquid withdraws (the original allowed 301 by an off-by-one)
 RESERVE_LIMIT = 45
+TXIDS_MSG = "txids must be a non-empty list of 'txid:vout' strings."
 FINISHED = ("Complete", "Failed/Declined", "Expired")
 _DIGITS = re.compile(r"^[+-]?[0-9]{1,30}$")  # ASCII digits only: int() would take "١٢٣"
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -268,8 +269,11 @@ class PegAPI:
             return STOPPED
         if not self.control.loaded():
             return NOT_LOADED
-        if not isinstance(txids, (list, tuple)) or not all(isinstance(t, str) for t in txids):
-            return "txids must be a list of 'txid:vout' strings."
+        # an empty list claims nothing: answering True let a client record a deposit that was
+        # never made (e.g. one that called Deposit before GetSpendable listed the input)
+        if (not isinstance(txids, (list, tuple)) or not txids
+                or not all(isinstance(t, str) for t in txids)):
+            return TXIDS_MSG
         spendable = self.control.spendable()
         new = []
         for txid in txids:

@@ -7,8 +7,11 @@ of the exchange: the controller registers an explicit list of callables by name
 What it fixes compared to the original (ORIGINAL §1.1, §5 items 1, 2, 4, 50):
 
 * binds ``127.0.0.1:55779`` by default and logs a warning for any non-loopback host;
-* one thread per connection, HTTP/1.1 keep-alive, an idle timeout and a connection cap, so a
-  slow call or a silent client does not block everyone;
+* HTTP/1.1 keep-alive; calls run concurrently in worker threads, and all socket I/O is done by
+  one selector thread (:mod:`pegx.rpc.transport`), so a slow call, a silent client or a
+  client that trickles its request does not block anyone else: a request must be complete
+  within ``REQUEST_DEADLINE`` seconds (else 408), idle connections make room for new ones,
+  and a full server answers 503;
 * ``allow_none=True``; ints outside ±2^31 go out as ``<i8>`` (stock ``xmlrpc.client`` reads them
   back as int) through a private Marshaller subclass: the global one stays stock, so a client
   in the same process behaves exactly like everyone else's;
@@ -34,20 +37,21 @@ code        when
             dict key, unsupported type, a character XML cannot carry)
 ==========  ========================================================================
 
-HTTP-level refusals: 404 for paths other than ``/RPC2`` and ``/``, 411 without a
-Content-Length, 413 above ``MAX_REQUEST_BYTES``, 415 for an unknown Content-Encoding,
-503 while stopping. Each of them closes the connection (the body may be unread).
+HTTP-level refusals: 400 for a bad or conflicting Content-Length, 404 for paths other than
+``/RPC2`` and ``/``, 411 without a Content-Length, 413 above ``MAX_REQUEST_BYTES``, 415 for
+an unknown Content-Encoding, 501 for other verbs and for Transfer-Encoding; from the transport 408 (request deadline), 431 (head over 64 KiB), 503 (full). The body a
+request announces is read whole before any of them is sent, and every one but 404 closes the
+connection, so a refused request's body is never parsed as the next request.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import ipaddress
 import logging
 import re
 import socket
-import socketserver
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,13 +63,17 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler
 
 import numpy as np
 
+from pegx.rpc.framing import body_length
+from pegx.rpc.transport import Limits, Transport
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 55779
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # one call never needs more; caps memory per client
+REQUEST_DEADLINE = 10.0  # seconds from a request's first byte (or the accept) to its last
 IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may sit silent before we close it
-MAX_CONNECTIONS = 128  # each connection is a thread; beyond this new ones are dropped
+MAX_CONNECTIONS = 256  # open at once; idle ones are closed for new ones, then 503
 MAX_FAULT_CHARS = 2000
 
 FAULT_USER = 1
@@ -222,60 +230,52 @@ class _MulticallResult(list):
 
 
 class _Handler(SimpleXMLRPCRequestHandler):
-    """HTTP/1.1 keep-alive handler; everything it does not like is refused without a body
-    that could leak internals. The stock handler's do_POST is replaced, not extended."""
+    """Answers one complete request held in memory: the transport has read all of it (head
+    and the announced body) and sends what this writes to ``wfile``. Everything it does not
+    like is refused without a body that could leak internals. The stock handler's do_POST is
+    replaced, not extended."""
 
     protocol_version = "HTTP/1.1"
+    # a refusal of a request line without a version still starts with a status line
+    default_request_version = "HTTP/1.0"
     rpc_paths = ("/RPC2", "/")
-    timeout = IDLE_TIMEOUT
     server_version = "pegx"
     sys_version = ""
-    server: _TCPServer
+    server: RPCServer
 
     def setup(self) -> None:
-        super().setup()
-        self.server.rpc._connection_opened(self.connection)
+        self.rfile = io.BytesIO(self.request)
+        self.wfile = io.BytesIO()
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
 
     def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.rpc._connection_closed(self.connection)
+        pass  # the transport owns the socket
 
-    def report_404(self) -> None:
-        """404, then close: the request's body is not read, and on a kept-alive connection it
-        would be parsed as the next request (answered, or refused with an HTTP/0.9 error page
-        that has no status line, which the client takes for its next answer)."""
-        body = b"No such page"
-        self.send_response(404)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+    def handle_expect_100(self) -> bool:
+        return True  # the transport sent "100 Continue" before the body came
 
     def do_POST(self) -> None:
-        if not self.is_rpc_path_valid():
-            self.report_404()
-            return
-        raw_length = self.headers.get("content-length")
-        if raw_length is None:
+        # framing first, with the transport's own rule: a request whose body end is not
+        # certain is refused (and its connection closed) before anything else is looked at
+        length = body_length(self.headers, MAX_REQUEST_BYTES)
+        if length is None:
             self.send_error(411, "Content-Length required")
             return
-        try:
-            length = int(raw_length)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.send_error(400, "bad Content-Length")
+        if isinstance(length, tuple):
+            self.send_error(*length)
             return
-        if length > MAX_REQUEST_BYTES:
-            self.send_error(413, f"request body larger than {MAX_REQUEST_BYTES:,d} bytes")
+        if len(self.request) - self.rfile.tell() != length:
+            # the transport cut this request off at another length: never keep such a
+            # connection open (cannot happen unless the two readings of the head differ)
+            self.send_error(400, "request framing mismatch")
+            return
+        if not self.is_rpc_path_valid():
+            self.report_404()  # the body was read whole: the connection stays in step
             return
         data = self.rfile.read(length)
-        if len(data) < length:  # the client went away (or stop() closed an idle connection)
-            self.close_connection = True
-            return
         encoding = self.headers.get("content-encoding", "identity").lower()
         if encoding == "gzip":
             try:
@@ -286,14 +286,10 @@ class _Handler(SimpleXMLRPCRequestHandler):
         elif encoding != "identity":
             self.send_error(415, f"Content-Encoding {encoding[:40]!r} not supported")
             return
-        rpc = self.server.rpc
-        if not rpc._begin_call(self.connection):
-            self.send_error(503, "server is shutting down")
-            return
-        try:
-            self._send_xml(rpc._handle(data), closing=rpc._stopping)
-        finally:
-            rpc._end_call(self.connection)
+        # (a request that got here runs even if stop() came meanwhile: the transport starts
+        # no call after stop(), and one it started is waited for by wait_idle)
+        rpc = self.server
+        self._send_xml(rpc._handle(data), closing=rpc._stopping)
 
     def _send_xml(self, body: bytes, closing: bool) -> None:
         gzipped = False
@@ -318,31 +314,6 @@ class _Handler(SimpleXMLRPCRequestHandler):
         log.debug("%s: %s", self.client_address[0], format % args)
 
 
-class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True  # a stuck call must not keep the process alive at exit
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], rpc: RPCServer, log_requests: bool) -> None:
-        self.rpc = rpc
-        self.log_requests = log_requests
-        super().__init__(address, _Handler)
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.rpc._connection_allowed()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            log.debug("connection from %s ended: %r", client_address, exc)
-        else:
-            log.exception("error serving %s", client_address)
-
-
-class _TCPServer6(_TCPServer):
-    address_family = socket.AF_INET6
-
-
 class RPCServer:
     """A threaded XML-RPC server publishing an explicit set of callables by name.
 
@@ -354,27 +325,34 @@ class RPCServer:
     """
 
     def __init__(
-        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_requests: bool = False
+        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_requests: bool = False,
+        request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        """Bind (but do not serve yet). Raises OSError naming the address if it is taken."""
+        """Bind (but do not serve yet). Raises OSError naming the address if it is taken.
+
+        ``request_deadline``: seconds a request may take to arrive whole; ``max_connections``:
+        connections open at once (see :mod:`pegx.rpc.transport`).
+        """
         if not _is_loopback(host):
             log.warning(
                 "XML-RPC server listening on %r, not loopback: anyone who can reach this "
                 "port can call the API over plain HTTP", host)
+        self.log_requests = log_requests
         self._methods: dict[str, _Method] = {}
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0
         self._calls = 0
         self._faults = 0
         self._stopping = False
-        self._connections: dict[socket.socket, bool] = {}  # open connection -> in a call
         self._thread: threading.Thread | None = None
-        cls = _TCPServer6 if ":" in host else _TCPServer
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self._httpd = cls((host, port), self, log_requests)
+            sock = socket.create_server((host, port), family=family, backlog=128)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self._address: tuple[str, int] = sock.getsockname()[:2]
+        limits = Limits(max_connections=max_connections, request_deadline=request_deadline,
+                        idle_timeout=IDLE_TIMEOUT, max_body=MAX_REQUEST_BYTES)
+        self._transport = Transport(sock, self._serve, limits)
         self._register_system()
 
     # ----------------------------------------------------------------- public surface
@@ -382,8 +360,7 @@ class RPCServer:
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port); with port 0 this is the port the OS picked."""
-        host, port = self._httpd.server_address[:2]
-        return host, port
+        return self._address
 
     @property
     def calls_served(self) -> int:
@@ -398,7 +375,12 @@ class RPCServer:
     @property
     def in_flight(self) -> int:
         """Requests being executed or answered right now."""
-        return self._in_flight
+        return self._transport.in_flight
+
+    @property
+    def connections(self) -> int:
+        """Client connections open right now (in a call, idle, or sending a request)."""
+        return self._transport.open_connections
 
     def register(self, name: str, func: Callable[..., Any], help: str | None = None) -> None:
         """Publish ``func`` as ``name`` (dots allowed: ``"devnet.mine"``).
@@ -419,10 +401,7 @@ class RPCServer:
         """Start ``serve_forever`` in a daemon thread and return that thread."""
         if self._thread is not None:
             raise RuntimeError("RPCServer is already serving")
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-            name="pegx-rpc", daemon=True)
-        self._thread.start()
+        self._thread = self._transport.start()
         host, port = self.address
         log.info("XML-RPC server listening on http://%s:%d/RPC2", host, port)
         return self._thread
@@ -436,24 +415,12 @@ class RPCServer:
         with self._lock:
             already = self._stopping
             self._stopping = True
-            idle = [conn for conn, busy in self._connections.items() if not busy]
-        if already:
-            return
-        # Wakes the handler threads blocked reading the next request on a kept-alive
-        # connection, so a client cannot keep calling after stop().
-        for conn in idle:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._httpd.shutdown()  # waits for serve_forever to return; never call it unstarted
-        self._httpd.server_close()
+        if not already:
+            self._transport.stop()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for no call to be in flight; True if none is."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        return self._transport.wait_idle(timeout)
 
     # ----------------------------------------------------------------- registry
 
@@ -619,34 +586,9 @@ class RPCServer:
         _Marshaller("utf-8", True).dump_struct(_fault_struct(item), out.append)
         return "".join(out)
 
-    # ----------------------------------------------------------------- connection tracking
+    # ----------------------------------------------------------------- transport
 
-    def _connection_allowed(self) -> bool:
-        with self._lock:
-            if len(self._connections) < MAX_CONNECTIONS:
-                return True
-        log.warning("XML-RPC: %d connections open, dropping a new one", MAX_CONNECTIONS)
-        return False
-
-    def _connection_opened(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections[conn] = False
-
-    def _connection_closed(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.pop(conn, None)
-
-    def _begin_call(self, conn: socket.socket) -> bool:
-        with self._lock:
-            if self._stopping:
-                return False
-            self._connections[conn] = True
-            self._in_flight += 1
-            return True
-
-    def _end_call(self, conn: socket.socket) -> None:
-        with self._idle:
-            if conn in self._connections:
-                self._connections[conn] = False
-            self._in_flight -= 1
-            self._idle.notify_all()
+    def _serve(self, request: bytes, client_address: tuple) -> tuple[bytes, bool]:
+        """One complete HTTP request in, (the answer, close the connection after it) out."""
+        handler = _Handler(request, client_address, self)
+        return handler.wfile.getvalue(), handler.close_connection
