@@ -45,11 +45,11 @@ def build_chain(cfg: Config):
         return Devnet(cfg.path, block_seconds=cfg.block_seconds,
                       initial_supply=cfg.initial_supply,
                       walk_seed=None if cfg.devnet_walk < 0 else cfg.devnet_walk,
-                      seed=cfg.devnet_seed)
+                      seed=cfg.devnet_seed, network=cfg.net)
     from pegx.chain.bitbayd import Bitbayd
 
     return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
-                   retry=True)
+                   retry=True, network=cfg.net)
 
 
 def read_public_key(datadir: Path) -> str | None:
@@ -102,7 +102,7 @@ class App:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
         self.api = api.PegAPI(self.ledger, self.cycle, busy_wait=cfg.busy_wait,
-                              exec_api=self.exec_api)
+                              exec_api=self.exec_api, network=cfg.net)
         self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
         self.server.register_many(self.api.methods())
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
@@ -216,6 +216,7 @@ class App:
             # why pending withdraws cannot go out ('' if nothing stands in their way)
             "withdraws_not_batchable": desk.not_batchable() if desk is not None else "",
             "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,
+            "network": self.cfg.network, "wallet": self.cycle.wallet_note,
             "datadir": str(self.cfg.path), "running": True, "started": self.cycle.started(),
             "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,

@@ -25,6 +25,7 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "port": (int, 55779, "XML-RPC port"),
     "rpc_request_deadline": (float, 10.0, "seconds a client may take to send one whole request"),
     "chain": (str, "devnet", "chain backend: devnet (embedded simulation) or bitbayd"),
+    "network": (str, "main", "main, testnet or regtest: address versions (devnet: cycle length)"),
     "node_url": (str, "http://127.0.0.1:19915", "bitbayd JSON-RPC URL (user:password@host:port)"),
     "node_timeout": (float, 10.0, "seconds a single bitbayd request may take"),
     "node_deadline": (float, 15.0, "seconds a bitbayd call may take with retries"),
@@ -49,6 +50,7 @@ class Config:
     port: int = 55779
     rpc_request_deadline: float = 10.0
     chain: str = "devnet"
+    network: str = "main"
     node_url: str = "http://127.0.0.1:19915"
     node_timeout: float = 10.0
     node_deadline: float = 15.0
@@ -76,6 +78,13 @@ class Config:
     @property
     def devnet_path(self) -> Path:
         return self.path / "devnet"
+
+    @property
+    def net(self):
+        """The pegx.crypto.Network of the ``network`` setting."""
+        from pegx.crypto import network
+
+        return network(self.network)
 
     @property
     def is_loopback(self) -> bool:
@@ -120,6 +129,8 @@ def _validate(cfg: Config) -> Config:
         bad("port", "must be 0..65535")
     if cfg.chain not in ("devnet", "bitbayd"):
         bad("chain", "must be 'devnet' or 'bitbayd'")
+    if cfg.network not in ("main", "testnet", "regtest"):
+        bad("network", "must be 'main', 'testnet' or 'regtest'")
     url = urlparse(cfg.node_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         bad("node_url", "must look like http://user:password@127.0.0.1:19915")

@@ -289,9 +289,11 @@ def open_devnet(datadir: Path):
         header = json.loads(fh.readline() or b"{}")
     if header.get("a") != "header":
         raise ToolError(f"{path} has no devnet header")
+    from pegx import crypto
     from pegx.chain.devnet import Devnet
 
     return Devnet(path.parent.parent, block_seconds=0,
+                  network=crypto.network(header.get("network", "main")),
                   **{k: header[k] for k in ("seed", "initial_supply", "walk_seed")})
 
 
@@ -303,7 +305,7 @@ def open_chain(cfg):
     from pegx.chain.bitbayd import Bitbayd
 
     return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
-                   retry=True)
+                   retry=True, network=cfg.net)
 
 
 @contextlib.contextmanager

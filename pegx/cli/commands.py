@@ -70,6 +70,8 @@ def main() -> None:
 @click.option("--port", type=int, help="XML-RPC port [default: 55779].")
 @click.option("--chain", type=click.Choice(["devnet", "bitbayd"]),
               help="Chain backend [default: devnet].")
+@click.option("--network", type=click.Choice(["main", "testnet", "regtest"]),
+              help="BitBay network [default: main]: address versions (devnet: cycle length).")
 @click.option("--node-url", help="bitbayd JSON-RPC URL, e.g. http://user:pw@127.0.0.1:19915.")
 @click.option("--autostart/--no-autostart", default=None,
               help="Start the exchange at launch, as StartExchange() would.")
@@ -146,7 +148,8 @@ def status(url, password, as_json) -> None:
     if st.get("withdraws_not_batchable"):  # a problem first, before the figures
         lines.append(f"withdraws pending but not batchable: {st['withdraws_not_batchable']}")
     lines += [
-        f"pegx {st['version']} (pid {st['pid']}) on {st['chain']}, datadir {st['datadir']}",
+        (f"pegx {st['version']} (pid {st['pid']}) on {st['chain']} "
+         f"({st.get('network', 'main')}), datadir {st['datadir']}"),
         (f"exchange   started={st['started']} loaded={st['loaded']} "
          f"cycle thread={'alive' if st['cycle_thread_alive'] else 'stopped'}"),
         (f"chain      height {st['height']:,d}, cycle {st['chain_cycle']}, "
@@ -160,6 +163,8 @@ def status(url, password, as_json) -> None:
          f"{st['calls_served']:,d} calls"),
         f"last error {st['last_error'] or '-'}",
     ]
+    if st.get("wallet"):  # e.g. "wallet locked: call ExchangePassword"
+        lines.append(f"wallet     {st['wallet']}")
     click.echo("\n".join(lines))
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from pegx import peg
-from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
+from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo, WalletLocked
 from pegx.exchange import chainguard
 from pegx.exchange.withdraws import house_outpoints
 from pegx.ledger import engine
@@ -38,10 +38,11 @@ BOUNDARY_BLOCKS = 7  # outputs mined this close to a cycle boundary need 5 more 
 BOUNDARY_EXTRA = 5
 
 
-def confirmations_needed(height: int, confirmations: int) -> int:
-    """The original's rule (ORIGINAL §3.3 step 2)."""
-    pos = height % CYCLE_BLOCKS
-    if pos < BOUNDARY_BLOCKS or pos > CYCLE_BLOCKS - BOUNDARY_BLOCKS:
+def confirmations_needed(height: int, confirmations: int, interval: int = CYCLE_BLOCKS) -> int:
+    """The original's rule (ORIGINAL §3.3 step 2), for cycles of ``interval`` blocks (the
+    7-block margin stays 7 blocks: it is about reorganisations, not the cycle's length)."""
+    pos = height % interval
+    if pos < BOUNDARY_BLOCKS or pos > interval - BOUNDARY_BLOCKS:
         return confirmations + BOUNDARY_EXTRA
     return confirmations
 
@@ -79,6 +80,7 @@ class ExchangeCycle:
         self._spendable: dict[str, dict] = {}
         self._utxos: dict[str, Utxo] = {}
         self.last_error: str = ""
+        self.wallet_note = ""  # why the wallet cannot be used (locked...), for pegx.status
         self.last_error_time = 0.0
         self.passes = 0
         self.tip: Tip | None = None
@@ -125,6 +127,8 @@ class ExchangeCycle:
 
     def set_wallet_passphrase(self, passphrase: str) -> None:
         self._passphrase = passphrase
+        self.wallet_note = ""  # the next pass says again if the wallet is still unusable
+        self._wake.set()
 
     @property
     def passphrase(self) -> str:
@@ -197,10 +201,20 @@ class ExchangeCycle:
         return self.ledger.record("meta", "engine") is None or self.ledger.supply != tip.supply
 
     def _import_keys(self) -> None:
+        """Import pending deposit keys, unlocking an encrypted wallet with the ExchangePassword
+        passphrase. A locked wallet without one stops the imports, not the pass: the keys stay
+        pending and pegx.status says what to do."""
         for address, rec in self.ledger.records("addresses").items():
             if rec.get("imported"):
                 continue
-            got = self.chain.import_key(rec["wif"])
+            try:
+                got = self.chain.import_key(rec["wif"], self._passphrase)
+            except WalletLocked as exc:
+                if self.wallet_note != str(exc):
+                    log.warning("deposit keys not imported: %s", exc)
+                self.wallet_note = str(exc)
+                return
+            self.wallet_note = ""
             if got != address:
                 log.error("wallet imported %s as %s; keeping it pending", address, got)
                 continue
@@ -236,7 +250,7 @@ class ExchangeCycle:
                 continue
             if u.frozen_until and u.frozen_until > tip.time - engine.FROZEN_GRACE:
                 continue
-            if u.confirmations < confirmations_needed(u.height, conf):
+            if u.confirmations < confirmations_needed(u.height, conf, tip.interval):
                 continue
             # change is what the exchange's own transactions sent back to it, not every output
             # of them (a payee may be a deposit address) nor any transaction ending in

@@ -63,6 +63,7 @@ from pegx.chain.base import (
     Tip,
     Tx,
     TxOut,
+    WalletLocked,
     outpoint,
 )
 from pegx.exchange.planner import (
@@ -82,16 +83,23 @@ log = logging.getLogger(__name__)
 NO_RETURN_ADDRESS = "No return address for exchange"
 NO_FEE_ADDRESS = "No address for collecting withdraw fees"
 
-TASK_SPACING = 25  # blocks between two window tasks (ORIGINAL §2.7)
+TASK_SPACING = 25  # blocks between two window tasks (ORIGINAL §2.7), in a 200-block cycle
 MAX_REFUSALS = 3  # refused rebroadcasts (one per block) before the batch is cancelled
 CANCEL_FEE = 2 * MIN_FEE_PER_IO  # one input, one output
 CONFIRMATIONS = 1  # a mined transaction completes its withdraws
 
 
-def window_task(height: int) -> str | None:
+def task_spacing(interval: int = CYCLE_BLOCKS) -> int:
+    """Blocks between two window tasks: 25 of a 200-block cycle, scaled to ``interval``
+    (testnet's 20-block cycle: 2)."""
+    return max(1, TASK_SPACING * interval // CYCLE_BLOCKS)
+
+
+def window_task(height: int, interval: int = CYCLE_BLOCKS) -> str | None:
     """The task of a block position in the cycle: 10-74 liquid, 75-119 reserve, 120-144
-    maintenance, 145-174 status checks, otherwise none."""
-    pos = height % CYCLE_BLOCKS
+    maintenance, 145-174 status checks, otherwise none (positions of a 200-block cycle; a
+    cycle of another length is mapped onto them in proportion)."""
+    pos = height % interval * CYCLE_BLOCKS // interval
     if 10 <= pos < 75:
         return "liquid"
     if 75 <= pos < 120:
@@ -191,9 +199,9 @@ class WithdrawDesk:
         self.track(tip, now, cycle)
         self.expire(tip, cycle.cycle())
         state = self.ledger.record("meta", "desk") or {"last_task_height": 0}
-        if tip.height - state["last_task_height"] < TASK_SPACING:
+        if tip.height - state["last_task_height"] < task_spacing(tip.interval):
             return
-        task = window_task(tip.height)
+        task = window_task(tip.height, tip.interval)
         self.waiting_note = ""
         try:
             if task in (peg.LIQUID, peg.RESERVE):
@@ -206,6 +214,8 @@ class WithdrawDesk:
                 result = "nothing to do at this block position"
         except ChainError as exc:
             result = f"chain: {exc}"
+            if isinstance(exc, WalletLocked):  # pegx.status shows it until ExchangePassword
+                cycle.wallet_note = str(exc)
             log.warning("withdraw task %s at height %s failed: %s", task, f"{tip.height:,d}", exc)
         except Exception as exc:  # logged; the next window tries again, never a tight loop
             result = f"{type(exc).__name__}: {exc}"

@@ -7,9 +7,10 @@ actions reaches the same chain. ``devnet.py`` adds the lock, the log and the API
 Blocks: height 0 is an empty genesis; block h has time ``GENESIS_TIME + 64 * h``. Block hashes
 chain from the genesis hash (which the Devnet derives from its random id): block h's hash is
 SHA-256 of block h-1's hash, h and the txids mined in it, so two devnets never share a block
-hash and a replay reproduces every one. The supply
-index of cycle c (= h // 200) is fixed when block 200·c is mined, from the vote registered
-during cycle c-1, else (with ``walk_seed``) a seeded random vote, else unchanged.
+hash and a replay reproduces every one. The supply index of cycle c (= h // 200, or h // 20 on
+testnet: ``cycle_blocks``) is fixed when block 200·c is mined, from the vote registered during
+cycle c-1, else (with ``walk_seed``) a seeded random vote, else unchanged. Keys and addresses
+use the versions of ``net``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pegx import crypto
-from pegx.chain.base import CYCLE_BLOCKS, ChainRejected, TxOut, cycle_of, outpoint, split_outpoint
+from pegx.chain.base import ChainRejected, TxOut, cycle_of, outpoint, split_outpoint
 from pegx.chain.devnet import tx as dtx
 from pegx.chain.devnet.peg import FREEZE_SECONDS, apply_peg_rules
 from pegx.peg import MAX_SUPPLY_INDEX, PEG_SIZE, std_spread
@@ -58,7 +59,9 @@ class Ledger:
     """Chain state. Not thread-safe on its own: the Devnet holds one lock around it."""
 
     def __init__(self, seed: int, initial_supply: int, walk_seed: int | None,
-                 genesis: bytes = bytes(32)) -> None:
+                 genesis: bytes = bytes(32), net: crypto.Network = crypto.MAIN) -> None:
+        self.net = net
+        self.cycle_blocks = net.cycle_blocks
         self.seed = seed
         self.walk_seed = walk_seed
         self.height = 0
@@ -93,7 +96,7 @@ class Ledger:
 
     def supply_at(self, height: int) -> int:
         """Supply index in force for a block at ``height`` (at most one cycle ahead)."""
-        cycle = cycle_of(height)
+        cycle = cycle_of(height, self.cycle_blocks)
         if cycle < len(self.supplies):
             return self.supplies[cycle]
         direction, steps = self.vote_for(cycle)
@@ -140,12 +143,12 @@ class Ledger:
     # ------------------------------------------------------------------ keys
 
     def add_key(self, priv: bytes, compressed: bool) -> str:
-        address = crypto.pubkey_to_address(crypto.public_key(priv, compressed))
+        address = crypto.pubkey_to_address(crypto.public_key(priv, compressed), net=self.net)
         self.wallet.setdefault(address, (priv, compressed))
         return address
 
     def apply_import(self, wif: str) -> str:
-        return self.add_key(*crypto.wif_to_private_key(wif))
+        return self.add_key(*crypto.wif_to_private_key(wif, self.net))
 
     def apply_new_key(self) -> str:
         """The next wallet key of this seed: derived, so a replay finds the same keys."""
@@ -180,7 +183,7 @@ class Ledger:
                 raise ChainRejected(f"input {n} ({key}) is frozen until {tx.frozen_until[vout]}")
             address = str(tx.outputs[vout].address)
             if check_signatures:
-                dtx.check_signature(n, key, address, sigs[n], message)
+                dtx.check_signature(n, key, address, sigs[n], message, self.net)
             spends.append((address, tx.fractions[vout]))
         for n, out in enumerate(outputs):
             if out.address is not None and out.value <= 0:
@@ -260,9 +263,9 @@ class Ledger:
     def _mine_block(self) -> None:
         """One block: move the supply at a cycle boundary, include the mempool in order."""
         height = self.height + 1
-        if height % CYCLE_BLOCKS == 0:
+        if height % self.cycle_blocks == 0:
             self.supplies.append(self.supply_at(height))
-            self.votes.pop(cycle_of(height), None)
+            self.votes.pop(cycle_of(height, self.cycle_blocks), None)
         pending = [self.txs[t] for t in self.mempool]
         mined: list[str] = []
         self.mempool = []

@@ -46,7 +46,6 @@ import numpy as np
 
 from pegx import crypto
 from pegx.chain.base import (
-    CYCLE_BLOCKS,
     ChainRejected,
     ChainUnavailable,
     SignedTx,
@@ -95,6 +94,7 @@ class Devnet:
         initial_supply: int = 0,
         walk_seed: int | None = None,
         seed: int = 1,
+        network: crypto.Network = crypto.MAIN,
     ) -> None:
         dtx.check_int("initial_supply", initial_supply, 0, MAX_SUPPLY_INDEX)
         if isinstance(block_seconds, bool) or not block_seconds >= 0:
@@ -109,16 +109,20 @@ class Devnet:
         self._subscribers: list[Callable[[Tip], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.network = network
+        self.cycle_blocks = network.cycle_blocks  # testnet: 20
         self.seed, self.initial_supply, self.walk_seed = int(seed), int(initial_supply), walk_seed
         self._log: ActionLog | None = ActionLog(
             Path(datadir) / "devnet",
-            {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed},
+            {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed,
+             "network": network.name},
             created={"id": os.urandom(16).hex()},
+            defaults={"network": "main"},  # logs written before the setting existed
         )
         try:
             self.id = chain_id(self._log.header)
             genesis = hashlib.sha256(f"pegx-devnet-genesis:{self.id}".encode()).digest()
-            self._ledger = Ledger(self.seed, self.initial_supply, walk_seed, genesis)
+            self._ledger = Ledger(self.seed, self.initial_supply, walk_seed, genesis, network)
             for rec in self._log.records:
                 self._apply(rec, check_signatures=False)
         except Exception:
@@ -196,7 +200,8 @@ class Devnet:
         if kind == "tx":
             return led.apply_tx(rec["raw"], check_signatures)
         if kind == "vote":
-            led.votes[cycle_of(led.height) + 1] = (rec["direction"], rec["steps"])
+            led.votes[cycle_of(led.height, self.cycle_blocks) + 1] = (rec["direction"],
+                                                                      rec["steps"])
         elif kind == "import":
             return led.apply_import(rec["wif"])
         elif kind == "newkey":
@@ -231,15 +236,16 @@ class Devnet:
         """The best block (height, cycle, supply in force, block time)."""
         with self._lock:
             h = self._ledger.height
-            return Tip(h, cycle_of(h), self._ledger.supply_at(h), block_time(h))
+            return Tip(h, cycle_of(h, self.cycle_blocks), self._ledger.supply_at(h),
+                       block_time(h), self.cycle_blocks)
 
     def supply_for_cycle(self, cycle: int) -> int:
         """Supply index of any past or current cycle, or of the next one as things stand."""
         with self._lock:
-            current = cycle_of(self._ledger.height)
+            current = cycle_of(self._ledger.height, self.cycle_blocks)
             if not 0 <= cycle <= current + 1:
                 raise ChainRejected(f"no supply known for cycle {cycle} (current cycle {current})")
-            return self._ledger.supply_at(cycle * CYCLE_BLOCKS)
+            return self._ledger.supply_at(cycle * self.cycle_blocks)
 
     def _utxo(self, tx: LedgerTx, vout: int) -> Utxo:
         return Utxo(
@@ -302,10 +308,11 @@ class Devnet:
         with self._lock:
             return self._ledger.spent.get(key)
 
-    def import_key(self, wif: str) -> str:
-        """Add a WIF key to the wallet (no rescan needed: the devnet indexes every address)."""
+    def import_key(self, wif: str, passphrase: str = "") -> str:
+        """Add a WIF key to the wallet (no rescan needed: the devnet indexes every address).
+        The devnet wallet is not encrypted: ``passphrase`` is ignored."""
         try:
-            address = crypto.wif_to_address(wif)
+            address = crypto.wif_to_address(wif, self.network)
         except (crypto.CryptoError, TypeError) as exc:
             raise ChainRejected(f"invalid private key: {exc}") from None
         with self._lock:
@@ -337,7 +344,7 @@ class Devnet:
                 raise ChainRejected(f"output value must be int satoshi, got {out.value!r}")
             if out.address is not None:
                 try:
-                    crypto.validate_address(out.address)
+                    crypto.validate_address(out.address, self.network)
                 except crypto.CryptoError as exc:
                     raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
         outputs = [TxOut(int(o.value), o.address, o.data) for o in outputs]
@@ -406,7 +413,7 @@ class Devnet:
         STD spread unless ``fractions`` (1200 non-negative ints summing to ``amount``) is
         given. It waits in the mempool and is mined in the next block.
         """
-        address = dtx.check_address(address)
+        address = dtx.check_address(address, self.network)
         amount = dtx.check_int("amount", amount, 1, MAX_SEND)
         if fractions is not None:
             if isinstance(fractions, np.ndarray):
@@ -441,9 +448,10 @@ class Devnet:
                 "cycle": tip.cycle,
                 "supply": tip.supply,
                 "time": tip.time,
-                "next_supply": led.supply_at((tip.cycle + 1) * CYCLE_BLOCKS),
+                "next_supply": led.supply_at((tip.cycle + 1) * self.cycle_blocks),
                 "next_vote": f"{direction}:{steps}",
-                "blocks_to_next_cycle": CYCLE_BLOCKS - tip.height % CYCLE_BLOCKS,
+                "blocks_to_next_cycle": self.cycle_blocks - tip.height % self.cycle_blocks,
+                "network": self.network.name,
                 "mempool": len(led.mempool),
                 "block_seconds": self.block_seconds,
                 "wallet_addresses": list(led.wallet),
@@ -464,7 +472,7 @@ class Devnet:
         liquid + reserve == amount, split at the current supply; frozen is the part of amount
         in outputs still frozen.
         """
-        address = dtx.check_address(address)
+        address = dtx.check_address(address, self.network)
         with self._lock:
             tip = self.tip()
             return self._ledger.balance(address, tip.supply, tip.time)
