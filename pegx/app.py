@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pegx import __version__
 from pegx.admin import tools
-from pegx.chain.base import ChainUnavailable
+from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
@@ -92,7 +92,8 @@ class App:
             raise
         desk = WithdrawDesk(self.ledger, self.chain)
         self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=cfg.poll_seconds,
-                                   on_shutdown=self.request_shutdown, desk=desk)
+                                   on_shutdown=self.request_shutdown, desk=desk,
+                                   final_depth=cfg.final_depth)
         pub = read_public_key(cfg.path)
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
                                 seen=lambda h: self.ledger.record("exec", h) is not None,
@@ -145,8 +146,16 @@ class App:
             """devnet.vote('inflate'|'deflate'|'nochange', steps=1) -> True."""
             return d.vote(direction, steps)
 
+        def reorg(depth, txs="keep", votes="", spend=None):
+            """devnet.reorg(depth, txs='keep'|'drop', votes='', spend=[]) -> {fork, height,
+            replaced, mined, evicted}: the last ``depth`` blocks replaced by a new branch."""
+            try:
+                return d.reorg(depth, txs, votes or None, spend)
+            except ChainRejected as exc:  # the lever's arguments name something impossible
+                raise ValueError(str(exc)) from None
+
         self.server.register_many({
-            "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
+            "devnet.reorg": reorg, "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
             "devnet.info": d.info, "devnet.balance": d.balance,
             "devnet.new_address": d.new_address, "devnet.drop": d.drop,
             "devnet.malleate_next": d.malleate_next,
@@ -212,7 +221,12 @@ class App:
             if isinstance(rec, dict) and rec["status"] != "Pending":  # counted as pending
                 by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
         desk = self.cycle.desk
+        follower = self.cycle.follower.state()
         return {
+            # the last reorganisation that replaced a final block ({}: never), shown first
+            "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
+            "reorgs": int(follower.get("reorgs", 0)),
+            "final_depth": self.cycle.final_depth(),
             # why pending withdraws cannot go out ('' if nothing stands in their way)
             "withdraws_not_batchable": desk.not_batchable() if desk is not None else "",
             "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,

@@ -34,6 +34,7 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "initial_supply": (int, 0, "devnet: supply index of a new chain (0..1198)"),
     "devnet_walk": (int, -1, "devnet: seed of a random supply walk (-1 = off)"),
     "devnet_seed": (int, 1, "devnet: seed of the simulated chain"),
+    "final_depth": (int, 0, "confirmations that make a block final (0 = exchangeconfirmations)"),
     "poll_seconds": (float, 0.5, "exchange cycle: seconds between passes"),
     "busy_wait": (float, 2.0, "seconds a call waits for a running recompute before 'busy'"),
     "allow_exec": (bool, False, "enable the signed API(command) exec call (needs a key)"),
@@ -59,6 +60,7 @@ class Config:
     initial_supply: int = 0
     devnet_walk: int = -1
     devnet_seed: int = 1
+    final_depth: int = 0
     poll_seconds: float = 0.5
     busy_wait: float = 2.0
     allow_exec: bool = False
@@ -142,6 +144,8 @@ def _validate(cfg: Config) -> Config:
         bad("block_seconds", "must be >= 0 (0 = mine only on demand)")
     if not 0 <= cfg.initial_supply <= 1198:
         bad("initial_supply", "must be 0..1198")
+    if not 0 <= cfg.final_depth <= 1000:
+        bad("final_depth", "must be 0..1000 (0 = the exchange's confirmation count)")
     if cfg.checkpoint_ops < 1:
         bad("checkpoint_ops", "must be >= 1")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -203,7 +203,7 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     rig.ledger.withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
     assert rig.ledger.balance("alice")["liquid"] == alice0["liquid"] - 10**10
     rec = rig.until_status("w1", "Complete")
-    assert set(rec) == {"status", "txid", "ID", "block", "in0"}
+    assert set(rec) == {"status", "txid", "ID", "block", "in0", "confirmations"}
     c = commission(10**10, COMM)
     assert rig.chain.balance(payee)["liquid"] == 10**10 - c
     assert rig.chain.balance(rig.fee)["amount"] == c - (10000 + 500000)

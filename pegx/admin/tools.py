@@ -468,8 +468,15 @@ def audit(ledger: Exchange, chain=None) -> dict:
                "liquid_assigned": assigned, "exchange_liquid": ex_liquid,
                "drift": DRIFT in vectors}
     listed = [t for kind in problems.values() for t in _limited(kind)]
+    # reorganisations that replaced blocks taken as final, each with what it changed (what is
+    # still wrong after them shows up among the problems, e.g. an input not on chain)
+    reorgs = list((meta.get("follow") or {}).get("alarms", []))
+    for alarm in reorgs:
+        notes.append(f"reorganisation past the final depth ({alarm['final_depth']}): blocks "
+                     f"{alarm['fork'] + 1:,d}..{alarm['old_height']:,d} replaced; "
+                     f"{len(alarm['changed'])} items changed")
     return {"ok": not problems, "problems": listed, "notes": notes, "columns": list(COLUMNS),
-            "steps": steps, "totals": totals, "summary": summary}
+            "steps": steps, "totals": totals, "summary": summary, "reorganisations": reorgs}
 
 
 def _in_flight(batches: dict) -> set[str]:

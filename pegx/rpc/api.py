@@ -520,7 +520,10 @@ class PegAPI:
             return WRONG_PASSWORD
         if not self.control.loaded():
             return NOT_LOADED
-        return self.control.cycle()
+        # the cycle plus the republications after reorganisations (pegx.exchange.follow): it
+        # moves on whenever balances are published again, as for a new cycle
+        published = getattr(self.control, "published", None)
+        return published() if published is not None else self.control.cycle()
 
     def API(self, command):
         """API(command) -> runs a signed exec command; False unless the operator enabled it."""

@@ -7,10 +7,12 @@ actions reaches the same chain. ``devnet.py`` adds the lock, the log and the API
 Blocks: height 0 is an empty genesis; block h has time ``GENESIS_TIME + 64 * h``. Block hashes
 chain from the genesis hash (which the Devnet derives from its random id): block h's hash is
 SHA-256 of block h-1's hash, h and the txids mined in it, so two devnets never share a block
-hash and a replay reproduces every one. The supply index of cycle c (= h // 200, or h // 20 on
-testnet: ``cycle_blocks``) is fixed when block 200·c is mined, from the vote registered during
-cycle c-1, else (with ``walk_seed``) a seeded random vote, else unchanged. Keys and addresses
-use the versions of ``net``.
+hash and a replay reproduces every one. After a reorganisation (:meth:`Ledger.apply_reorg`)
+every new block's digest also covers the branch number, so a replaced block never gets its old
+hash back, even when the new branch holds the same transactions. The supply index of cycle c
+(= h // 200, or h // 20 on testnet: ``cycle_blocks``) is fixed when block 200·c is mined, from
+the vote registered during cycle c-1, else (with ``walk_seed``) a seeded random vote, else
+unchanged. Keys and addresses use the versions of ``net``.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class Ledger:
         self.reject_reason: str | None = None
         self.sends = 0
         self.new_keys = 0
+        self.branch = 0  # reorganisations so far; salts the hashes of every later block
+        self.applied: dict[int, tuple[str, int]] = {}  # cycle -> the vote its boundary used
+        # raw of spends the chain saw but does not hold: refused by the reject lever, or left
+        # out of a new branch; a reorganisation may mine them (``apply_reorg(spends=...)``)
+        self.seen: dict[str, str] = {}
 
     # ------------------------------------------------------------------ supply
 
@@ -260,17 +267,24 @@ class Ledger:
         for _ in range(n):
             self._mine_block()
 
-    def _mine_block(self) -> None:
-        """One block: move the supply at a cycle boundary, include the mempool in order."""
+    def _mine_block(self, pending: list[LedgerTx] | None = None) -> dict[str, str]:
+        """One block: move the supply at a cycle boundary, include the mempool in order (or
+        exactly ``pending``, a reorganisation's block: the mempool and the malleate lever are
+        left alone). Returns the transactions evicted {txid: reason}."""
         height = self.height + 1
         if height % self.cycle_blocks == 0:
+            cycle = cycle_of(height, self.cycle_blocks)
+            self.applied[cycle] = self.vote_for(cycle)
             self.supplies.append(self.supply_at(height))
-            self.votes.pop(cycle_of(height, self.cycle_blocks), None)
-        pending = [self.txs[t] for t in self.mempool]
+            self.votes.pop(cycle, None)
+        malleable = pending is None
+        if pending is None:
+            pending = [self.txs[t] for t in self.mempool]
+            self.mempool = []
+            for tx in reversed(pending):
+                self._disconnect(tx)
         mined: list[str] = []
-        self.mempool = []
-        for tx in reversed(pending):
-            self._disconnect(tx)
+        evicted: dict[str, str] = {}
         for tx in pending:
             # re-check every spend at this block's supply (a boundary may have moved it);
             # what is invalid now is evicted for good
@@ -280,9 +294,10 @@ class Ledger:
                     _, _, fractions, frozen = self.evaluate(tx.raw, False, height)
                 except ChainRejected as exc:
                     log.warning("devnet: evicting %s at height %d: %s", tx.txid, height, exc)
+                    evicted[tx.txid] = str(exc)
                     continue
             txid = tx.txid
-            if self.malleate:
+            if self.malleate and malleable:
                 self.malleate = False
                 txid = dtx.txid_of(tx.raw + _MALLEATED)
                 log.info("devnet: %s mined malleated as %s", tx.txid, txid)
@@ -291,7 +306,80 @@ class Ledger:
             )
             mined.append(txid)
         digest = hashlib.sha256(self.hashes[-32:] + height.to_bytes(8, "big"))
+        if self.branch:
+            digest.update(b"branch" + self.branch.to_bytes(8, "big"))
         for txid in mined:
             digest.update(bytes.fromhex(txid))
         self.hashes += digest.digest()
         self.height = height
+        return evicted
+
+    # ------------------------------------------------------------------ reorganisation
+
+    def apply_reorg(self, depth: int, keep: bool, vote: tuple[str, int] | None,
+                    spends: list[str]) -> dict:
+        """Replace the last ``depth`` blocks with as many new ones (the caller checked
+        1 <= depth <= height).
+
+        The new branch's first block mines ``spends`` (raw spends, in order) first; with
+        ``keep`` each replaced transaction is mined again in the block at its old offset from
+        the fork (so it keeps its confirmations), unless it now conflicts or breaks the peg
+        rules; without, the replaced transactions are gone (their raw is kept in ``seen``, a
+        later broadcast may bring a spend back). Cycle boundaries inside the new branch use
+        ``vote`` if given, else the vote they used before. Mempool transactions stay in the
+        mempool when still valid on the new branch. Returns {fork, replaced, mined, evicted}.
+        """
+        fork = self.height - depth
+        old_height = self.height
+        # stable sort: within a block, dict order is the order the block mined them in
+        replaced = sorted((t for t in self.txs.values() if t.height > fork),
+                          key=lambda t: t.height)
+        pending = [self.txs[t] for t in self.mempool]
+        self.mempool = []
+        for tx in reversed(pending):
+            self._disconnect(tx)
+        for tx in reversed(replaced):
+            self._disconnect(tx)
+        for cycle in range(cycle_of(fork, self.cycle_blocks) + 1, cycle_of(old_height, self.cycle_blocks) + 1):
+            self.votes[cycle] = vote if vote is not None else self.applied[cycle]
+            del self.applied[cycle]
+        del self.supplies[cycle_of(fork, self.cycle_blocks) + 1:]
+        del self.hashes[32 * (fork + 1):]
+        self.height = fork
+        self.branch += 1
+        blocks: list[list[LedgerTx]] = [[] for _ in range(depth)]
+        for raw in spends:
+            inputs, outputs, _, _ = dtx.decode_spend(raw)
+            blocks[0].append(LedgerTx(dtx.txid_of(raw), raw, inputs, outputs, [], []))
+        if keep:
+            first = {tx.txid for tx in blocks[0]}
+            for tx in replaced:
+                if tx.txid not in first:
+                    blocks[tx.height - fork - 1].append(tx)
+        evicted: dict[str, str] = {}
+        for block in blocks:
+            evicted.update(self._mine_block(block))
+        for tx in pending:  # the mempool stays, less what the new branch made invalid
+            if tx.txid in self.txs:
+                continue  # mined in the new branch
+            if not tx.outside:
+                try:
+                    inputs, outputs, fractions, frozen = self.evaluate(tx.raw, False)
+                except ChainRejected as exc:
+                    log.warning("devnet: evicting %s from the mempool: %s", tx.txid, exc)
+                    evicted[tx.txid] = str(exc)
+                    continue
+                tx = LedgerTx(tx.txid, tx.raw, inputs, outputs, fractions, frozen)
+            self._connect(tx)
+        for tx in replaced:
+            if tx.txid not in self.txs and not tx.outside:
+                self.seen[tx.txid] = tx.raw
+        for txid in evicted:
+            found = next((t for t in replaced + pending if t.txid == txid), None)
+            if found is not None and not found.outside:
+                self.seen[txid] = found.raw
+        for txid in [t for t in self.seen if t in self.txs]:
+            del self.seen[txid]
+        mined = [t.txid for t in self.txs.values() if t.height > fork]
+        return {"fork": fork, "replaced": [t.txid for t in replaced], "mined": mined,
+                "evicted": evicted}
