@@ -20,9 +20,10 @@ from pegx.chain.devnet.peg import apply_peg_rules
 from pegx.chain.txbuild import op_return_script, parse_tx, serialize_tx
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
-from pegx.exchange.withdraws import WithdrawDesk, conservation, task_spacing, window_task
-from pegx.ledger import engine
+from pegx.exchange.withdraws import WithdrawDesk, task_spacing, window_task
+from pegx.ledger import ops, rules
 from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import EngineError
 from pegx.ledger.store import Store
 
 SUPPLY = 100
@@ -52,13 +53,13 @@ class Rig:
 
     def step(self) -> dict:
         self.cycle.step()
-        law = conservation(self.ledger)
-        assert law["ok"] and law["drift_value"] == 0 and law["liquid_ok"], law
+        law = self.ledger.audit()  # the one audit: conservation, no drift, liquid, invariants
+        assert law["ok"] and law["totals"]["drift"] == 0, law
         # the cycle's change flag and the desk's registration agree: change (confirmed long
         # after its batch settled) is the house's; nothing else is
         claims = self.ledger.records("claims")
         for key, entry in self.cycle.spendable().items():
-            house = claims.get(key, {}).get("name") == engine.HOUSE
+            house = claims.get(key, {}).get("name") == rules.HOUSE
             assert bool(entry.get("change")) == house, (key, entry, claims.get(key))
         return law
 
@@ -75,7 +76,7 @@ class Rig:
         op = self.chain.send(address, amount)
         self.chain.mine(13)
         self.step()
-        self.ledger.put("claims", op, {"name": user})
+        self.ledger.claim_deposits(user, [op])
         self.step()
         assert self.ledger.record("claims", op) == {"name": user, "registered": 1}
         return op
@@ -89,10 +90,7 @@ class Rig:
         self.ledger.put("settings", "exchange", s)
 
     def status(self, wid: str):
-        rec = self.ledger.record("history", wid)
-        if isinstance(rec, str):
-            rec = self.ledger.record("history", rec)
-        return rec
+        return self.ledger.withdraw_status(wid)
 
     def until(self, pred, limit: int = 450) -> None:
         for _ in range(limit):
@@ -199,8 +197,8 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     rig.fund("bobby", 5 * 10**10)
     payee = new_address()
     alice0 = rig.ledger.balance("alice")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", payee, rig.cycle.cycle())
-    rig.ledger.withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
     assert rig.ledger.balance("alice")["liquid"] == alice0["liquid"] - 10**10
     rec = rig.until_status("w1", "Complete")
     assert set(rec) == {"status", "txid", "ID", "block", "in0", "confirmations"}
@@ -211,12 +209,12 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     bal = rig.chain.balance(payee)
     assert bal["reserve"] == bal["frozen"] == 2 * 10**10 - c  # reserve goes out frozen (**F**)
     assert rig.chain.balance(rig.fee)["amount"] == 2 * (c - 510000)
-    assert rig.ledger.row(engine.WITHDRAWS).sum() == 0
+    assert rig.ledger.row(rules.WITHDRAWS).sum() == 0
     # the house holds exactly the fee income: commissions − (miner fee + dust), and the dust
     # and miner fee of each batch add up to the estimated 510,000 sat
     fees = sum(b["fee"] for b in rig.ledger.records("batches").values())
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * c - fees - 2 * 5575 - 5590
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * (c - 510000)
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == 2 * c - fees - 2 * 5575 - 5590
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == 2 * (c - 510000)
     assert rig.ledger.balance("bobby") == {"liquid": rig.ledger.balance("bobby")["liquid"],
                                            "reserve": 5 * 10**10 - 2 * 10**10
                                            - rig.ledger.balance("bobby")["liquid"]}
@@ -227,7 +225,7 @@ def test_a_batch_the_node_would_refuse_is_logged_and_not_sent(rig, caplog):
     the chain's own fractions at the chain's supply now. A reserve task run with a tip whose
     supply the chain has left (as a pass that read the tip just before a new cycle would)
     plans a batch the node refuses: the desk logs why and sends nothing (nothing signed or
-    recorded); the withdraw stays pending with the reason in its history record
+    recorded); the withdraw stays pending with the reason in its ``Pending`` record
     (CheckWithdraw) and in ``not_batchable`` (pegx status); the next window sends it.
     (Before the check, the desk recorded and broadcast it, the node refused it, and after
     three refusals it was cancelled and refunded.)"""
@@ -235,7 +233,7 @@ def test_a_batch_the_node_would_refuse_is_logged_and_not_sent(rig, caplog):
     rig.fund("alice", 10**11)
     rig.fund("bobby", 10**11)
     payee = new_address()
-    rig.ledger.withdraw("w1", "alice", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
     last = rig.ledger.record("meta", "desk")["last_task_height"]
     tip = rig.chain.tip()
     target = tip.height + 1
@@ -274,6 +272,32 @@ def test_a_batch_the_node_would_refuse_is_logged_and_not_sent(rig, caplog):
     assert rig.desk.not_batchable() == ""
 
 
+def test_a_waiting_withdraws_reason_is_the_ledgers_until_a_batch_takes_it(rig):
+    """note_waiting keeps why a pending withdraw waits (op "wait", table "waiting"): CheckWithdraw
+    shows it Pending, it survives a restart (replayed from the log), only pending unbatched
+    withdraws can wait, and the batch that takes the withdraw removes it."""
+    rig.fund("alice", 10**11)
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(),
+                                rig.cycle.cycle())
+    assert rig.status("w1") is None  # pending, no reason yet: "ID not found"
+    assert rig.ledger.note_waiting({"w1": "no exchange account yet", "w9": "unknown"},
+                                   height=7) == {"w1": "no exchange account yet"}
+    assert rig.ledger.note_waiting({"w1": "no exchange account yet"}, height=8) == {}
+    want = {"status": "Pending", "txid": "", "ID": "w1", "block": 7, "in0": "",
+            "reason": "no exchange account yet"}
+    assert rig.status("w1") == want
+    with pytest.raises(EngineError, match="no pending withdraw w9"):
+        rig.ledger.commit([ops.wait({"w9": "x"}, 7)])
+    rig.close()
+    rig.open()
+    assert rig.status("w1") == want
+    rig.setup()
+    rec = rig.until_status("w1", "Complete")
+    assert rec["ID"] != "w1" and rig.ledger.records("waiting") == {}
+    with pytest.raises(EngineError, match="no pending withdraw w1"):
+        rig.ledger.commit([ops.wait({"w1": "x"}, 9)])
+
+
 def test_on_bitbayd_the_desk_checks_with_the_nodes_supply_and_fractions(ledger):
     """The same check on a bitbayd chain (a fake node answering in the real node's shapes):
     the desk asks the node for the supply (getpeginfo) and every input's fractions
@@ -293,12 +317,12 @@ def test_on_bitbayd_the_desk_checks_with_the_nodes_supply_and_fractions(ledger):
         st["fractions"][key] = {"total": int(vec.sum()), "reserve": 0, "liquidity": 0,
                                 "peg": supply, "lock": 0, "flags": "", "values": vec.tolist()}
         cands.append((key, new_address(), vec))
-    ledger.commit([Exchange.credit_op(k, int(v.sum()), v, owner="alice", address=a,
-                                      height=height - 20) for k, a, v in cands],
+    ledger.commit([ops.credit(k, int(v.sum()), v, owner="alice", address=a,
+                              height=height - 20) for k, a, v in cands],
                   supply=supply, now=btime)
     c = commission(2 * 10**10, COMM)
-    ledger.withdraw("w1", "alice", 2 * 10**10, "reserve", new_address(), height // CYCLE_BLOCKS,
-                    commission=c)
+    ledger.request_withdraw("w1", "alice", 2 * 10**10, "reserve", new_address(),
+                            height // CYCLE_BLOCKS, commission=c)
     acct0, fee = new_address(), new_address()
     chain = Bitbayd(node.url, timeout=2.0, deadline=5.0)
     try:
@@ -317,7 +341,7 @@ def test_on_bitbayd_the_desk_checks_with_the_nodes_supply_and_fractions(ledger):
         assert "getpeginfo" in called and "signrawtransaction" not in called
         assert [p for m, p in node.calls if m == "getfractions"] == [[k] for k in stale.inputs]
         assert st["sent"] == [] and ledger.records("batches") == {}
-        assert ledger.record("history", "w1")["reason"] == why
+        assert ledger.withdraw_status("w1")["reason"] == why
         plan = plan_batch(peg.RESERVE, wds, cands, supply, acct0, fee, COMM, "cd" * 16)
         assert isinstance(plan, Plan)
         scripts = [(o.value, op_return_script(o.data) if o.data is not None
@@ -328,7 +352,7 @@ def test_on_bitbayd_the_desk_checks_with_the_nodes_supply_and_fractions(ledger):
         assert st["sent"] == [unsigned]
         assert [v for v, _ in parse_tx(bytes.fromhex(st["sent"][0])).outputs] == [
             o.value for o in plan.outputs]
-        assert isinstance(ledger.record("history", "w1"), str)  # batched: the master id
+        assert ledger.withdraw_status("w1")["status"] == "unconfirmed"  # batched
     finally:
         chain.close()
         node.close()
@@ -337,7 +361,7 @@ def test_on_bitbayd_the_desk_checks_with_the_nodes_supply_and_fractions(ledger):
 def test_malleated_withdraw_completes_and_records_txid2(rig):
     rig.setup()
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
     rig.chain.malleate_next()
     rec = rig.until_status("w1", "Complete")
@@ -349,12 +373,12 @@ def test_malleated_withdraw_completes_and_records_txid2(rig):
 def test_dropped_withdraw_is_refunded_only_once_it_cannot_confirm(rig):
     rig.setup()
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w0", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w0", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until_status("w0", "Complete")  # the house earns what the cancel will cost
     before = rig.ledger.row("alice")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
-    master = rig.ledger.record("history", "w1")
+    master = rig.ledger.record("batch_of", "w1")
     batch = rig.ledger.record("batches", master)
     assert rig.chain.drop(batch["txid"]) is True
     seen = []
@@ -379,7 +403,7 @@ def test_unbatched_withdraw_expires_with_a_readable_status(rig):
     rig.fund("alice", 10**11)  # no exchange accounts: nothing can be batched
     before = rig.ledger.row("alice")
     cyc = rig.cycle.cycle()
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), cyc)
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), cyc)
     rig.chain.mine(199)
     rig.step()
     assert rig.status("w1") is None  # one cycle later: still pending
@@ -398,9 +422,9 @@ def test_crash_after_recording_resumes_from_the_ledger(rig):
     rig.setup()
     rig.fund("alice", 10**11)
     rig.chain.reject_next_broadcast("node restarting")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
-    master = rig.ledger.record("history", "w1")
+    master = rig.ledger.record("batch_of", "w1")
     assert rig.chain.get_transaction(rig.ledger.record("batches", master)["txid"]) is None
     rig.close()
     rig.open()
@@ -410,7 +434,8 @@ def test_crash_after_recording_resumes_from_the_ledger(rig):
 def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     rig.setup(commission={"min": 10**9, "max": 10**10, "percent": "0.001"})
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w1", "alice", 2 * 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, "liquid", new_address(),
+                                rig.cycle.cycle())
     rig.until_status("w1", "Complete")
     # a deposit with a different liquidity shape (its liquid sits far above the supply)
     rig.fund("bobby", 3 * 10**10)
@@ -422,12 +447,12 @@ def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     op = rig.chain.send(address, 4 * 10**10, vec.tolist())
     rig.chain.mine(13)
     rig.step()
-    rig.ledger.put("claims", op, {"name": "carol"})
-    house = int(rig.ledger.row(engine.HOUSE).sum())
+    rig.ledger.claim_deposits("carol", [op])
+    house = int(rig.ledger.row(rules.HOUSE).sum())
     rig.until(lambda: any(b["kind"] == "maintenance" and b["state"] == "done"
                           for b in rig.ledger.records("batches").values()), 450)
     m = next(b for b in rig.ledger.records("batches").values() if b["kind"] == "maintenance")
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == house - m["fee"] - 5575
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == house - m["fee"] - 5575
     assert rig.chain.balance(rig.acct0)["amount"] > 0
 
 
@@ -465,7 +490,7 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 rig.chain.vote("inflate", 3)
             spendable = rig.cycle.spendable()
             for op in [k for k in deposits if k in spendable]:
-                rig.ledger.put("claims", op, {"name": deposits.pop(op)})
+                rig.ledger.claim_deposits(deposits.pop(op), [op])
             for _ in range(3):
                 a, b = rng.sample(users, 2)
                 style = rng.choice(peg.STYLES)
@@ -484,8 +509,8 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 if bal and bal[style] > 3 * 10**7:
                     wid += 1
                     amt = rng.randint(2 * 10**7, bal[style] // 2)
-                    rig.ledger.withdraw(f"w{wid}", u, amt, style, rng.choice(payees),
-                                        rig.cycle.cycle())
+                    rig.ledger.request_withdraw(f"w{wid}", u, amt, style, rng.choice(payees),
+                                                rig.cycle.cycle())
                     styles[f"w{wid}"] = style
             queued = [b for b in rig.desk.active().values()
                       if getattr(rig.chain.get_transaction(b["txid"]), "height", None) == 0]
@@ -496,9 +521,7 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 if height > 200 and drops < 2 and b["kind"] != "maintenance":
                     drops += rig.chain.drop(b["txid"])  # False once mined
         rig.until(lambda: not rig.ledger.records("withdraws") and not rig.desk.active(), 450)
-        hist = rig.ledger.records("history")
-        finished = [hist[f"w{i}"] for i in range(1, wid + 1)]
-        statuses = [rec if isinstance(rec, dict) else hist[rec] for rec in finished]
+        statuses = [rig.status(f"w{i}") for i in range(1, wid + 1)]
         assert wid >= 10
         assert sum(s["status"] == "Complete" for s in statuses) >= wid // 2
         reserve = [s for i, s in enumerate(statuses, 1) if styles[f"w{i}"] == peg.RESERVE]
@@ -522,8 +545,9 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 value_in = sum(int(rig.chain.get_fractions(k).sum()) for k in tx.inputs)
                 costs += value_in - sum(o.value for o in tx.outputs if o.address is not None)
         unclaimed = sum(int(rig.chain.get_fractions(k).sum()) for k in deposits)
-        assert law["registered"] + paid + costs + unclaimed == deposited
-        assert law["accounts"] == law["registered"]
+        t = law["totals"]
+        assert t["inputs"] + paid + costs + unclaimed == deposited
+        assert t["users"] + t["pool"] + t["withdraws"] + t["exchange"] == t["inputs"]
     finally:
         rig.close()
         rig.chain.close()
@@ -573,12 +597,13 @@ def test_unpayable_old_withdraw_does_not_hold_back_the_batch(rig):
     rig.fund("alice", 10**11)
     before = rig.ledger.row("alice")
     old, new = new_address(), new_address()
-    rig.ledger.withdraw("w1", "alice", 2 * 10**8, "liquid", old, rig.cycle.cycle())  # no kept
+    # no commission kept
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**8, "liquid", old, rig.cycle.cycle())
     s = rig.ledger.exchange_settings()
     s["commission"] = {"min": 5 * 10**8, "max": 10**9, "percent": "0.001"}
     rig.ledger.put("settings", "exchange", s)
-    rig.ledger.withdraw("w2", "alice", 10**9, "liquid", new, rig.cycle.cycle(),
-                        commission=10**8)  # kept at acceptance, as Withdraw does
+    rig.ledger.request_withdraw("w2", "alice", 10**9, "liquid", new, rig.cycle.cycle(),
+                                commission=10**8)  # kept at acceptance, as Withdraw does
     rig.until_status("w2", "Complete")
     assert rig.chain.balance(new)["liquid"] == 10**9 - 10**8
     assert rig.ledger.record("withdraws", "w1") is not None  # left out, still pending
