@@ -4,8 +4,8 @@ them (:mod:`pegx.ledger.lifecycle` has the records and the settlement rules).
 The withdraw desk (:mod:`pegx.exchange.withdraws`) decides what to batch and follows the
 chain; every record it leaves behind is written here, by one operation group per step:
 ``mark_batched`` before the broadcast, ``update_batch`` as it is tracked, ``complete_batch``
-or ``decline_batch`` at its end, ``expire`` for a withdraw no batch took in time, and
-``withdraw_status`` for CheckWithdraw. A mixin of :class:`pegx.ledger.engine.Exchange`.
+or ``decline_batch`` at its end, ``expire`` for a withdraw no batch took in time,
+``note_waiting`` for why a pending withdraw waits, and ``withdraw_status`` for CheckWithdraw. A mixin of :class:`pegx.ledger.engine.Exchange`.
 """
 
 from __future__ import annotations
