@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from pegx import __version__
+from pegx import __version__, service
 from pegx.admin import tools
 from pegx.chain.base import ChainUnavailable
 from pegx.config import Config
@@ -28,7 +28,7 @@ from pegx.ledger import engine
 from pegx.ledger.store import Store
 from pegx.rpc import api
 from pegx.rpc.execapi import ExecAPI
-from pegx.rpc.server import CallError, RPCServer
+from pegx.rpc.server import CallError, RPCServer, check_can_listen
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,15 @@ def _amount(value) -> int:
 class App:
     """One daemon: ledger + chain + cycle + API + server."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, notifier: service.Notifier | None = None):
         self.cfg = cfg
         self.started_at = time.time()
         self._shutdown = threading.Event()
         self._closed = False
-        cfg.path.mkdir(parents=True, exist_ok=True)
+        self.notifier = notifier or service.Notifier()
+        # refused before the datadir is touched: a port in use, a datadir others can read
+        check_can_listen(cfg.host, cfg.port)
+        service.make_datadir(cfg.path)
         self.store = Store(cfg.ledger_path)
         self.chain = None
         try:
@@ -113,6 +116,8 @@ class App:
                                    "pegx.audit": self.audit})
         if cfg.chain == "devnet":
             self._register_devnet()
+        self.watchdog = service.Watchdog(self.notifier,
+                                         service.CycleHealth(self.cycle, cfg.stall_seconds))
 
     def _check_chain(self) -> None:
         """The chain must be the ledger's before any call is taken (WrongChain otherwise); an
@@ -246,10 +251,13 @@ class App:
                  port, self.cfg.chain, self.cfg.path)
         if self.cfg.autostart:
             self.cycle.start()
-        while not self._shutdown.wait(0.5):
+        self.watchdog.status = f"serving on http://{host}:{port} (chain {self.cfg.chain})"
+        self.notifier.notify("READY=1", f"STATUS={self.watchdog.status}")
+        while not self._shutdown.wait(self.watchdog.tick_seconds):
             if self.ledger.journal.failed is not None:
                 log.critical("ledger writes failed: shutting down to protect balances")
                 break
+            self.watchdog.tick()
         self.close()
         return 0 if self.ledger.journal.failed is None else 1
 
@@ -259,6 +267,7 @@ class App:
             return
         self._closed = True
         log.info("shutting down: no new calls")
+        self.notifier.notify("STOPPING=1", "STATUS=shutting down")
         time.sleep(0.1)  # let the ShutDown reply leave
         self.server.stop()
         self.server.wait_idle(5.0)

@@ -65,7 +65,7 @@ class Daemon:
         self.log_path = self.datadir.parent / f"{self.datadir.name}-daemon.log"
 
     def start(self, wait_loaded: bool = True) -> Daemon:
-        self.datadir.mkdir(parents=True, exist_ok=True)
+        self.datadir.mkdir(mode=0o700, parents=True, exist_ok=True)  # others: refused
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)

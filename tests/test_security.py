@@ -322,7 +322,7 @@ def test_api_is_false_even_for_a_signed_command_without_a_key(guarded):
 @pytest.mark.parametrize("key,allow", [(True, False), (False, True)])
 def test_api_needs_both_a_key_and_allow_exec(tmp_path, key, allow):
     datadir = tmp_path / "d"
-    datadir.mkdir()
+    datadir.mkdir(mode=0o700)
     if key:
         pub = crypto.public_key(EXEC_PRIV, compressed=False).hex()
         (datadir / "api_public_key").write_text(pub + "\n")
