@@ -197,7 +197,7 @@ class Watchdog:
         if self.period is None:
             return
         reason = self.health()
-        if reason != self._reason:
+        if bool(reason) != bool(self._reason):  # said once per change, not every tick
             if reason:
                 log.error("watchdog: %s; WATCHDOG=1 pings stop, so systemd restarts pegx "
                           "when its WatchdogSec runs out", reason)
