@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pegx import __version__, service
 from pegx.admin import tools
-from pegx.chain.base import ChainUnavailable
+from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
@@ -45,11 +45,11 @@ def build_chain(cfg: Config):
         return Devnet(cfg.path, block_seconds=cfg.block_seconds,
                       initial_supply=cfg.initial_supply,
                       walk_seed=None if cfg.devnet_walk < 0 else cfg.devnet_walk,
-                      seed=cfg.devnet_seed)
+                      seed=cfg.devnet_seed, network=cfg.net)
     from pegx.chain.bitbayd import Bitbayd
 
     return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
-                   retry=True)
+                   retry=True, network=cfg.net)
 
 
 def read_public_key(datadir: Path) -> str | None:
@@ -95,7 +95,8 @@ class App:
             raise
         desk = WithdrawDesk(self.ledger, self.chain)
         self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=cfg.poll_seconds,
-                                   on_shutdown=self.request_shutdown, desk=desk)
+                                   on_shutdown=self.request_shutdown, desk=desk,
+                                   final_depth=cfg.final_depth)
         pub = read_public_key(cfg.path)
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
                                 seen=lambda h: self.ledger.record("exec", h) is not None,
@@ -105,7 +106,7 @@ class App:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
         self.api = api.PegAPI(self.ledger, self.cycle, busy_wait=cfg.busy_wait,
-                              exec_api=self.exec_api)
+                              exec_api=self.exec_api, network=cfg.net)
         self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
         self.server.register_many(self.api.methods())
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
@@ -150,8 +151,16 @@ class App:
             """devnet.vote('inflate'|'deflate'|'nochange', steps=1) -> True."""
             return d.vote(direction, steps)
 
+        def reorg(depth, txs="keep", votes="", spend=None):
+            """devnet.reorg(depth, txs='keep'|'drop', votes='', spend=[]) -> {fork, height,
+            replaced, mined, evicted}: the last ``depth`` blocks replaced by a new branch."""
+            try:
+                return d.reorg(depth, txs, votes or None, spend)
+            except ChainRejected as exc:  # the lever's arguments name something impossible
+                raise ValueError(str(exc)) from None
+
         self.server.register_many({
-            "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
+            "devnet.reorg": reorg, "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
             "devnet.info": d.info, "devnet.balance": d.balance,
             "devnet.new_address": d.new_address, "devnet.drop": d.drop,
             "devnet.malleate_next": d.malleate_next,
@@ -217,10 +226,16 @@ class App:
             if isinstance(rec, dict):
                 by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
         desk = self.cycle.desk
+        follower = self.cycle.follower.state()
         return {
+            # the last reorganisation that replaced a final block ({}: never), shown first
+            "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
+            "reorgs": int(follower.get("reorgs", 0)),
+            "final_depth": self.cycle.final_depth(),
             # why pending withdraws cannot go out ('' if nothing stands in their way)
             "withdraws_not_batchable": desk.not_batchable() if desk is not None else "",
             "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,
+            "network": self.cfg.network, "wallet": self.cycle.wallet_note,
             "datadir": str(self.cfg.path), "running": True, "started": self.cycle.started(),
             "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,

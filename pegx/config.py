@@ -65,6 +65,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "request (line, headers, body); later ones get 408"),
     Setting("chain", str, "devnet", "chain backend: devnet (embedded simulation) or bitbayd",
             flag=True, choices=("devnet", "bitbayd")),
+    Setting("network", str, "main", "main, testnet or regtest: address and key versions (main "
+            "and regtest 25/85/153, testnet 111/196/239); the devnet also takes its cycle length "
+            "from it (200 blocks, testnet 20), bitbayd from `getpeginfo`", flag=True,
+            choices=("main", "testnet", "regtest")),
     Setting("node_url", str, "http://127.0.0.1:19915",
             "bitbayd JSON-RPC URL (user:password@host:port)", flag=True),
     Setting("node_timeout", float, 10.0, "seconds a single bitbayd request may take"),
@@ -78,6 +82,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("devnet_walk", int, -1, "devnet: seed of a random supply walk (-1 = off)",
             flag=True),
     Setting("devnet_seed", int, 1, "devnet: seed of the simulated chain"),
+    Setting("final_depth", int, 0, "confirmations that make a block final (0 = "
+            "exchangeconfirmations): deposits credited, withdraws Complete, cancels refunded "
+            "only at this depth"),
     Setting("poll_seconds", float, 0.5, "exchange cycle: seconds between passes"),
     Setting("busy_wait", float, 2.0, "seconds a call waits for a running recompute before "
             "'busy'"),
@@ -115,6 +122,13 @@ class _Paths:
     def config_path(self) -> Path:
         """The settings file a datadir carries."""
         return self.path / "pegx.toml"
+
+    @property
+    def net(self):
+        """The pegx.crypto.Network of the ``network`` setting."""
+        from pegx.crypto import network
+
+        return network(self.network)
 
     @property
     def is_loopback(self) -> bool:
@@ -190,6 +204,8 @@ def _validate(cfg: Config) -> Config:
         bad("block_seconds", "must be >= 0 (0 = mine only on demand)")
     if not 0 <= cfg.initial_supply <= 1198:
         bad("initial_supply", "must be 0..1198")
+    if not 0 <= cfg.final_depth <= 1000:
+        bad("final_depth", "must be 0..1000 (0 = the exchange's confirmation count)")
     if cfg.checkpoint_ops < 1:
         bad("checkpoint_ops", "must be >= 1")
     if not cfg.datadir:

@@ -5,15 +5,18 @@ Everything here is a pure function of its arguments: no state, no I/O beyond
 the ``ecdsa`` library and base58 by the ``base58`` library; this module only
 fixes the BitBay version bytes and the byte layouts around them.
 
-BitBay mainnet versions: P2PKH addresses use version 25 (they start with
-``B``), script addresses 85 (``b``), WIF secret keys 153 = 25 + 128 (a
-compressed WIF starts with ``P``).
+Version bytes depend on the network (:class:`Network`, chosen by the ``network`` setting):
+mainnet P2PKH addresses use version 25 (they start with ``B``), script addresses 85 (``b``),
+WIF secret keys 153 = 25 + 128 (a compressed WIF starts with ``P``); testnet uses 111 (``m``/
+``n``), 196 (``2``) and 239 (``c``). Every function that reads or writes a version takes a
+``net`` argument, mainnet by default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 import base58
 import ecdsa
@@ -21,12 +24,18 @@ from ecdsa.util import sigdecode_der, sigencode_der
 
 __all__ = [
     "ADDRESS_VERSION",
+    "MAIN",
+    "NETWORKS",
+    "REGTEST",
     "SCRIPT_VERSION",
+    "TESTNET",
     "WIF_VERSION",
     "CryptoError",
+    "Network",
     "address_to_script",
     "generate_deposit_key",
     "hash160",
+    "network",
     "new_private_key",
     "parse_public_key",
     "private_key_to_wif",
@@ -43,6 +52,38 @@ __all__ = [
 ADDRESS_VERSION = 25
 SCRIPT_VERSION = 85
 WIF_VERSION = ADDRESS_VERSION + 128  # 153
+
+
+@dataclass(frozen=True)
+class Network:
+    """A BitBay network's base58 version bytes, and its nominal peg cycle length.
+
+    ``cycle_blocks`` is the node's nPegInterval there. The devnet uses it; the bitbayd backend
+    takes the length from ``getpeginfo``'s ``interval`` instead.
+    """
+
+    name: str
+    address: int  # P2PKH
+    script: int  # P2SH
+    wif: int  # secret key (address + 128)
+    cycle_blocks: int
+
+
+MAIN = Network("main", ADDRESS_VERSION, SCRIPT_VERSION, WIF_VERSION, 200)
+TESTNET = Network("testnet", 111, 196, 239, 20)
+# the regtest node of ../shared/bitbayd (its patch: mainnet versions unless started with
+# -regtestaddrprefix=test, and mainnet's 200-block cycle); for a node with testnet versions
+# choose "testnet"
+REGTEST = Network("regtest", ADDRESS_VERSION, SCRIPT_VERSION, WIF_VERSION, 200)
+NETWORKS = {net.name: net for net in (MAIN, TESTNET, REGTEST)}
+
+
+def network(name: str) -> Network:
+    """The Network called ``name`` (main, testnet, regtest); CryptoError otherwise."""
+    try:
+        return NETWORKS[name]
+    except (KeyError, TypeError):
+        raise CryptoError(f"unknown network {name!r} (known: {', '.join(NETWORKS)})") from None
 
 CURVE = ecdsa.SECP256k1
 _ORDER = CURVE.order
@@ -137,20 +178,20 @@ def new_private_key() -> bytes:
     return ecdsa.SigningKey.generate(curve=CURVE).to_string()
 
 
-def private_key_to_wif(priv: bytes, compressed: bool = True) -> str:
-    """Encode a 32-byte private key as a BitBay WIF (version 153)."""
+def private_key_to_wif(priv: bytes, compressed: bool = True, net: Network = MAIN) -> str:
+    """Encode a 32-byte private key as a BitBay WIF (version 153 on mainnet)."""
     _check_private_key(priv)
     suffix = b"\x01" if compressed else b""
-    return _b58check_encode(bytes([WIF_VERSION]) + bytes(priv) + suffix)
+    return _b58check_encode(bytes([net.wif]) + bytes(priv) + suffix)
 
 
-def wif_to_private_key(wif: str) -> tuple[bytes, bool]:
-    """Decode a BitBay WIF into ``(private key bytes, compressed)``."""
+def wif_to_private_key(wif: str, net: Network = MAIN) -> tuple[bytes, bool]:
+    """Decode a BitBay WIF of network ``net`` into ``(private key bytes, compressed)``."""
     payload = _b58check_decode(wif, "WIF key")
-    if payload[0] != WIF_VERSION:
+    if payload[0] != net.wif:
         raise CryptoError(
             f"wrong version byte 0x{payload[0]:02x} for a BitBay WIF key "
-            f"(expected 0x{WIF_VERSION:02x})"
+            f"(expected 0x{net.wif:02x} on {net.name})"
         )
     body = payload[1:]
     if len(body) == 33 and body[32] == 1:
@@ -199,46 +240,50 @@ def parse_public_key(pub_hex: str) -> ecdsa.VerifyingKey:
 # ---------------------------------------------------------------- addresses
 
 
-def pubkey_to_address(pub: bytes, version: int = ADDRESS_VERSION) -> str:
-    """Base58check address of ``hash160(pub)`` under ``version``."""
+def pubkey_to_address(pub: bytes, version: int | None = None, net: Network = MAIN) -> str:
+    """Base58check address of ``hash160(pub)`` under ``version`` (default: ``net``'s P2PKH)."""
+    if version is None:
+        version = net.address
     if not 0 <= version <= 255:
         raise CryptoError(f"address version {version} is not a byte")
     return _b58check_encode(bytes([version]) + hash160(bytes(pub)))
 
 
-def wif_to_address(wif: str) -> str:
-    """The P2PKH address (version 25) of a WIF key; compressed pubkey if the WIF is."""
-    priv, compressed = wif_to_private_key(wif)
-    return pubkey_to_address(public_key(priv, compressed), ADDRESS_VERSION)
+def wif_to_address(wif: str, net: Network = MAIN) -> str:
+    """The P2PKH address of a WIF key of ``net``; compressed pubkey if the WIF is."""
+    priv, compressed = wif_to_private_key(wif, net)
+    return pubkey_to_address(public_key(priv, compressed), net=net)
 
 
-def generate_deposit_key() -> str:
-    """A new random private key as a compressed BitBay WIF (starts with 'P')."""
-    return private_key_to_wif(new_private_key(), compressed=True)
+def generate_deposit_key(net: Network = MAIN) -> str:
+    """A new random private key as a compressed WIF of ``net`` (mainnet: starts with 'P')."""
+    return private_key_to_wif(new_private_key(), compressed=True, net=net)
 
 
-def _decode_address(addr: object) -> tuple[int, bytes]:
+def _decode_address(addr: object, net: Network) -> tuple[int, bytes]:
     payload = _b58check_decode(addr, "address")
     if len(payload) != 21:
         raise CryptoError(f"bad address length: {len(payload)} bytes, expected 21")
     version = payload[0]
-    if version not in (ADDRESS_VERSION, SCRIPT_VERSION):
+    if version not in (net.address, net.script):
         raise CryptoError(
-            f"unknown address version 0x{version:02x} (BitBay uses "
-            f"{ADDRESS_VERSION} and {SCRIPT_VERSION})"
+            f"unknown address version 0x{version:02x} (BitBay {net.name} uses "
+            f"{net.address} and {net.script})"
         )
     return version, payload[1:]
 
 
-def validate_address(addr: object) -> int:
-    """Return the version byte of a BitBay address (25 or 85); CryptoError otherwise."""
-    return _decode_address(addr)[0]
+def validate_address(addr: object, net: Network = MAIN) -> int:
+    """Return the version byte of an address of ``net`` (mainnet: 25 or 85); CryptoError
+    otherwise."""
+    return _decode_address(addr, net)[0]
 
 
-def address_to_script(addr: str) -> bytes:
-    """The output script paying ``addr``: P2PKH for version 25, P2SH for version 85."""
-    version, h160 = _decode_address(addr)
-    if version == ADDRESS_VERSION:
+def address_to_script(addr: str, net: Network = MAIN) -> bytes:
+    """The output script paying ``addr``: P2PKH for ``net``'s address version, P2SH for its
+    script version."""
+    version, h160 = _decode_address(addr, net)
+    if version == net.address:
         return b"\x76\xa9\x14" + h160 + b"\x88\xac"
     return b"\xa9\x14" + h160 + b"\x87"
 

@@ -17,7 +17,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Self
 
-from pegx.crypto import wif_to_address
+from pegx.crypto import MAIN, Network, wif_to_address
 
 
 def free_port() -> int:
@@ -50,8 +50,9 @@ class Daemon:
 
     def __init__(self, datadir: str | os.PathLike, *, autostart: bool = True,
                  block_seconds: float = 0, extra: list[str] | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, network: Network = MAIN):
         self.datadir = Path(datadir)
+        self.net = network
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "pegx", "serve", "--datadir", str(self.datadir),
@@ -59,6 +60,8 @@ class Daemon:
                      "--log-level", "INFO"]
         if autostart:
             self.args.append("--autostart")
+        if network is not MAIN:
+            self.args += ["--network", network.name]
         self.args += extra or []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -73,10 +76,15 @@ class Daemon:
                                      env=self.env)
         if not wait_serving:
             return self
-        wait_until(self._answers, 20, what=f"pegx serve on {self.url} (log {self.log_path})")
-        if wait_loaded and "--autostart" in self.args:
-            wait_until(lambda: self.proxy().StartExchange("", 1, 1) is True, 20,
-                       what="the exchange to load")
+        try:
+            wait_until(self._answers, 20, what=f"pegx serve on {self.url} (log {self.log_path})")
+            if wait_loaded and "--autostart" in self.args:
+                wait_until(lambda: self.proxy().StartExchange("", 1, 1) is True, 20,
+                           what="the exchange to load")
+        except BaseException:
+            # `with Daemon(...)` never reaches __exit__ when start fails: stop it here
+            self.stop(signal.SIGKILL)
+            raise
         return self
 
     def _answers(self) -> bool:
@@ -133,7 +141,7 @@ class Daemon:
         x = self.proxy()
         key, ok = x.GenerateDepositAddress()
         assert ok is True, key
-        address = wif_to_address(key)
+        address = wif_to_address(key, self.net)
         wait_until(lambda: address in x.devnet.info()["wallet_addresses"], 10,
                    what="the deposit key import")
         if fractions is None:

@@ -1,11 +1,21 @@
 """A small fake BitBay node for the bitbayd client tests: data in, documented reply shapes out.
 
-It is not a chain: tests fill ``node.state`` with the rows the real node would report (BITBAYD
-§3.3 shapes) and the fake serves them over the node's transport: JSON-RPC 1.0 over HTTP/1.1
-keep-alive with Basic auth (401 with realm "jsonrpc" on bad credentials), errors as
-``{"result": null, "error": {"code", "message"}, "id"}`` with HTTP 500 (404 for -32601), as
-bitcoind 0.8 does. Floats are written the way bitbayd's json_spirit writes doubles: 16
-significant digits with the point shown, so 0.1 BAY goes out as ``0.1000000000000000``.
+It is not a chain: tests fill ``node.state`` with the rows the real node would report and the
+fake serves them over the node's transport: JSON-RPC 1.0 over HTTP/1.1 keep-alive with Basic
+auth (401 on bad credentials), errors as ``{"result": null, "error": {"code", "message"}, "id"}``
+with HTTP 500 (404 for -32601). The shapes are the real node's (bitbay-core 3d39e0a), as saved in
+``tests/bitbayd_replies/`` (a copy of ``../shared/bitbayd/replies/``: request, HTTP status and
+raw body of each): amounts are doubles printed with 8 decimals (``0.10000000``, and
+``999999799.99984992`` for 99,999,979,999,985,000 sat: inexact above 2^53 sat); an object may
+repeat a key (:class:`Pairs`: verbose getrawtransaction has ``time`` twice); the wallet calls
+answer as the node does when it is encrypted and locked (importprivkey -4, signrawtransaction
+-13), a second walletpassphrase succeeds, getblockhash out of range is -1, importprivkey returns
+``{"address"}``, sendrawtransaction returns the txid of a duplicate still in the mempool and -5
+"transaction already in block <hash>" for a mined one.
+
+``node.replay(name)`` answers the request saved in ``bitbayd_replies/<name>.json`` (same method
+and params, or any params with ``any_params=True``) with its status and body verbatim, only the
+``id`` put back to the request's.
 
 Scripted faults (``node.fault(kind, count)``) apply to the next authenticated requests:
 ``warmup`` (-28 "Loading block index..."), ``http503`` (plain-text 503), ``drop`` (close the
@@ -19,15 +29,32 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import socket
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import base58
 
+from pegx import crypto
+
 WARMUP_MESSAGE = "Loading block index..."
+REPLIES = Path(__file__).parent / "bitbayd_replies"
+LOCKED_IMPORT = (-4, "Error adding key to wallet")
+STAKING_ONLY = (-13, "Wallet is unlocked for staking only.")
+LOCKED_SIGN = (-13, "Error: Please enter the wallet passphrase with walletpassphrase first.")
+
+
+class Pairs(list):
+    """A JSON object as a list of (key, value) pairs: keys may repeat, as in the node's output."""
+
+
+def reply_file(name: str) -> dict:
+    """One saved real reply: {"request": {"method", "params"}, "http_status", "raw_reply"}."""
+    return json.loads((REPLIES / f"{name}.json").read_text())
 
 
 class RpcFault(Exception):
@@ -40,7 +67,8 @@ class RpcFault(Exception):
 
 
 def node_json(obj: Any) -> str:
-    """JSON as bitbayd's json_spirit writes it (doubles: ``showpoint``, precision 16)."""
+    """JSON as bitbayd writes it: doubles with 8 decimals (ValueFromAmount is a double of BAY,
+    so an int amount in sat must go through ``sat / 1e8`` first), Pairs as objects."""
     if obj is None:
         return "null"
     if isinstance(obj, bool):
@@ -48,9 +76,11 @@ def node_json(obj: Any) -> str:
     if isinstance(obj, int):
         return str(obj)
     if isinstance(obj, float):
-        return f"{obj:#.16g}"
+        return f"{obj:.8f}"
     if isinstance(obj, str):
         return json.dumps(obj)
+    if isinstance(obj, Pairs):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{node_json(v)}" for k, v in obj) + "}"
     if isinstance(obj, dict):
         return "{" + ",".join(f"{json.dumps(str(k))}:{node_json(v)}" for k, v in obj.items()) + "}"
     if isinstance(obj, list | tuple):
@@ -97,11 +127,15 @@ class FakeNode:
             "signatures": {},  # unsigned hex -> signed hex (else "complete": false)
             "passphrase": None,  # None: unencrypted wallet
             "unlocked": False,
+            "staking_only": False,  # walletpassphrase ... true
+            "network": crypto.MAIN,  # the versions importprivkey accepts and answers with
             "errors": {},  # method -> (code, message): that method always fails
             "imported": [],
             "sent": [],
             "mine": {},  # address -> pubkey hex: the wallet's own keys (validateaddress)
+            "mined": {},  # txid -> block hash: sendrawtransaction says "already in block"
         }
+        self.replies: dict[str, list[tuple[Any, int, str]]] = {}  # method -> [(params, ...)]
         self.calls: list[tuple[str, list]] = []
         self.connections = 0  # TCP connections accepted
         self.hold_seconds = 5.0
@@ -132,6 +166,26 @@ class FakeNode:
         """Let held requests go (they answer normally)."""
         self._release.set()
 
+    def replay(self, name: str, any_params: bool = False) -> dict:
+        """Answer the request of ``bitbayd_replies/<name>.json`` with its saved reply."""
+        rec = reply_file(name)
+        req = rec["request"]
+        params = None if any_params else req["params"]
+        self.replies.setdefault(req["method"], []).insert(
+            0, (params, rec["http_status"], rec["raw_reply"]))
+        return rec
+
+    def _replayed(self, method: str, params: list, rid: Any) -> tuple[int, str] | None:
+        for want, status, raw in self.replies.get(method, ()):
+            if want is None or want == params:
+                # the saved body ends in "id":1; the client checks the id of its request
+                return status, re.sub(r'"id":1}\s*$', f'"id":{json.dumps(rid)}}}\n', raw)
+        return None
+
+    def locked(self) -> bool:
+        st = self.state
+        return st["passphrase"] is not None and not st["unlocked"]
+
     def methods(self) -> list[str]:
         return [m for m, _ in self.calls]
 
@@ -151,9 +205,13 @@ class FakeNode:
         if method == "getpeginfo":
             return st["peginfo"]
         if method == "getblockhash":
-            if params[0] not in st["blockhashes"]:
+            height = params[0]
+            if height in st["blockhashes"]:
+                return st["blockhashes"][height]
+            if not 0 <= height <= st["blockcount"]:
                 raise RpcFault(-1, "Block number out of range.")  # as the real node
-            return st["blockhashes"][params[0]]
+            # a block the test did not name: a node has every block up to its tip
+            return hashlib.sha256(f"fakenode-block:{height}".encode()).hexdigest()
         if method == "getblock":
             if params[0] not in st["blocks"]:
                 raise RpcFault(-5, "Block not found")
@@ -171,33 +229,51 @@ class FakeNode:
             return tx if len(params) > 1 and params[1] else tx["hex"]
         if method == "gettxout":
             return st["txouts"].get(f"{params[0]}:{params[1]}")
+        if method == "getinfo":
+            info = {"version": "v4.0.3.0-gf683bd6", "protocolversion": 60016,
+                    "walletversion": 60000, "blocks": st["blockcount"], "testnet": False}
+            if st["passphrase"] is not None:
+                info["unlocked_until"] = 0 if self.locked() else 1_900_000_000
+            return info
         if method == "importprivkey":
-            if st["passphrase"] is not None and not st["unlocked"]:
-                raise RpcFault(-13, "Error: Please enter the wallet passphrase with "
-                               "walletpassphrase first.")
+            try:
+                address = crypto.wif_to_address(params[0], st["network"])
+            except crypto.CryptoError:
+                raise RpcFault(-5, "Invalid private key") from None
+            if st["staking_only"] and not self.locked():
+                raise RpcFault(*STAKING_ONLY)
+            if self.locked():
+                raise RpcFault(*LOCKED_IMPORT)
             st["imported"].append(list(params))
-            return None
+            return {"address": address}
         if method == "walletpassphrase":
             if st["passphrase"] is None:
                 raise RpcFault(-15, "Error: running with an unencrypted wallet, but "
                                "walletpassphrase was called.")
             if params[0] != st["passphrase"]:
                 raise RpcFault(-14, "Error: The wallet passphrase entered was incorrect.")
-            if st["unlocked"]:
-                raise RpcFault(-17, "Error: Wallet is already unlocked.")
-            st["unlocked"] = True
+            st["unlocked"] = True  # again while unlocked: success too (null)
+            st["staking_only"] = len(params) > 2 and bool(params[2])
+            return None
+        if method == "walletlock":
+            st["unlocked"] = False
             return None
         if method == "signrawtransaction":
+            if self.locked() or st["staking_only"]:
+                raise RpcFault(*LOCKED_SIGN)
             signed = st["signatures"].get(params[0])
-            locked = st["passphrase"] is not None and not st["unlocked"]
-            if signed is None or locked:
+            if signed is None:  # a key the wallet does not have
                 return {"hex": params[0], "complete": False}
             return {"hex": signed, "complete": True}
         if method == "validateaddress":
             return _validateaddress(params[0], st["mine"])
         if method == "sendrawtransaction":
-            st["sent"].append(params[0])
-            return _txid(params[0])
+            txid = _txid(params[0])
+            if txid in st["mined"]:
+                raise RpcFault(-5, f"transaction already in block {st['mined'][txid]}")
+            if params[0] not in st["sent"]:  # a duplicate in the mempool: the txid again
+                st["sent"].append(params[0])
+            return txid
         raise RpcFault(-32601, "Method not found")
 
     # ------------------------------------------------------------------ HTTP
@@ -249,6 +325,10 @@ class FakeNode:
                 with node._lock:
                     node.calls.append((method, params))
                 fault, seconds = node._next_fault()
+                replayed = None if fault else node._replayed(method, params, rid)
+                if replayed is not None:
+                    self._send(replayed[0], replayed[1])
+                    return
                 if fault == "drop":
                     self.close_connection = True
                     return

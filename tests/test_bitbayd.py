@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fakenode import FakeNode, node_json
 
-from pegx.chain.base import Chain, ChainRejected, ChainUnavailable, Tip, TxOut
+from pegx.chain.base import Chain, ChainRejected, ChainUnavailable, Tip, TxOut, WalletLocked
 from pegx.chain.bitbayd import (
     Bitbayd,
     NodeError,
@@ -111,7 +111,7 @@ def test_btc_to_sat_refuses_floats_and_bools():
 
 def test_fake_writes_doubles_like_bitbayd():
     text = node_json({"amount": 0.1, "big": 21000000.12345678, "n": 3, "ok": True})
-    assert text == '{"amount":0.1000000000000000,"big":21000000.12345678,"n":3,"ok":true}'
+    assert text == '{"amount":0.10000000,"big":21000000.12345678,"n":3,"ok":true}'
 
 
 # ---------------------------------------------------------------- txbuild
@@ -235,10 +235,9 @@ def test_list_unspent_frozen_lock_fallback_and_missing_peg_data(chain, node):
     assert utxos[f"{TX_C}:2"].frozen_until == UNLOCK_AT - 5
 
 
-def test_list_unspent_refuses_fractions_that_do_not_sum(chain, node):
+def test_list_unspent_skips_fractions_that_do_not_sum(chain, node):
     node.state["fractions"][f"{TX_A}:0"]["values"][7] += 1
-    with pytest.raises(NodeError, match="sum"):
-        chain.list_unspent(0)
+    assert {u.key for u in chain.list_unspent(0)} == {f"{TX_B}:1", f"{TX_C}:2"}
 
 
 def test_listfrozen_errors(chain, node):
@@ -340,16 +339,15 @@ def test_create_transaction_matches_hand_assembled(chain, node):
     methods = node.methods()
     assert methods.index("walletpassphrase") < methods.index("signrawtransaction")
     assert ("walletpassphrase", ["wallet pass", 60]) in node.calls
-    # still unlocked from the first call: the node's -17 does not stop the second
+    # still unlocked from the first call: no second unlock
     assert chain.create_transaction([f"{TX_A}:1"], HAND_OUTPUTS, "wallet pass").raw == HAND_SIGNED
 
 
 def test_create_transaction_failures(chain, node):
     node.state["passphrase"] = "wallet pass"
-    with pytest.raises(NodeError) as info:
+    with pytest.raises(WalletLocked, match="passphrase incorrect"):  # -14
         chain.create_transaction([f"{TX_A}:1"], HAND_OUTPUTS, "wrong")
-    assert info.value.code == -14
-    with pytest.raises(NodeError, match="sign"):  # locked wallet: complete false
+    with pytest.raises(WalletLocked):  # locked wallet, no passphrase: -13
         chain.create_transaction([f"{TX_A}:1"], HAND_OUTPUTS)
     node.state["signatures"][HAND_UNSIGNED] = HAND_SIGNED.replace("c715", "c815")  # tampered
     with pytest.raises(NodeError, match="differs"):
@@ -486,9 +484,10 @@ def test_deadline_covers_all_calls_of_one_operation(node):
 
 
 def test_unexpected_reply_shapes_are_node_errors(chain, node):
-    node.state["unspent"][0]["amount"] = 0.123456789  # a 9th decimal
-    with pytest.raises(NodeError, match="8 decimals"):
-        chain.list_unspent(0)
+    node.state["unspent"][0]["amount"] = 0.123456789  # printed 0.12345679: not the fractions
+    assert f"{TX_A}:0" not in {u.key for u in chain.list_unspent(0)}
+    del node.state["unspent"][0]["amount"]  # a row without an amount: skipped too
+    assert f"{TX_A}:0" not in {u.key for u in chain.list_unspent(0)}
     del node.state["peginfo"]["peg"]
     with pytest.raises(NodeError, match="shape"):
         chain.tip()

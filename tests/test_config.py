@@ -26,6 +26,15 @@ def test_precedence_file_env_flags(tmp_path):
     assert cfg.port == 3333 and cfg.autostart is True  # None flags do not override
 
 
+def test_network_setting(tmp_path):
+    assert load({"datadir": str(tmp_path)}, environ={}).net.name == "main"
+    cfg = load({"datadir": str(tmp_path)}, environ={"PEGX_NETWORK": "testnet"})
+    assert (cfg.network, cfg.net.address, cfg.net.script, cfg.net.wif) == ("testnet", 111, 196, 239)
+    assert cfg.net.cycle_blocks == 20
+    (tmp_path / "pegx.toml").write_text('network = "regtest"\n')
+    assert load({"datadir": str(tmp_path)}, environ={}).net.address == 25
+
+
 def test_datadir_from_env_finds_its_file(tmp_path):
     (tmp_path / "pegx.toml").write_text("port = 4444\n")
     assert load({}, environ={"PEGX_DATADIR": str(tmp_path)}).port == 4444
@@ -41,6 +50,7 @@ def test_datadir_from_env_finds_its_file(tmp_path):
     ({"initial_supply": 1199}, {}, "", "initial_supply"),
     ({"node_url": "ftp://x"}, {}, "", "node_url"),
     ({"block_seconds": -1}, {}, "", "block_seconds"),
+    ({"network": "mainnet"}, {}, "", "network"),
     ({}, {}, "port = 1.5\n", "port"),
 ])
 def test_bad_settings_name_the_setting(tmp_path, flags, env, toml, match):

@@ -15,12 +15,16 @@ from pegx import crypto
 from pegx._ripemd160 import ripemd160
 from pegx.crypto import (
     ADDRESS_VERSION,
+    MAIN,
+    NETWORKS,
     SCRIPT_VERSION,
+    TESTNET,
     WIF_VERSION,
     CryptoError,
     address_to_script,
     generate_deposit_key,
     hash160,
+    network,
     new_private_key,
     parse_public_key,
     private_key_to_wif,
@@ -126,6 +130,37 @@ def test_hash160_falls_back_when_hashlib_lacks_ripemd160(monkeypatch: pytest.Mon
 
 def test_versions() -> None:
     assert (ADDRESS_VERSION, SCRIPT_VERSION, WIF_VERSION) == (25, 85, 153)
+    nets = {name: (n.address, n.script, n.wif, n.cycle_blocks) for name, n in NETWORKS.items()}
+    assert nets == {"main": (25, 85, 153, 200), "testnet": (111, 196, 239, 20),
+                    "regtest": (25, 85, 153, 200)}
+    assert network("testnet") is TESTNET and network("main") is MAIN
+    with pytest.raises(CryptoError, match="unknown network"):
+        network("mainnet")
+
+
+def test_testnet_keys_and_addresses() -> None:
+    """Testnet versions 111/196/239 (chainparams.cpp's testnet base58Prefixes): the addresses
+    the node printed with testnet versions (replies/getnewaddress_testnet_prefix) validate under
+    TESTNET only, and a key round-trips only under its own network."""
+    node_address = "n2cuAitcqMtN3XSLsCVQm3RxAD1qWHmqmp"
+    assert validate_address(node_address, TESTNET) == 111
+    with pytest.raises(CryptoError, match="unknown address version"):
+        validate_address(node_address)
+    wif = generate_deposit_key(TESTNET)
+    assert wif.startswith("c") and wif_to_private_key(wif, TESTNET)[1] is True
+    address = wif_to_address(wif, TESTNET)
+    assert address[0] in "mn" and validate_address(address, TESTNET) == 111
+    with pytest.raises(CryptoError, match="wrong version byte"):
+        wif_to_address(wif)  # a testnet key is not a mainnet key
+    with pytest.raises(CryptoError, match="wrong version byte"):
+        wif_to_address(generate_deposit_key(), TESTNET)
+    priv = wif_to_private_key(wif, TESTNET)[0]
+    assert wif_to_address(private_key_to_wif(priv)) == pubkey_to_address(public_key(priv))
+    h = hash160(public_key(priv))
+    p2sh = pubkey_to_address(public_key(priv), TESTNET.script)
+    assert p2sh.startswith("2") and validate_address(p2sh, TESTNET) == 196
+    assert address_to_script(address, TESTNET) == b"\x76\xa9\x14" + h + b"\x88\xac"
+    assert address_to_script(p2sh, TESTNET) == b"\xa9\x14" + h + b"\x87"
 
 
 def test_public_key_of_one_is_the_generator() -> None:

@@ -115,7 +115,7 @@ def test_withdraws_complete_malleate_and_drop(tmp_path):
         assert x.CheckWithdraw(w1) == "ID not found"  # pending, not batched yet
         advance(x, lambda: status_of(x, w1) == "unconfirmed")
         rec = x.CheckWithdraw(w1)
-        assert set(rec) == {"status", "txid", "ID", "block", "in0"} and rec["ID"] != w1
+        assert set(rec) == {"status", "txid", "ID", "block", "in0", "confirmations"} and rec["ID"] != w1
         advance(x, lambda: status_of(x, w1) == "Complete")
         c = 10**8  # 0.1 % of 1e10 is below the minimum commission
         assert x.devnet.balance(payee1)["liquid"] == 10**10 - c

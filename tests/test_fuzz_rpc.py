@@ -51,6 +51,8 @@ LEAK = re.compile(r"Traceback \(most recent|File \"|<function |<bound method | o
                   r"|<class '")
 EXCLUDED = {
     "ShutDown": "ends the daemon (tested in test_api_e2e / test_security)",
+    "devnet.reorg": "replaces blocks under the fuzzer's state snapshots (its bad arguments are "
+                    "tested in test_devnet_reorg, its effects in test_reorg / test_reorg_e2e)",
 }
 # Calls whose success makes the exchange-cycle thread write later (key import, deposit
 # registration, recompute): after one of them succeeds the fuzzer waits for the ledger to settle.

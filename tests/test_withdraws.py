@@ -15,7 +15,7 @@ from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.peg import apply_peg_rules
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
-from pegx.exchange.withdraws import WithdrawDesk, conservation, window_task
+from pegx.exchange.withdraws import WithdrawDesk, conservation, task_spacing, window_task
 from pegx.ledger import engine
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
@@ -122,6 +122,11 @@ def test_window_positions():
     assert [window_task(h) for h in (9, 10, 74, 75, 119, 120, 144, 145, 174, 175, 210)] == \
         [None, "liquid", "liquid", "reserve", "reserve", "maintenance", "maintenance", "status",
          "status", None, "liquid"]
+    # testnet's 20-block cycles, mapped onto the same windows in proportion
+    assert [window_task(h, 20) for h in range(20, 40)] == (
+        [None] + ["liquid"] * 7 + ["reserve"] * 4 + ["maintenance"] * 3 + ["status"] * 3
+        + [None] * 2)
+    assert (task_spacing(200), task_spacing(20)) == (25, 2)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -179,7 +184,7 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     rig.ledger.withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
     assert rig.ledger.balance("alice")["liquid"] == alice0["liquid"] - 10**10
     rec = rig.until_status("w1", "Complete")
-    assert set(rec) == {"status", "txid", "ID", "block", "in0"}
+    assert set(rec) == {"status", "txid", "ID", "block", "in0", "confirmations"}
     c = commission(10**10, COMM)
     assert rig.chain.balance(payee)["liquid"] == 10**10 - c
     assert rig.chain.balance(rig.fee)["amount"] == c - (10000 + 500000)

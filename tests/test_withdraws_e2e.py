@@ -263,8 +263,8 @@ def test_maintenance_in_flight_keeps_its_cost_from_a_cancel(tmp_path):
         assert x.StartExchange("", 1) is True
         wait_until(lambda: x.pegx.status()["height"] == h, 30, what=f"the pass at {h}")
         assert x.devnet.info()["mempool"] == 2  # the cancel and the maintenance transaction
-        mine_one(x)
-        assert status_of(x, w1) == "Failed/Declined"
+        mine_one(x)  # both mined; the cancel settles at the final depth
+        advance_to(x, w1, "Failed/Declined", limit=40)
         withheld = total(before) - total(x.GetBalance("bobby"))
         assert 5000 <= withheld <= 5003  # 10,000 − (525,000 − 520,000 − r), r = 0..3
         assert audit_ok(x)["totals"]["exchange"] == 0

@@ -289,9 +289,11 @@ def open_devnet(datadir: Path):
         header = json.loads(fh.readline() or b"{}")
     if header.get("a") != "header":
         raise ToolError(f"{path} has no devnet header")
+    from pegx import crypto
     from pegx.chain.devnet import Devnet
 
     return Devnet(path.parent.parent, block_seconds=0,
+                  network=crypto.network(header.get("network", "main")),
                   **{k: header[k] for k in ("seed", "initial_supply", "walk_seed")})
 
 
@@ -303,7 +305,7 @@ def open_chain(cfg):
     from pegx.chain.bitbayd import Bitbayd
 
     return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
-                   retry=True)
+                   retry=True, network=cfg.net)
 
 
 @contextlib.contextmanager
@@ -466,8 +468,15 @@ def audit(ledger: Exchange, chain=None) -> dict:
                "liquid_assigned": assigned, "exchange_liquid": ex_liquid,
                "drift": DRIFT in vectors}
     listed = [t for kind in problems.values() for t in _limited(kind)]
+    # reorganisations that replaced blocks taken as final, each with what it changed (what is
+    # still wrong after them shows up among the problems, e.g. an input not on chain)
+    reorgs = list((meta.get("follow") or {}).get("alarms", []))
+    for alarm in reorgs:
+        notes.append(f"reorganisation past the final depth ({alarm['final_depth']}): blocks "
+                     f"{alarm['fork'] + 1:,d}..{alarm['old_height']:,d} replaced; "
+                     f"{len(alarm['changed'])} items changed")
     return {"ok": not problems, "problems": listed, "notes": notes, "columns": list(COLUMNS),
-            "steps": steps, "totals": totals, "summary": summary}
+            "steps": steps, "totals": totals, "summary": summary, "reorganisations": reorgs}
 
 
 def _in_flight(batches: dict) -> set[str]:

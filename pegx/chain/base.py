@@ -12,15 +12,17 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-CYCLE_BLOCKS = 200  # mainnet nPegInterval: the supply index moves once per 200 blocks
+# mainnet nPegInterval: the supply index moves once per 200 blocks. The default only: a chain
+# reports its own length in Tip.interval (bitbayd: getpeginfo's interval; testnet has 20)
+CYCLE_BLOCKS = 200
 MIN_FEE_PER_IO = 5000  # the peg's minimum fee per input and output (BITBAYD §1.1)
 FREEZE_NOTARY_VALUE = 5590  # value of a `**F**` notary OP_RETURN output
 NOTARY_VALUE = 5575  # value of the OP_RETURN id output and of the exchange notary output
 
 
-def cycle_of(height: int) -> int:
-    """The peg cycle a block height belongs to."""
-    return height // CYCLE_BLOCKS
+def cycle_of(height: int, interval: int = CYCLE_BLOCKS) -> int:
+    """The peg cycle a block height belongs to, for cycles of ``interval`` blocks."""
+    return height // interval
 
 
 def outpoint(txid: str, vout: int) -> str:
@@ -48,14 +50,22 @@ class ChainRejected(ChainError):
     """Final: the node said no (invalid transaction, unknown key, bad parameter)."""
 
 
+class WalletLocked(ChainRejected):
+    """The node's wallet is encrypted and locked (or unlocked for staking only), and no
+    passphrase was given: nothing that needs a key (import, signing) can be done until the
+    operator calls ExchangePassword."""
+
+
 @dataclass(frozen=True)
 class Tip:
-    """The best block: height, its cycle and the supply index in force for that cycle."""
+    """The best block: height, its cycle and the supply index in force for that cycle;
+    ``interval`` is the chain's cycle length in blocks (``cycle == height // interval``)."""
 
     height: int
     cycle: int
     supply: int
     time: int = 0
+    interval: int = CYCLE_BLOCKS
 
 
 @dataclass
@@ -170,8 +180,10 @@ class Chain(Protocol):
         """True while the output exists and no mined or mempool transaction spends it."""
         ...
 
-    def import_key(self, wif: str) -> str:
-        """Add a private key (WIF) to the wallet without rescan; returns its address."""
+    def import_key(self, wif: str, passphrase: str = "") -> str:
+        """Add a private key (WIF) to the wallet without rescan; returns its address. An
+        encrypted wallet is unlocked with ``passphrase`` first; without one a locked wallet
+        raises WalletLocked."""
         ...
 
     def is_mine(self, address: str) -> bool:

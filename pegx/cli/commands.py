@@ -127,10 +127,16 @@ def status(client, as_json) -> None:
         return
     ex = st["exchange"]
     lines = []
+    alarm = st.get("reorg_alarm")
+    if alarm:  # the gravest thing first: a block taken as final was replaced
+        lines.append(f"ALARM reorganisation deeper than the final depth ({alarm['final_depth']}): "
+                     f"blocks {alarm['fork'] + 1:,d}..{alarm['old_height']:,d} replaced, "
+                     f"{len(alarm['changed'])} items changed (pegx audit lists them)")
     if st.get("withdraws_not_batchable"):  # a problem first, before the figures
         lines.append(f"withdraws pending but not batchable: {st['withdraws_not_batchable']}")
     lines += [
-        f"pegx {st['version']} (pid {st['pid']}) on {st['chain']}, datadir {st['datadir']}",
+        (f"pegx {st['version']} (pid {st['pid']}) on {st['chain']} "
+         f"({st.get('network', 'main')}), datadir {st['datadir']}"),
         (f"exchange   started={st['started']} loaded={st['loaded']} "
          f"cycle thread={'alive' if st['cycle_thread_alive'] else 'stopped'}"),
         (f"chain      height {st['height']:,d}, cycle {st['chain_cycle']}, "
@@ -144,6 +150,8 @@ def status(client, as_json) -> None:
          f"{st['calls_served']:,d} calls"),
         f"last error {st['last_error'] or '-'}",
     ]
+    if st.get("wallet"):  # e.g. "wallet locked: call ExchangePassword"
+        lines.append(f"wallet     {st['wallet']}")
     click.echo("\n".join(lines))
 
 
@@ -213,6 +221,22 @@ def devnet_vote(client, direction, steps) -> None:
     """Script the supply move at the next cycle boundary."""
     client.call("devnet.vote", direction, steps)
     click.echo(f"{direction} by {steps} at the next cycle boundary")
+
+
+@devnet.command("reorg", short_help="Replace the last DEPTH blocks with a new branch.")
+@client_options
+@click.argument("depth", type=click.IntRange(1, 1000))
+@click.option("--txs", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
+              help="keep: the replaced blocks' transactions are mined again in the new branch; "
+                   "drop: the new branch does not have them.")
+@click.option("--votes", metavar="DIRECTION[:STEPS]", default="",
+              help="the vote every cycle boundary of the new branch uses (changes the supply).")
+@click.option("--spend", multiple=True, metavar="TXID|TXID:VOUT",
+              help="a conflicting spend the new branch mines first (repeatable): a txid the "
+                   "devnet has seen, or a wallet outpoint it spends back to its own address.")
+def devnet_reorg(client, depth, txs, votes, spend) -> None:
+    """Replace the last DEPTH blocks with as many new ones (a competing branch wins)."""
+    _print(client.call("devnet.reorg", depth, txs, votes, list(spend)))
 
 
 @devnet.command("info")

@@ -295,6 +295,9 @@ def _print_audit(report: dict) -> None:
                f"{s['liquid_assigned']:,d} of {s['exchange_liquid']:,d} sat")
     for note in report["notes"]:
         click.echo(f"note: {note}")
+    for alarm in report.get("reorganisations", []):
+        for line in alarm["changed"]:
+            click.echo(f"reorganisation at {alarm['fork'] + 1:,d}: {line}")
     if report["ok"]:
         click.echo("audit OK: every step balances and every invariant holds")
         return

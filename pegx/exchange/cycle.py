@@ -15,6 +15,11 @@ One thread, woken every ``poll_seconds`` and on new blocks. Each pass:
 5. runs the block-window tasks (withdraw batches, maintenance, status checks) via a
    :class:`pegx.exchange.withdraws.WithdrawDesk` when one is attached.
 
+Before all of it, the pass compares the chain's block hashes with those it processed
+(:mod:`pegx.exchange.follow`): a reorganisation is logged (at ERROR when it replaced a block
+taken as final), what it changed is re-derived, and balances published at a supply the new
+chain does not have are republished.
+
 A failing pass is logged and retried with capped backoff; the thread never dies silently
 (``last_error`` shows what went wrong). This class is also the API's :class:`pegx.rpc.api.Control`.
 """
@@ -27,8 +32,16 @@ import time
 from collections.abc import Callable
 
 from pegx import peg
-from pegx.chain.base import CYCLE_BLOCKS, Chain, ChainError, Tip, Utxo
-from pegx.exchange import chainguard
+from pegx.chain.base import (
+    CYCLE_BLOCKS,
+    Chain,
+    ChainError,
+    ChainRejected,
+    Tip,
+    Utxo,
+    WalletLocked,
+)
+from pegx.exchange import chainguard, follow
 from pegx.exchange.withdraws import house_outpoints
 from pegx.ledger import engine
 
@@ -38,10 +51,11 @@ BOUNDARY_BLOCKS = 7  # outputs mined this close to a cycle boundary need 5 more 
 BOUNDARY_EXTRA = 5
 
 
-def confirmations_needed(height: int, confirmations: int) -> int:
-    """The original's rule (ORIGINAL §3.3 step 2)."""
-    pos = height % CYCLE_BLOCKS
-    if pos < BOUNDARY_BLOCKS or pos > CYCLE_BLOCKS - BOUNDARY_BLOCKS:
+def confirmations_needed(height: int, confirmations: int, interval: int = CYCLE_BLOCKS) -> int:
+    """The original's rule (ORIGINAL §3.3 step 2), for cycles of ``interval`` blocks (the
+    7-block margin stays 7 blocks: it is about reorganisations, not the cycle's length)."""
+    pos = height % interval
+    if pos < BOUNDARY_BLOCKS or pos > interval - BOUNDARY_BLOCKS:
         return confirmations + BOUNDARY_EXTRA
     return confirmations
 
@@ -61,8 +75,11 @@ class ExchangeCycle:
     """The background thread plus the start/stop/busy state the API reads."""
 
     def __init__(self, ledger: engine.Exchange, chain: Chain, *, poll_seconds: float = 0.5,
-                 on_shutdown: Callable[[], None] | None = None, desk=None):
+                 on_shutdown: Callable[[], None] | None = None, desk=None,
+                 final_depth: int = 0):
         self.ledger = ledger
+        self.final_depth_setting = int(final_depth)
+        self.follower = follow.Follower(ledger, chain)
         self.chain = chain
         self.poll_seconds = poll_seconds
         self.on_shutdown = on_shutdown
@@ -79,6 +96,7 @@ class ExchangeCycle:
         self._spendable: dict[str, dict] = {}
         self._utxos: dict[str, Utxo] = {}
         self.last_error: str = ""
+        self.wallet_note = ""  # why the wallet cannot be used (locked...), for pegx.status
         self.last_error_time = 0.0
         self.passes = 0
         self.tip: Tip | None = None
@@ -125,6 +143,8 @@ class ExchangeCycle:
 
     def set_wallet_passphrase(self, passphrase: str) -> None:
         self._passphrase = passphrase
+        self.wallet_note = ""  # the next pass says again if the wallet is still unusable
+        self._wake.set()
 
     @property
     def passphrase(self) -> str:
@@ -144,6 +164,17 @@ class ExchangeCycle:
 
     def cycle(self) -> int:
         return int(self.ledger.meta.get("cycle", 0))
+
+    def published(self) -> int:
+        """What GetCycle answers: the cycle of the published balances plus the number of
+        republications after reorganisations, so it moves on at every publication."""
+        return self.cycle() + self.follower.republished()
+
+    def final_depth(self, settings: dict | None = None) -> int:
+        """Confirmations that make a block final (``final_depth``, 0 = exchangeconfirmations)."""
+        if settings is None:
+            settings = self.ledger.exchange_settings()
+        return follow.final_depth(self.final_depth_setting, settings)
 
     @property
     def running(self) -> bool:
@@ -176,19 +207,87 @@ class ExchangeCycle:
         """One pass (see the module docstring). Safe to call from tests directly."""
         tip = self.chain.tip()
         now = tip.time or int(time.time())
-        self._import_keys()
         settings = self.ledger.exchange_settings()
-        self._refresh_spendable(tip, settings)
+        final = self.final_depth(settings)
+        reorg = self.follower.detect(tip, final)
+        if reorg is not None:
+            self._rewind(reorg, tip)
+        self._import_keys()
+        self._refresh_spendable(tip, settings, final)
         self._register(tip, now)
+        republished = False
         if tip.cycle > self.cycle() or (not self._loaded and self._stale(tip)):
             self._new_cycle(tip, now)
+        elif reorg is not None and self._loaded and self.ledger.supply != tip.supply:
+            old = self.ledger.supply
+            self._new_cycle(tip, now, cycle=max(tip.cycle, self.cycle()))
+            republished = True
+            log.warning("cycle %d: the reorganisation moved the supply from %d to %d: balances "
+                        "republished (GetCycle moves on to %d)", tip.cycle, old, tip.supply,
+                        self.published() + 1)
         self._loaded = True
         if self.desk is not None:
             self.desk.run(tip, now, self)
-        chainguard.note(self.ledger, self.chain, tip)  # the ledger's record of its chain
+            self._reflag_change()
+        self.follower.note(tip, final, reorg, republished)
+        if reorg is not None:  # the old branch's hash at this height is not the ledger's any more
+            self.ledger.put(chainguard.TABLE, chainguard.KEY, chainguard.record_for(self.chain, tip))
+        else:
+            chainguard.note(self.ledger, self.chain, tip)  # the ledger's record of its chain
         # published last: `tip` is the block this exchange has fully processed (pegx.status
         # reports it, and tests wait on it to know a pass, window task included, is done)
         self.tip = tip
+
+    def _rewind(self, reorg: follow.Reorg, tip: Tip) -> None:
+        """Log a reorganisation and, when it replaced final blocks, find what it changed among
+        the finished batches and registered inputs (in-flight batches are re-derived by the
+        desk's tracking, one log line per withdraw changed)."""
+        log.log(logging.ERROR if reorg.deep else logging.WARNING, follow.describe(reorg, tip))
+        if reorg.deep:
+            reorg.items = self._final_items(reorg)
+            for line in reorg.items:
+                log.error("reorganisation: %s", line)
+
+    def _final_items(self, reorg: follow.Reorg) -> list[str]:
+        """What a reorganisation past the final depth changed in what pegx took as final."""
+        items, fw = [], self.follower
+        for master, b in sorted(self.ledger.records("batches").items()):
+            if b.get("state") == "done":
+                tx = self.chain.get_transaction(b.get("final_txid") or b["txid"])
+                if tx is not None and tx.height:
+                    continue  # mined on the new branch too: the payment stands
+                where = fw.tx_status(b.get("final_txid"))
+                line = (f"{b['kind']} batch {master} (withdraws {', '.join(b['ids']) or '-'}) was "
+                        f"Complete; its tx {b.get('final_txid')} is now {where}")
+                if tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
+                    try:
+                        self.chain.broadcast(b["raw"])
+                        line += ": broadcast again (the ledger already paid it)"
+                    except ChainRejected as exc:
+                        line += f": broadcasting it again was refused ({exc})"
+                elif tx is None:
+                    line += ": an operator must account for its inputs (pegx audit)"
+                items.append(line)
+            elif b.get("state") == "failed" and b.get("cancel"):
+                c = b["cancel"]
+                ctx = self.chain.get_transaction(c.get("txid2") or c["txid"])
+                if ctx is not None and ctx.height:
+                    continue
+                items.append(f"{b['kind']} batch {master} was refunded after its cancel "
+                             f"{c.get('txid2') or c['txid']}, which is now "
+                             f"{fw.tx_status(c.get('txid2') or c['txid'])}; the batch tx "
+                             f"{b['txid']} is {fw.tx_status(b['txid'])}")
+        for key, rec in sorted(self.ledger.records("inputs").items()):
+            if int(rec.get("height") or 0) <= reorg.fork:
+                continue
+            txid = key.rpartition(":")[0]
+            tx = self.chain.get_transaction(txid)
+            if tx is None or not tx.height:
+                items.append(f"registered input {key} ({rec['value']:,d} sat, "
+                             f"{'change' if rec.get('change') else rec.get('owner')}) was in "
+                             f"block {int(rec.get('height') or 0):,d}; it is now "
+                             f"{fw.tx_status(txid)}")
+        return items
 
     def _stale(self, tip: Tip) -> bool:
         """At start-up: do the published balances need a recompute? Only if none was ever
@@ -197,10 +296,20 @@ class ExchangeCycle:
         return self.ledger.record("meta", "engine") is None or self.ledger.supply != tip.supply
 
     def _import_keys(self) -> None:
+        """Import pending deposit keys, unlocking an encrypted wallet with the ExchangePassword
+        passphrase. A locked wallet without one stops the imports, not the pass: the keys stay
+        pending and pegx.status says what to do."""
         for address, rec in self.ledger.records("addresses").items():
             if rec.get("imported"):
                 continue
-            got = self.chain.import_key(rec["wif"])
+            try:
+                got = self.chain.import_key(rec["wif"], self._passphrase)
+            except WalletLocked as exc:
+                if self.wallet_note != str(exc):
+                    log.warning("deposit keys not imported: %s", exc)
+                self.wallet_note = str(exc)
+                return
+            self.wallet_note = ""
             if got != address:
                 log.error("wallet imported %s as %s; keeping it pending", address, got)
                 continue
@@ -226,9 +335,10 @@ class ExchangeCycle:
             out |= house_outpoints(batch)
         return out
 
-    def _refresh_spendable(self, tip: Tip, settings: dict) -> None:
+    def _refresh_spendable(self, tip: Tip, settings: dict, final: int) -> None:
         watched = self.watched(settings)
-        conf = settings["exchangeconfirmations"]
+        # an output is spendable (and a deposit is credited) only once its block is final
+        conf = max(settings["exchangeconfirmations"], final)
         house = self.house()
         spendable, utxos = {}, {}
         for u in self.chain.list_unspent():
@@ -236,7 +346,7 @@ class ExchangeCycle:
                 continue
             if u.frozen_until and u.frozen_until > tip.time - engine.FROZEN_GRACE:
                 continue
-            if u.confirmations < confirmations_needed(u.height, conf):
+            if u.confirmations < confirmations_needed(u.height, conf, tip.interval):
                 continue
             # change is what the exchange's own transactions sent back to it, not every output
             # of them (a payee may be a deposit address) nor any transaction ending in
@@ -244,6 +354,15 @@ class ExchangeCycle:
             spendable[u.key] = spendable_entry(u, tip.supply, u.key in house)
             utxos[u.key] = u
         self._spendable, self._utxos = spendable, utxos
+
+    def _reflag_change(self) -> None:
+        """After the desk's pass: flag change the outputs it just made the house's (a cancel
+        it adopted and settled in this pass, say), so Spendable never shows them unflagged."""
+        house = self.house()
+        if any(bool(e.get("change")) != (k in house) for k, e in self._spendable.items()):
+            self._spendable = {k: {**{f: v for f, v in e.items() if f != "change"},
+                                   **({"change": 1} if k in house else {})}
+                               for k, e in self._spendable.items()}
 
     def _register(self, tip: Tip, now: int) -> None:
         """Credit claimed deposits, as one step.
@@ -272,12 +391,13 @@ class ExchangeCycle:
             log.info("registered %s: %s sat for %s", item["key"], f"{item['value']:,d}",
                      item["owner"])
 
-    def _new_cycle(self, tip: Tip, now: int) -> None:
+    def _new_cycle(self, tip: Tip, now: int, cycle: int | None = None) -> None:
         """Recompute every balance at the new supply, then publish the new cycle."""
         self._idle.clear()
         try:
             t0 = time.monotonic()
-            totals = self.ledger.recompute(tip.supply, now=now, cycle=tip.cycle)
+            totals = self.ledger.recompute(tip.supply, now=now,
+                                           cycle=tip.cycle if cycle is None else cycle)
             log.info("cycle %d: supply %d, balances recomputed in %.3f s (liquid %s, "
                      "reserve %s sat)", tip.cycle, tip.supply, time.monotonic() - t0,
                      f"{totals['liquid']:,d}", f"{totals['reserve']:,d}")

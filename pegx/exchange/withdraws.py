@@ -54,6 +54,7 @@ from pegx.chain.base import (
     Tip,
     Tx,
     TxOut,
+    WalletLocked,
     outpoint,
 )
 from pegx.exchange.planner import (
@@ -72,16 +73,23 @@ log = logging.getLogger(__name__)
 NO_RETURN_ADDRESS = "No return address for exchange"
 NO_FEE_ADDRESS = "No address for collecting withdraw fees"
 
-TASK_SPACING = 25  # blocks between two window tasks (ORIGINAL §2.7)
+TASK_SPACING = 25  # blocks between two window tasks (ORIGINAL §2.7), in a 200-block cycle
 MAX_REFUSALS = 3  # refused rebroadcasts (one per block) before the batch is cancelled
 CANCEL_FEE = 2 * MIN_FEE_PER_IO  # one input, one output
-CONFIRMATIONS = 1  # a mined transaction completes its withdraws
+CONFIRMATIONS = 1  # the final depth when no exchange cycle says otherwise (tests driving the desk)
 
 
-def window_task(height: int) -> str | None:
+def task_spacing(interval: int = CYCLE_BLOCKS) -> int:
+    """Blocks between two window tasks: 25 of a 200-block cycle, scaled to ``interval``
+    (testnet's 20-block cycle: 2)."""
+    return max(1, TASK_SPACING * interval // CYCLE_BLOCKS)
+
+
+def window_task(height: int, interval: int = CYCLE_BLOCKS) -> str | None:
     """The task of a block position in the cycle: 10-74 liquid, 75-119 reserve, 120-144
-    maintenance, 145-174 status checks, otherwise none."""
-    pos = height % CYCLE_BLOCKS
+    maintenance, 145-174 status checks, otherwise none (positions of a 200-block cycle; a
+    cycle of another length is mapped onto them in proportion)."""
+    pos = height % interval * CYCLE_BLOCKS // interval
     if 10 <= pos < 75:
         return "liquid"
     if 75 <= pos < 120:
@@ -159,16 +167,20 @@ class WithdrawDesk:
         self.ledger = ledger
         self.chain = chain
         self.last_result = ""
+        # confirmations that make a block final (pegx.exchange.follow); set by each pass
+        self.final = CONFIRMATIONS
 
     # ---------------------------------------------------------------- the pass
     def run(self, tip: Tip, now: int, cycle) -> None:
         """One pass: track batches, expire stale withdraws, maybe run the window task."""
+        final_depth = getattr(cycle, "final_depth", None)
+        self.final = final_depth() if final_depth is not None else CONFIRMATIONS
         self.track(tip, now, cycle)
         self.expire(tip, cycle.cycle())
         state = self.ledger.record("meta", "desk") or {"last_task_height": 0}
-        if tip.height - state["last_task_height"] < TASK_SPACING:
+        if tip.height - state["last_task_height"] < task_spacing(tip.interval):
             return
-        task = window_task(tip.height)
+        task = window_task(tip.height, tip.interval)
         try:
             if task in (peg.LIQUID, peg.RESERVE):
                 result = self.batch(task, tip, cycle)
@@ -180,6 +192,8 @@ class WithdrawDesk:
                 result = "nothing to do at this block position"
         except ChainError as exc:
             result = f"chain: {exc}"
+            if isinstance(exc, WalletLocked):  # pegx.status shows it until ExchangePassword
+                cycle.wallet_note = str(exc)
             log.warning("withdraw task %s at height %s failed: %s", task, f"{tip.height:,d}", exc)
         except Exception as exc:  # logged; the next window tries again, never a tight loop
             result = f"{type(exc).__name__}: {exc}"
@@ -313,7 +327,7 @@ class WithdrawDesk:
                                                "batch": master}))
         ops.append(put("history", master, {"status": "unconfirmed", "txid": signed.txid,
                                            "ID": master, "block": tip.height,
-                                           "in0": plan.inputs[0]}))
+                                           "in0": plan.inputs[0], "confirmations": 0}))
         self.ledger.commit(ops)  # durable before the transaction can exist anywhere
         log.info("%s batch %s: tx %s, %d withdraws, %s out, commission %s, miner fee %s, "
                  "%d inputs", kind, master, signed.txid, len(plan.ids), _fmt(plan.total),
@@ -421,8 +435,8 @@ class WithdrawDesk:
 
     def _track_one(self, master: str, b: dict, tip: Tip, now: int, cycle) -> None:
         tx = self._find(master, b)
+        hist = self.ledger.record("history", master) or {}
         if tx is not None:
-            hist = self.ledger.record("history", master) or {}
             changed = False
             if tx.txid != b["txid"] and hist.get("txid2") != tx.txid:
                 hist["txid2"] = tx.txid
@@ -433,19 +447,43 @@ class WithdrawDesk:
                 hist["status"] = "Processing"
                 changed = True
                 for wid in b["ids"]:
-                    log.info("withdraw %s: Processing (tx %s)", wid, tx.txid)
+                    log.info("withdraw %s: Processing (tx %s %s)", wid, tx.txid,
+                             f"in block {tx.height:,d}" if tx.height else "in the mempool")
+            conf = tx.confirmations if tx.height else 0
+            if hist.get("confirmations", 0) != conf and hist.get("status") == "Processing":
+                if conf < hist.get("confirmations", 0):  # a reorganisation moved it
+                    log.warning("batch %s: tx %s now has %d confirmations (had %d): %s",
+                                master, tx.txid, conf, hist.get("confirmations", 0),
+                                f"in block {tx.height:,d}" if tx.height else "in the mempool")
+                hist["confirmations"] = conf
+                changed = True
+            if b.pop("gone_since", None) is not None:
+                changed = True
             if changed:
                 self.ledger.put_many([("history", master, hist), ("batches", master, b)])
-            if tx.height and tx.confirmations >= CONFIRMATIONS:
+            if tx.height and tx.confirmations >= self.final:
                 self._complete(master, b, tx, hist, now)
             return
+        if hist.get("status") == "Processing":
+            # seen before, on no branch or mempool now: what the chain proved is gone
+            hist.update(status="unconfirmed", confirmations=0)
+            self.ledger.put("history", master, hist)
+            for wid in b["ids"]:
+                log.warning("withdraw %s: back to unconfirmed (tx %s is no longer on the "
+                            "chain or in the mempool; it is broadcast again)", wid,
+                            b.get("txid2") or b["txid"])
         if b["state"] == "cancelling":
             self._track_cancel(master, b, tip, now)
             return
-        if not all(self.chain.is_unspent(k) for k in b["ins"]):
-            # an input went elsewhere: this transaction can never confirm
-            self._decline(master, b, None, now, "an input was spent by another transaction")
+        gone = [k for k in b["ins"] if not self.chain.is_unspent(k)]
+        if gone:
+            # an input went elsewhere: this transaction cannot confirm on this branch
+            self._spent_elsewhere(master, b, gone, tip, now)
             return
+        if b.pop("gone_since", None) is not None:
+            self.ledger.put("batches", master, b)
+            log.warning("batch %s: its inputs are unspent again (a reorganisation); it is "
+                        "broadcast again", master)
         if tip.height <= b["last_try"]:
             return  # one rebroadcast per block at most
         try:
@@ -459,6 +497,46 @@ class WithdrawDesk:
                         MAX_REFUSALS, exc)
             if b["refusals"] >= MAX_REFUSALS:
                 self._start_cancel(master, b, tip, cycle)
+
+    def _cancel_shaped(self, key: str, t: Tx) -> bool:
+        """Is ``t`` a spend of registered input ``key`` whole back to its own address less
+        CANCEL_FEE? Only the exchange's key can sign it, and it is exactly the cancel the desk
+        signs for ``key`` (deterministic signatures), whoever broadcast it."""
+        rec = self.ledger.record("inputs", key)
+        return rec is not None and t.inputs == [key] and list(t.outputs) == [
+            TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])]
+
+    def _spent_elsewhere(self, master: str, b: dict, gone: list[str], tip: Tip,
+                         now: int) -> None:
+        """Inputs of the batch are spent by other transactions: adopt one that is the batch's
+        cancel; decline the batch only once a spender is final (``self.final`` deep), or, for
+        a spender pegx cannot see, once the input has been spent for that many blocks."""
+        spenders = {k: self._spenders(k) for k in gone}
+        for key in gone:
+            for t in spenders[key]:
+                if self._cancel_shaped(key, t):
+                    b.update(state="cancelling", cancel={"txid": t.txid, "in": key},
+                             last_try=tip.height)
+                    b.pop("gone_since", None)
+                    self.ledger.put("batches", master, b)
+                    log.warning("batch %s: input %s is spent by %s, the batch's cancel; it "
+                                "settles when that is %d blocks deep", master, key, t.txid,
+                                self.final)
+                    self._track_cancel(master, b, tip, now)
+                    return
+        seen = [t for ts in spenders.values() for t in ts]
+        if any(t.height and t.confirmations >= self.final for t in seen):
+            self._decline(master, b, None, now, "an input was spent by another transaction")
+            return
+        if b.get("gone_since") is None:
+            b["gone_since"] = tip.height
+            self.ledger.put("batches", master, b)
+            found = ", ".join(f"{t.txid} ({t.confirmations} confirmations)" for t in seen)
+            log.warning("batch %s: input %s spent by %s; the batch is declined once that "
+                        "spend is %d blocks deep", master, gone[0], found or "a transaction "
+                        "pegx cannot see", self.final)
+        elif not seen and tip.height - b["gone_since"] + 1 >= self.final:
+            self._decline(master, b, None, now, "an input was spent by another transaction")
 
     def _start_cancel(self, master: str, b: dict, tip: Tip, cycle) -> None:
         """Spend one batch input back to its own address so the batch can never confirm."""
@@ -481,16 +559,31 @@ class WithdrawDesk:
         c = b["cancel"]
         ctx = self._find_cancel(b)
         if ctx is not None:
+            changed = False
             if ctx.txid != c["txid"] and c.get("txid2") != ctx.txid:
                 c["txid2"] = ctx.txid
-                self.ledger.put("batches", master, b)
+                changed = True
                 log.info("batch %s: cancel tx %s was malleated into %s", master, c["txid"],
                          ctx.txid)
-            if ctx.height and ctx.confirmations >= CONFIRMATIONS:
-                self._decline(master, b, ctx, now, "cancelled after refusals")
+            if b.pop("gone_since", None) is not None:
+                changed = True
+            if changed:
+                self.ledger.put("batches", master, b)
+            if ctx.height and ctx.confirmations >= self.final:
+                self._decline(master, b, ctx, now, "cancelled after refusals"
+                              if c.get("raw") else "cancelled by a spend of its input")
             return
         if not self.chain.is_unspent(c["in"]):
-            self._decline(master, b, None, now, "an input was spent by another transaction")
+            self._spent_elsewhere(master, b, [c["in"]], tip, now)
+            return
+        if not c.get("raw"):
+            # a cancel the desk did not sign left the chain (a reorganisation): nothing stops
+            # the batch now, so it goes back to being broadcast
+            b.update(state="sent", refusals=0)
+            b.pop("cancel")
+            self.ledger.put("batches", master, b)
+            log.warning("batch %s: its cancel %s left the chain; the batch is broadcast again",
+                        master, c["txid"])
             return
         if tip.height > b["last_try"]:
             b["last_try"] = tip.height
@@ -560,9 +653,10 @@ class WithdrawDesk:
         with self.ledger.lock:
             ids = [w for w in b["ids"] if w in self.ledger.tables["withdraws"]]
         self._settle(b["ins"], tx, b["house_vouts"], ids, ops)
-        hist["status"] = "Complete"
-        b.update(state="done", final_txid=tx.txid)
-        b.pop("raw", None)
+        hist.update(status="Complete", confirmations=tx.confirmations)
+        # the raw stays: if a reorganisation deeper than the final depth drops the transaction,
+        # it is broadcast again (ExchangeCycle._final_items)
+        b.update(state="done", final_txid=tx.txid, final_height=tx.height)
         ops.append(engine.Exchange.put_op("history", master, hist))
         ops.append(engine.Exchange.put_op("batches", master, b))
         self.ledger.commit(ops, supply=self.ledger.supply, now=now)

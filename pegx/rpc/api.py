@@ -165,8 +165,9 @@ class PegAPI:
     """The documented calls. Method names are the wire names."""
 
     def __init__(self, ledger: Exchange, control: Control, *, busy_wait: float = 2.0,
-                 exec_api=None):
+                 exec_api=None, network: crypto.Network = crypto.MAIN):
         self.ledger = ledger
+        self.net = network  # the address and key versions (the network setting)
         self.control = control
         self.busy_wait = busy_wait
         self.exec_api = exec_api
@@ -240,8 +241,8 @@ class PegAPI:
             return (WRONG_PASSWORD, "")
         if self._stopped():
             return (STOPPED, "")
-        key = crypto.generate_deposit_key()
-        address = crypto.wif_to_address(key)
+        key = crypto.generate_deposit_key(self.net)
+        address = crypto.wif_to_address(key, self.net)
         # durable before we answer; the cycle thread imports it into the wallet
         self.ledger.put("addresses", address, {"wif": key, "imported": 0})
         return (key, True)
@@ -373,7 +374,7 @@ class PegAPI:
                 return ACCOUNTS_MSG
             for addr in exchangeaccounts:
                 try:
-                    crypto.validate_address(addr)
+                    crypto.validate_address(addr, self.net)
                 except crypto.CryptoError as exc:
                     return f"Exchange account {addr!r} is not a valid address: {exc}."
             refused = self._not_in_wallet(exchangeaccounts)
@@ -382,7 +383,7 @@ class PegAPI:
             new["exchangeaccounts"] = list(exchangeaccounts)
         if exchangefeeaccount != "":
             try:
-                crypto.validate_address(exchangefeeaccount)
+                crypto.validate_address(exchangefeeaccount, self.net)
             except crypto.CryptoError as exc:
                 return f"Exchange fee account is not a valid address: {exc}."
             new["exchangefeeaccount"] = exchangefeeaccount
@@ -449,7 +450,7 @@ class PegAPI:
         if address == "":
             return (False, "")
         try:
-            crypto.validate_address(address)
+            crypto.validate_address(address, self.net)
         except crypto.CryptoError:
             return ("Withdraw address not valid", "")
         try:
@@ -519,7 +520,10 @@ class PegAPI:
             return WRONG_PASSWORD
         if not self.control.loaded():
             return NOT_LOADED
-        return self.control.cycle()
+        # the cycle plus the republications after reorganisations (pegx.exchange.follow): it
+        # moves on whenever balances are published again, as for a new cycle
+        published = getattr(self.control, "published", None)
+        return published() if published is not None else self.control.cycle()
 
     def API(self, command):
         """API(command) -> runs a signed exec command; False unless the operator enabled it."""

@@ -7,9 +7,12 @@ actions reaches the same chain. ``devnet.py`` adds the lock, the log and the API
 Blocks: height 0 is an empty genesis; block h has time ``GENESIS_TIME + 64 * h``. Block hashes
 chain from the genesis hash (which the Devnet derives from its random id): block h's hash is
 SHA-256 of block h-1's hash, h and the txids mined in it, so two devnets never share a block
-hash and a replay reproduces every one. The supply
-index of cycle c (= h // 200) is fixed when block 200·c is mined, from the vote registered
-during cycle c-1, else (with ``walk_seed``) a seeded random vote, else unchanged.
+hash and a replay reproduces every one. After a reorganisation (:meth:`Ledger.apply_reorg`)
+every new block's digest also covers the branch number, so a replaced block never gets its old
+hash back, even when the new branch holds the same transactions. The supply index of cycle c
+(= h // 200, or h // 20 on testnet: ``cycle_blocks``) is fixed when block 200·c is mined, from
+the vote registered during cycle c-1, else (with ``walk_seed``) a seeded random vote, else
+unchanged. Keys and addresses use the versions of ``net``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pegx import crypto
-from pegx.chain.base import CYCLE_BLOCKS, ChainRejected, TxOut, cycle_of, outpoint, split_outpoint
+from pegx.chain.base import ChainRejected, TxOut, cycle_of, outpoint, split_outpoint
 from pegx.chain.devnet import tx as dtx
 from pegx.chain.devnet.peg import FREEZE_SECONDS, apply_peg_rules
 from pegx.peg import MAX_SUPPLY_INDEX, PEG_SIZE, std_spread
@@ -58,7 +61,9 @@ class Ledger:
     """Chain state. Not thread-safe on its own: the Devnet holds one lock around it."""
 
     def __init__(self, seed: int, initial_supply: int, walk_seed: int | None,
-                 genesis: bytes = bytes(32)) -> None:
+                 genesis: bytes = bytes(32), net: crypto.Network = crypto.MAIN) -> None:
+        self.net = net
+        self.cycle_blocks = net.cycle_blocks
         self.seed = seed
         self.walk_seed = walk_seed
         self.height = 0
@@ -77,6 +82,11 @@ class Ledger:
         self.reject_reason: str | None = None
         self.sends = 0
         self.new_keys = 0
+        self.branch = 0  # reorganisations so far; salts the hashes of every later block
+        self.applied: dict[int, tuple[str, int]] = {}  # cycle -> the vote its boundary used
+        # raw of spends the chain saw but does not hold: refused by the reject lever, or left
+        # out of a new branch; a reorganisation may mine them (``apply_reorg(spends=...)``)
+        self.seen: dict[str, str] = {}
 
     # ------------------------------------------------------------------ supply
 
@@ -93,7 +103,7 @@ class Ledger:
 
     def supply_at(self, height: int) -> int:
         """Supply index in force for a block at ``height`` (at most one cycle ahead)."""
-        cycle = cycle_of(height)
+        cycle = cycle_of(height, self.cycle_blocks)
         if cycle < len(self.supplies):
             return self.supplies[cycle]
         direction, steps = self.vote_for(cycle)
@@ -140,12 +150,12 @@ class Ledger:
     # ------------------------------------------------------------------ keys
 
     def add_key(self, priv: bytes, compressed: bool) -> str:
-        address = crypto.pubkey_to_address(crypto.public_key(priv, compressed))
+        address = crypto.pubkey_to_address(crypto.public_key(priv, compressed), net=self.net)
         self.wallet.setdefault(address, (priv, compressed))
         return address
 
     def apply_import(self, wif: str) -> str:
-        return self.add_key(*crypto.wif_to_private_key(wif))
+        return self.add_key(*crypto.wif_to_private_key(wif, self.net))
 
     def apply_new_key(self) -> str:
         """The next wallet key of this seed: derived, so a replay finds the same keys."""
@@ -180,7 +190,7 @@ class Ledger:
                 raise ChainRejected(f"input {n} ({key}) is frozen until {tx.frozen_until[vout]}")
             address = str(tx.outputs[vout].address)
             if check_signatures:
-                dtx.check_signature(n, key, address, sigs[n], message)
+                dtx.check_signature(n, key, address, sigs[n], message, self.net)
             spends.append((address, tx.fractions[vout]))
         for n, out in enumerate(outputs):
             if out.address is not None and out.value <= 0:
@@ -257,17 +267,24 @@ class Ledger:
         for _ in range(n):
             self._mine_block()
 
-    def _mine_block(self) -> None:
-        """One block: move the supply at a cycle boundary, include the mempool in order."""
+    def _mine_block(self, pending: list[LedgerTx] | None = None) -> dict[str, str]:
+        """One block: move the supply at a cycle boundary, include the mempool in order (or
+        exactly ``pending``, a reorganisation's block: the mempool and the malleate lever are
+        left alone). Returns the transactions evicted {txid: reason}."""
         height = self.height + 1
-        if height % CYCLE_BLOCKS == 0:
+        if height % self.cycle_blocks == 0:
+            cycle = cycle_of(height, self.cycle_blocks)
+            self.applied[cycle] = self.vote_for(cycle)
             self.supplies.append(self.supply_at(height))
-            self.votes.pop(cycle_of(height), None)
-        pending = [self.txs[t] for t in self.mempool]
+            self.votes.pop(cycle, None)
+        malleable = pending is None
+        if pending is None:
+            pending = [self.txs[t] for t in self.mempool]
+            self.mempool = []
+            for tx in reversed(pending):
+                self._disconnect(tx)
         mined: list[str] = []
-        self.mempool = []
-        for tx in reversed(pending):
-            self._disconnect(tx)
+        evicted: dict[str, str] = {}
         for tx in pending:
             # re-check every spend at this block's supply (a boundary may have moved it);
             # what is invalid now is evicted for good
@@ -277,9 +294,10 @@ class Ledger:
                     _, _, fractions, frozen = self.evaluate(tx.raw, False, height)
                 except ChainRejected as exc:
                     log.warning("devnet: evicting %s at height %d: %s", tx.txid, height, exc)
+                    evicted[tx.txid] = str(exc)
                     continue
             txid = tx.txid
-            if self.malleate:
+            if self.malleate and malleable:
                 self.malleate = False
                 txid = dtx.txid_of(tx.raw + _MALLEATED)
                 log.info("devnet: %s mined malleated as %s", tx.txid, txid)
@@ -288,7 +306,80 @@ class Ledger:
             )
             mined.append(txid)
         digest = hashlib.sha256(self.hashes[-32:] + height.to_bytes(8, "big"))
+        if self.branch:
+            digest.update(b"branch" + self.branch.to_bytes(8, "big"))
         for txid in mined:
             digest.update(bytes.fromhex(txid))
         self.hashes += digest.digest()
         self.height = height
+        return evicted
+
+    # ------------------------------------------------------------------ reorganisation
+
+    def apply_reorg(self, depth: int, keep: bool, vote: tuple[str, int] | None,
+                    spends: list[str]) -> dict:
+        """Replace the last ``depth`` blocks with as many new ones (the caller checked
+        1 <= depth <= height).
+
+        The new branch's first block mines ``spends`` (raw spends, in order) first; with
+        ``keep`` each replaced transaction is mined again in the block at its old offset from
+        the fork (so it keeps its confirmations), unless it now conflicts or breaks the peg
+        rules; without, the replaced transactions are gone (their raw is kept in ``seen``, a
+        later broadcast may bring a spend back). Cycle boundaries inside the new branch use
+        ``vote`` if given, else the vote they used before. Mempool transactions stay in the
+        mempool when still valid on the new branch. Returns {fork, replaced, mined, evicted}.
+        """
+        fork = self.height - depth
+        old_height = self.height
+        # stable sort: within a block, dict order is the order the block mined them in
+        replaced = sorted((t for t in self.txs.values() if t.height > fork),
+                          key=lambda t: t.height)
+        pending = [self.txs[t] for t in self.mempool]
+        self.mempool = []
+        for tx in reversed(pending):
+            self._disconnect(tx)
+        for tx in reversed(replaced):
+            self._disconnect(tx)
+        for cycle in range(cycle_of(fork, self.cycle_blocks) + 1, cycle_of(old_height, self.cycle_blocks) + 1):
+            self.votes[cycle] = vote if vote is not None else self.applied[cycle]
+            del self.applied[cycle]
+        del self.supplies[cycle_of(fork, self.cycle_blocks) + 1:]
+        del self.hashes[32 * (fork + 1):]
+        self.height = fork
+        self.branch += 1
+        blocks: list[list[LedgerTx]] = [[] for _ in range(depth)]
+        for raw in spends:
+            inputs, outputs, _, _ = dtx.decode_spend(raw)
+            blocks[0].append(LedgerTx(dtx.txid_of(raw), raw, inputs, outputs, [], []))
+        if keep:
+            first = {tx.txid for tx in blocks[0]}
+            for tx in replaced:
+                if tx.txid not in first:
+                    blocks[tx.height - fork - 1].append(tx)
+        evicted: dict[str, str] = {}
+        for block in blocks:
+            evicted.update(self._mine_block(block))
+        for tx in pending:  # the mempool stays, less what the new branch made invalid
+            if tx.txid in self.txs:
+                continue  # mined in the new branch
+            if not tx.outside:
+                try:
+                    inputs, outputs, fractions, frozen = self.evaluate(tx.raw, False)
+                except ChainRejected as exc:
+                    log.warning("devnet: evicting %s from the mempool: %s", tx.txid, exc)
+                    evicted[tx.txid] = str(exc)
+                    continue
+                tx = LedgerTx(tx.txid, tx.raw, inputs, outputs, fractions, frozen)
+            self._connect(tx)
+        for tx in replaced:
+            if tx.txid not in self.txs and not tx.outside:
+                self.seen[tx.txid] = tx.raw
+        for txid in evicted:
+            found = next((t for t in replaced + pending if t.txid == txid), None)
+            if found is not None and not found.outside:
+                self.seen[txid] = found.raw
+        for txid in [t for t in self.seen if t in self.txs]:
+            del self.seen[txid]
+        mined = [t.txid for t in self.txs.values() if t.height > fork]
+        return {"fork": fork, "replaced": [t.txid for t in replaced], "mined": mined,
+                "evicted": evicted}

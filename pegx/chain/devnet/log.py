@@ -51,9 +51,11 @@ class ActionLog:
     """
 
     def __init__(self, directory: str | os.PathLike, header: dict,
-                 created: dict | None = None) -> None:
+                 created: dict | None = None, defaults: dict | None = None) -> None:
         """Open (or create) the log; ``header`` must match a stored header, ``created`` is
-        written into the header of a new log only (the devnet's random id)."""
+        written into the header of a new log only (the devnet's random id), ``defaults`` are
+        the header values a log written before that key existed stands for."""
+        self._defaults = defaults or {}
         self.directory = Path(directory)
         fresh = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -120,9 +122,10 @@ class ActionLog:
                 f"version {VERSION}: move the devnet directory away to start a fresh chain"
             )
         for key, value in header.items():
-            if rec.get(key) != value:
+            got = rec.get(key, self._defaults.get(key))
+            if got != value:
                 raise DevnetLogError(
-                    f"devnet at {self.directory} was created with {key}={rec.get(key)!r}, not "
+                    f"devnet at {self.directory} was created with {key}={got!r}, not "
                     f"{value!r}: use the same setting or move the directory away"
                 )
 

@@ -2,7 +2,8 @@
 
 It implements :class:`pegx.chain.base.Chain` so a fresh machine can run the exchange without a
 node, and it has levers for tests and demos (mine, outside payments, supply votes, dropping or
-malleating transactions, rejecting a broadcast), exposed later over XML-RPC as ``devnet.*``.
+malleating transactions, rejecting a broadcast, reorganising the chain), exposed over XML-RPC as
+``devnet.*``.
 
 Layout: ``devnet_ledger.Ledger`` is the deterministic state machine, ``devnet_peg`` the peg
 rules for spends, ``devnet_tx`` the raw format and signatures, ``devnet_log`` the durable
@@ -12,7 +13,8 @@ State is a pure function of (``seed``, ``initial_supply``, ``walk_seed``) and th
 actions applied; nothing reads the wall clock. Every state-changing call is validated first,
 then appended to the fsynced log, then applied, all under the lock; a restart replays the log
 and reproduces the chain exactly (heights, txids, fractions, supply history, wallet, mempool,
-levers, block hashes). Failed calls change nothing and are not logged, except a broadcast
+levers, block hashes, reorganisations: a ``reorg`` record holds the raw of every conflicting
+spend it mined, so its replay needs no wallet lookup). Failed calls change nothing and are not logged, except a broadcast
 refused by the reject lever, which uses the lever up.
 
 Identity: a new devnet draws a random id, kept in its log header; ``identity()`` returns it and
@@ -33,6 +35,7 @@ simulation, never give it a key that holds real coins.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -46,7 +49,6 @@ import numpy as np
 
 from pegx import crypto
 from pegx.chain.base import (
-    CYCLE_BLOCKS,
     ChainRejected,
     ChainUnavailable,
     SignedTx,
@@ -81,11 +83,22 @@ def chain_id(header: dict) -> str:
     return "legacy-" + hashlib.sha256(params.encode()).hexdigest()[:32]
 
 
+def _decodes(raw: object) -> bool:
+    try:
+        dtx.decode_spend(raw)
+    except ChainRejected:
+        return False
+    return True
+
+
+REORG_FEE = 10_000  # what the spend reorg() signs for an outpoint pays (one input, one output)
+MAX_REORG = 1_000
+
+
 class Devnet:
     """The embedded simulated chain; see the module docstring. Thread-safe."""
 
     name = "devnet"
-    reorganises = False  # a block, once mined, stays: another hash at a height is another chain
 
     def __init__(
         self,
@@ -95,6 +108,7 @@ class Devnet:
         initial_supply: int = 0,
         walk_seed: int | None = None,
         seed: int = 1,
+        network: crypto.Network = crypto.MAIN,
     ) -> None:
         dtx.check_int("initial_supply", initial_supply, 0, MAX_SUPPLY_INDEX)
         if isinstance(block_seconds, bool) or not block_seconds >= 0:
@@ -109,16 +123,20 @@ class Devnet:
         self._subscribers: list[Callable[[Tip], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.network = network
+        self.cycle_blocks = network.cycle_blocks  # testnet: 20
         self.seed, self.initial_supply, self.walk_seed = int(seed), int(initial_supply), walk_seed
         self._log: ActionLog | None = ActionLog(
             Path(datadir) / "devnet",
-            {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed},
+            {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed,
+             "network": network.name},
             created={"id": os.urandom(16).hex()},
+            defaults={"network": "main"},  # logs written before the setting existed
         )
         try:
             self.id = chain_id(self._log.header)
             genesis = hashlib.sha256(f"pegx-devnet-genesis:{self.id}".encode()).digest()
-            self._ledger = Ledger(self.seed, self.initial_supply, walk_seed, genesis)
+            self._ledger = Ledger(self.seed, self.initial_supply, walk_seed, genesis, network)
             for rec in self._log.records:
                 self._apply(rec, check_signatures=False)
         except Exception:
@@ -135,6 +153,12 @@ class Devnet:
             len(self._ledger.wallet),
             len(self._ledger.mempool),
         )
+
+    @property
+    def reorganises(self) -> bool:
+        """Can a block at a height change? Only once the reorg lever was used: until then
+        another hash at a height means another history (a devnet log swapped or restored)."""
+        return self._ledger.branch > 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -196,7 +220,8 @@ class Devnet:
         if kind == "tx":
             return led.apply_tx(rec["raw"], check_signatures)
         if kind == "vote":
-            led.votes[cycle_of(led.height) + 1] = (rec["direction"], rec["steps"])
+            led.votes[cycle_of(led.height, self.cycle_blocks) + 1] = (rec["direction"],
+                                                                      rec["steps"])
         elif kind == "import":
             return led.apply_import(rec["wif"])
         elif kind == "newkey":
@@ -209,6 +234,11 @@ class Devnet:
             led.reject_reason = rec["reason"]
         elif kind == "rejected":
             led.reject_reason = None
+            if isinstance(rec.get("raw"), str):
+                led.seen[dtx.txid_of(rec["raw"])] = rec["raw"]
+        elif kind == "reorg":
+            vote = tuple(rec["vote"]) if rec.get("vote") else None
+            return led.apply_reorg(rec["depth"], rec["txs"] == "keep", vote, rec["spend"])
         else:
             raise ValueError(f"unknown devnet log record {kind!r}")
         return None
@@ -231,15 +261,16 @@ class Devnet:
         """The best block (height, cycle, supply in force, block time)."""
         with self._lock:
             h = self._ledger.height
-            return Tip(h, cycle_of(h), self._ledger.supply_at(h), block_time(h))
+            return Tip(h, cycle_of(h, self.cycle_blocks), self._ledger.supply_at(h),
+                       block_time(h), self.cycle_blocks)
 
     def supply_for_cycle(self, cycle: int) -> int:
         """Supply index of any past or current cycle, or of the next one as things stand."""
         with self._lock:
-            current = cycle_of(self._ledger.height)
+            current = cycle_of(self._ledger.height, self.cycle_blocks)
             if not 0 <= cycle <= current + 1:
                 raise ChainRejected(f"no supply known for cycle {cycle} (current cycle {current})")
-            return self._ledger.supply_at(cycle * CYCLE_BLOCKS)
+            return self._ledger.supply_at(cycle * self.cycle_blocks)
 
     def _utxo(self, tx: LedgerTx, vout: int) -> Utxo:
         return Utxo(
@@ -302,10 +333,11 @@ class Devnet:
         with self._lock:
             return self._ledger.spent.get(key)
 
-    def import_key(self, wif: str) -> str:
-        """Add a WIF key to the wallet (no rescan needed: the devnet indexes every address)."""
+    def import_key(self, wif: str, passphrase: str = "") -> str:
+        """Add a WIF key to the wallet (no rescan needed: the devnet indexes every address).
+        The devnet wallet is not encrypted: ``passphrase`` is ignored."""
         try:
-            address = crypto.wif_to_address(wif)
+            address = crypto.wif_to_address(wif, self.network)
         except (crypto.CryptoError, TypeError) as exc:
             raise ChainRejected(f"invalid private key: {exc}") from None
         with self._lock:
@@ -337,7 +369,7 @@ class Devnet:
                 raise ChainRejected(f"output value must be int satoshi, got {out.value!r}")
             if out.address is not None:
                 try:
-                    crypto.validate_address(out.address)
+                    crypto.validate_address(out.address, self.network)
                 except crypto.CryptoError as exc:
                     raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
         outputs = [TxOut(int(o.value), o.address, o.data) for o in outputs]
@@ -370,7 +402,8 @@ class Devnet:
             led = self._ledger
             if led.reject_reason is not None:
                 reason = led.reject_reason
-                self._record({"a": "rejected"})
+                # the raw is kept: a reorganisation may mine it (reorg(spend=[txid]))
+                self._record({"a": "rejected", "raw": raw if _decodes(raw) else None})
                 raise ChainRejected(reason)
             if not isinstance(raw, str) or not raw:
                 raise ChainRejected("TX decode failed: empty or not a string")
@@ -406,7 +439,7 @@ class Devnet:
         STD spread unless ``fractions`` (1200 non-negative ints summing to ``amount``) is
         given. It waits in the mempool and is mined in the next block.
         """
-        address = dtx.check_address(address)
+        address = dtx.check_address(address, self.network)
         amount = dtx.check_int("amount", amount, 1, MAX_SEND)
         if fractions is not None:
             if isinstance(fractions, np.ndarray):
@@ -441,9 +474,10 @@ class Devnet:
                 "cycle": tip.cycle,
                 "supply": tip.supply,
                 "time": tip.time,
-                "next_supply": led.supply_at((tip.cycle + 1) * CYCLE_BLOCKS),
+                "next_supply": led.supply_at((tip.cycle + 1) * self.cycle_blocks),
                 "next_vote": f"{direction}:{steps}",
-                "blocks_to_next_cycle": CYCLE_BLOCKS - tip.height % CYCLE_BLOCKS,
+                "blocks_to_next_cycle": self.cycle_blocks - tip.height % self.cycle_blocks,
+                "network": self.network.name,
                 "mempool": len(led.mempool),
                 "block_seconds": self.block_seconds,
                 "wallet_addresses": list(led.wallet),
@@ -453,6 +487,7 @@ class Devnet:
                 "walk": self.walk_seed is not None,
                 "malleate_next": led.malleate,
                 "reject_next_broadcast": led.reject_reason is not None,
+                "reorgs": led.branch,
             }
             if self.walk_seed is not None:
                 info["walk_seed"] = self.walk_seed
@@ -464,7 +499,7 @@ class Devnet:
         liquid + reserve == amount, split at the current supply; frozen is the part of amount
         in outputs still frozen.
         """
-        address = dtx.check_address(address)
+        address = dtx.check_address(address, self.network)
         with self._lock:
             tip = self.tip()
             return self._ledger.balance(address, tip.supply, tip.time)
@@ -500,3 +535,96 @@ class Devnet:
         with self._lock:
             self._record({"a": "arm_reject", "reason": reason})
         return True
+
+    def reorg(self, depth: int, txs: str = "keep", votes: str | None = None,
+              spend: list[str] | None = None) -> dict:
+        """Replace the last ``depth`` blocks (1..1000, at most the height) with as many new
+        blocks, as when a competing branch wins; returns {fork, height, replaced, mined,
+        evicted}.
+
+        ``txs="keep"``: the replaced transactions are mined again in the new branch, each at
+        its old offset from the fork (same confirmations, new block hashes); ``"drop"``: the
+        new branch does not have them (spends can be broadcast again, outside payments are
+        gone for good). ``votes`` ("inflate"|"deflate"|"nochange", optionally ":steps") is the
+        vote every cycle boundary of the new branch uses instead of its old one, so the
+        supply of those cycles changes; it must cross a boundary. ``spend`` lists conflicting
+        spends the new branch's first block mines before anything else: a txid the devnet has
+        seen (mined, in the mempool, left out by an earlier reorg, or refused by the reject
+        lever), or a wallet outpoint ``"txid:vout"``, which the devnet spends back to its own
+        address less 10,000 sat (as a cancel does). A replaced transaction that conflicts with
+        them is evicted. Mempool transactions stay unless the new branch makes them invalid.
+        Every spend must make it into the new branch, else ChainRejected and nothing changes.
+        """
+        depth = dtx.check_int("depth", depth, 1, MAX_REORG)
+        if txs not in ("keep", "drop"):
+            raise ValueError(f"txs must be 'keep' or 'drop', got {txs!r}")
+        vote = None
+        if votes is not None:
+            direction, _, steps = str(votes).partition(":")
+            if direction not in DIRECTIONS or (steps and not steps.isdigit()):
+                raise ValueError(f"votes must be inflate|deflate|nochange[:steps], got {votes!r}")
+            vote = (direction, dtx.check_int("steps", int(steps or 1), 1, 3))
+        if spend is None:
+            spend = []
+        if isinstance(spend, str) or not isinstance(spend, (list, tuple)):
+            # one error kind for every bad lever argument
+            raise ValueError("spend must be a list of txids or txid:vout outpoints")  # noqa: TRY004
+        with self._lock:
+            led = self._ledger
+            if depth > led.height:
+                raise ValueError(f"depth {depth} is more than the height {led.height}")
+            fork = led.height - depth
+            if vote is not None and cycle_of(fork, self.cycle_blocks) == cycle_of(led.height, self.cycle_blocks):
+                raise ValueError(f"votes given, but blocks {fork + 1:,d}..{led.height:,d} "
+                                 f"cross no cycle boundary")
+            raws = [self._conflicting_spend(item) for item in spend]
+            rec = {"a": "reorg", "depth": depth, "txs": txs,
+                   "vote": list(vote) if vote else None, "spend": raws}
+            trial = copy.deepcopy(led)  # validated on a copy: a failed call changes nothing
+            result = trial.apply_reorg(depth, txs == "keep", vote, raws)
+            for raw in raws:
+                txid = dtx.txid_of(raw)
+                if txid not in trial.txs or not trial.txs[txid].height:
+                    why = result["evicted"].get(txid, "not mined")
+                    raise ChainRejected(f"spend {txid} cannot be mined on the new branch: {why}")
+            result = self._record(rec)
+            tip = self.tip()
+            self._height_cond.notify_all()
+            subscribers = list(self._subscribers)
+        log.warning("devnet: reorganisation: blocks %s..%s replaced (%s), %d transactions "
+                    "replaced, %d mined in the new branch, %d evicted", f"{fork + 1:,d}",
+                    f"{tip.height:,d}", txs, len(result["replaced"]), len(result["mined"]),
+                    len(result["evicted"]))
+        for callback in subscribers:
+            try:
+                callback(tip)
+            except Exception:
+                log.exception("devnet: block subscriber failed")
+        return {**result, "height": tip.height}
+
+    def _conflicting_spend(self, item: object) -> str:
+        """The raw a reorg's ``spend`` item names (see :meth:`reorg`); caller holds the lock."""
+        led = self._ledger
+        if not isinstance(item, str):
+            raise ValueError(f"spend items must be strings, got {type(item).__name__}")  # noqa: TRY004
+        if _TXID_RE.fullmatch(item):
+            tx = led.txs.get(item)
+            if tx is not None and not tx.outside:
+                return tx.raw
+            if item in led.seen:
+                return led.seen[item]
+            raise ChainRejected(f"the devnet has no spend {item} to mine")
+        try:
+            split_outpoint(item)
+        except ValueError:
+            raise ValueError(f"spend items are txids or txid:vout, got {item!r}") from None
+        found = led.find(item)
+        if found is None or found[0].outputs[found[1]].address not in led.wallet:
+            raise ChainRejected(f"{item} is not an output of the devnet wallet")
+        tx, vout = found
+        address, value = str(tx.outputs[vout].address), tx.outputs[vout].value
+        if value <= REORG_FEE:
+            raise ChainRejected(f"{item} holds {value:,d} sat, not more than the fee")
+        outs = [dtx.out_to_json(TxOut(value - REORG_FEE, address=address))]
+        sig = dtx.sign(dtx.sighash([item], outs), *led.wallet[address])
+        return dtx.encode({"v": 1, "inputs": [item], "outputs": outs, "sigs": [sig]})

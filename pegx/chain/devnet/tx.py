@@ -63,11 +63,13 @@ def sign(message: str, priv: bytes, compressed: bool) -> list[str]:
     return [pub, crypto.sign_message(message, priv).hex()]
 
 
-def check_signature(n: int, key: str, address: str, sig: object, message: str) -> None:
-    """Raise ChainRejected unless ``sig`` is a valid signature of ``message`` by ``address``."""
+def check_signature(n: int, key: str, address: str, sig: object, message: str,
+                    net: crypto.Network = crypto.MAIN) -> None:
+    """Raise ChainRejected unless ``sig`` is a valid signature of ``message`` by ``address``
+    (an address of ``net``)."""
     try:
         pub_hex, sig_hex = sig  # type: ignore[misc]
-        ok = crypto.pubkey_to_address(bytes.fromhex(pub_hex)) == address and crypto.verify_message(
+        ok = crypto.pubkey_to_address(bytes.fromhex(pub_hex), net=net) == address and crypto.verify_message(
             message, bytes.fromhex(sig_hex), pub_hex
         )
     except (ValueError, TypeError):
@@ -103,10 +105,11 @@ def check_int(name: str, value: object, lo: int, hi: int | None) -> int:
     return int(value)
 
 
-def check_address(address: object) -> str:
-    """Validate a BitBay address (pegx.crypto.validate_address); ValueError otherwise."""
+def check_address(address: object, net: crypto.Network = crypto.MAIN) -> str:
+    """Validate a BitBay address of ``net`` (pegx.crypto.validate_address); ValueError
+    otherwise."""
     try:
-        crypto.validate_address(address)
+        crypto.validate_address(address, net)
     except crypto.CryptoError as exc:
         raise ValueError(f"bad address {address!r}: {exc}") from None
     return str(address)
