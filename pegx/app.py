@@ -1,11 +1,13 @@
 """The controller: builds and wires every part, owns start-up and shutdown order (STYLE §8).
 
-Start-up: open the ledger (and check it) -> connect the chain and check it is the ledger's
+Start-up: check that the port is free and the datadir private (pegx.service; before anything
+is written) -> open the ledger (and check it) -> connect the chain and check it is the ledger's
 (pegx.exchange.chainguard: another chain, one behind the ledger or one lacking registered
 inputs is refused, and `pegx serve` exits non-zero) -> build the cycle thread, API and XML-RPC
-server -> accept calls -> (autostart) start the exchange.
-Shutdown (ShutDown call, SIGTERM, SIGINT): stop taking calls, let in-flight calls and the cycle
-thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
+server -> accept calls -> (autostart) start the exchange -> READY=1 to systemd; the main loop
+then pings its watchdog while the cycle thread makes progress (pegx.service).
+Shutdown (ShutDown call, SIGTERM, SIGINT): STOPPING=1, stop taking calls, let in-flight calls
+and the cycle thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
 """
 
 from __future__ import annotations
@@ -292,4 +294,5 @@ class App:
             self.chain.close()
         finally:
             self.ledger.close()
+            self.notifier.close()
         log.info("ledger checkpointed and closed; bye")

@@ -106,6 +106,10 @@ def test_call_password_goes_in_the_passw_place(daemon):
         code, out = call("--password", pw, method)
         assert code == 1 and "takes no password" in out, (method, out)
     assert call("devnet.mine", "1", env={"PEGX_PASSWORD": pw}) == (0, 1)  # env: not for it
+    # the commands whose calls take none have no --password to be mistaken
+    for args in (("devnet", "mine"), ("exec", "--key", "k", "1")):
+        res = run(*args, "--password", pw, *url)
+        assert res.exit_code == 2 and "No such option '--password'" in res.output, res.output
 
 
 def test_call_sends_names_as_strings(daemon):

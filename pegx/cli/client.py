@@ -87,17 +87,22 @@ class Client:
         return result
 
 
-def client_options(command: Callable) -> Callable:
-    """Add the shared client options to a click command; it receives ``client=Client``."""
+def client_options(command: Callable | None = None, *, password: bool = True) -> Callable:
+    """Add the shared client options to a click command, which receives ``client=Client``.
+    ``@client_options(password=False)`` for commands whose calls take no password (`devnet
+    ...`, `exec`): they have no --password and ignore $PEGX_PASSWORD."""
+    if command is None:
+        return functools.partial(client_options, password=password)
+    with_password = password  # the wrapper's own `password` is the option's value
 
     @functools.wraps(command)
-    def wrapper(*args, url, host, port, datadir, config_file, password, **kwargs):
+    def wrapper(*args, url, host, port, datadir, config_file, password=None, **kwargs):
         try:
             resolved = client_url(url=url, host=host, port=port, datadir=datadir,
                                   config_file=config_file)
         except ConfigError as exc:
             fail(str(exc))
-        secret, source = client_password(password)
+        secret, source = client_password(password) if with_password else ("", "")
         client = Client(resolved, secret, source, datadir=datadir, config_file=config_file)
         return command(*args, client=client, **kwargs)
 
@@ -112,9 +117,10 @@ def client_options(command: Callable) -> Callable:
                      "address [default: $PEGX_DATADIR or ~/.pegx]."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False),
                      help="The daemon's settings file, if not <datadir>/pegx.toml."),
-        click.option("--password", help="The API password [default: $PEGX_PASSWORD, else "
-                     "blank]."),
     ]
+    if with_password:
+        options.append(click.option("--password", help="The API password [default: "
+                                    "$PEGX_PASSWORD, else blank]."))
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper

@@ -197,7 +197,7 @@ def _bay_to_sat(text: str) -> str:
 
 
 @devnet.command("mine")
-@client_options
+@client_options(password=False)
 @click.argument("n", type=click.IntRange(1, 10000), default=1)
 def devnet_mine(client, n) -> None:
     """Mine N blocks now."""
@@ -205,7 +205,7 @@ def devnet_mine(client, n) -> None:
 
 
 @devnet.command("send", short_help="Pay AMOUNT BAY to ADDRESS from outside.")
-@client_options
+@client_options(password=False)
 @click.argument("address")
 @click.argument("amount")
 def devnet_send(client, address, amount) -> None:
@@ -214,7 +214,7 @@ def devnet_send(client, address, amount) -> None:
 
 
 @devnet.command("vote")
-@client_options
+@client_options(password=False)
 @click.argument("direction", type=click.Choice(["inflate", "deflate", "nochange"]))
 @click.option("--steps", type=click.IntRange(1, 3), default=1, show_default=True)
 def devnet_vote(client, direction, steps) -> None:
@@ -224,7 +224,7 @@ def devnet_vote(client, direction, steps) -> None:
 
 
 @devnet.command("reorg", short_help="Replace the last DEPTH blocks with a new branch.")
-@client_options
+@client_options(password=False)
 @click.argument("depth", type=click.IntRange(1, 1000))
 @click.option("--txs", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
               help="keep: the replaced blocks' transactions are mined again in the new branch; "
@@ -240,7 +240,7 @@ def devnet_reorg(client, depth, txs, votes, spend) -> None:
 
 
 @devnet.command("info")
-@client_options
+@client_options(password=False)
 def devnet_info(client) -> None:
     """Height, cycle, supply, mempool of the devnet chain."""
     _print(client.call("devnet.info"))

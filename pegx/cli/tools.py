@@ -158,7 +158,7 @@ def sign_command(code: str, priv: bytes) -> dict:
 
 
 @click.command("exec", short_help="Sign CODE and run it with the API(command) call.")
-@client_options
+@client_options(password=False)
 @click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The private key file (from `pegx api-key generate`).")
 @click.option("--file", "code_file", type=click.File("r"), help="Read the code from a file.")
