@@ -131,7 +131,7 @@ def test_a_stalled_cycle_thread_stops_the_watchdog_pings(tmp_path):
     try:
         _chain(node, 30)
         with FakeSystemd() as sd:
-            env = {**sd.env(1_000_000), "PEGX_STALL_SECONDS": "2",
+            env = {**sd.env(1_000_000), "PEGX_STALL_SECONDS": "5",
                    "PEGX_NODE_TIMEOUT": "600", "PEGX_NODE_DEADLINE": "600"}
             with Daemon(tmp_path / "d", env=env,
                         extra=["--chain", "bitbayd", "--node-url", node.url]) as d:
