@@ -25,9 +25,11 @@ from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.pipeline import pipeline
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
 from pegx.ledger.store import Store
+from pegx.ops import health
 from pegx.rpc import api
 from pegx.rpc.execapi import ExecAPI
 from pegx.rpc.server import CallError, RPCServer, check_can_listen
@@ -78,6 +80,7 @@ class App:
         self.notifier = notifier or service.Notifier()
         # refused before the datadir is touched: a port in use, a datadir others can read
         check_can_listen(cfg.host, cfg.port)
+        check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
         service.make_datadir(cfg.path)
         self.store = Store(cfg.ledger_path)
         self.chain = None
@@ -119,8 +122,13 @@ class App:
                                    "pegx.audit": self.audit})
         if cfg.chain == "devnet":
             self._register_devnet()
-        self.watchdog = service.Watchdog(self.notifier,
-                                         service.CycleHealth(self.cycle, cfg.stall_seconds))
+        self.health = health.Health(self.chain, self.cycle, probe_chain=self._probe_chain(),
+                                    stall_seconds=health.stall_threshold(cfg),
+                                    block_clock=cfg.chain == "bitbayd",
+                                    started_at=self.started_at)
+        self.metrics = self._metrics() if cfg.metrics_port else None
+        self.watchdog = service.Watchdog(
+            self.notifier, service.CycleHealth(self.cycle, cfg.cycle_stall_seconds))
 
     def _check_chain(self) -> None:
         """The chain must be the ledger's before any call is taken (WrongChain otherwise); an
@@ -133,6 +141,39 @@ class App:
                 log.warning("cannot check the chain yet (%s); no calls are taken until it "
                             "answers, retrying in %.0f s", exc, CHAIN_RETRY_SECONDS)
                 time.sleep(CHAIN_RETRY_SECONDS)
+
+    def _probe_chain(self):
+        """The chain view health probes call: for bitbayd one that fails fast (no retries,
+        a deadline of seconds), so pegx status says at once that the node is gone."""
+        if self.cfg.chain != "bitbayd":
+            return self.chain
+        return self.chain.with_options(retry=False, timeout=health.PROBE_TIMEOUT,
+                                       deadline=health.PROBE_DEADLINE)
+
+    def _metrics(self):
+        """The metrics port (--metrics-port): the registry, its hooks, the HTTP server."""
+        from pegx.ops.metrics import Metrics, MetricsServer, StateCollector
+
+        m = Metrics()
+        names = self.server.method_names()
+        m.set_methods(names, refusing=[*self.api.methods(),
+                                       *(n for n in names if n.startswith("pegx."))])
+        self.server.on_call = m.on_call
+        self.ledger.journal.on_fsync = m.fsync.observe
+        self.ledger.journal.on_checkpoint = m.checkpoint.observe
+        self.cycle.on_recompute = m.recompute.observe
+        node_errors = self.chain.rpc_errors if self.cfg.chain == "bitbayd" else (lambda: 0)
+        m.registry.register(StateCollector(self.state, node_errors))
+        if not self.cfg.is_loopback:
+            log.warning("metrics port listening on %r, not loopback: anyone who can reach it "
+                        "sees the exchange's totals and state", self.cfg.host)
+        return MetricsServer(self.cfg.host, self.cfg.metrics_port, m, self.page)
+
+    def page(self) -> str:
+        """The status page (pegx.ops.page) as HTML."""
+        from pegx.ops import page
+
+        return page.render(self.state(), self.ledger.holdings(), self.cycle.cycle_history())
 
     def _exec_namespace(self) -> dict:
         return {"api": self.api, "engine": self.ledger, "ledger": self.ledger,
@@ -220,13 +261,15 @@ class App:
         """pegx.status(passw='') -> what an operator needs at a glance."""
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
+        return self.state()
+
+    def state(self) -> dict:
+        """The status report (pegx.status without the password check; the metrics port):
+        the problems first (pegx.ops.health), then the figures."""
         tip = self.cycle.tip
-        withdraws = self.ledger.records("withdraws")
-        history = self.ledger.records("history")
-        by_status: dict[str, int] = {"pending": len(withdraws)}
-        for rec in history.values():
-            if isinstance(rec, dict):
-                by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
+        # one pass over the withdraws and the history under the lock, nothing copied: a
+        # metrics scrape reads this too, and trades wait while the lock is held
+        pipe = pipeline(self.ledger, time.time())
         desk = self.cycle.desk
         follower = self.cycle.follower.state()
         return {
@@ -243,11 +286,13 @@ class App:
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
             "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
             "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.names),
-            "inputs": len(self.ledger.tables["inputs"]), "withdraws": by_status,
+            "inputs": len(self.ledger.tables["inputs"]), "withdraws": pipe.pop("by_status"),
             "last_error": self.cycle.last_error, "ledger_bytes": self.store.approximate_size(),
             "op_seq": self.ledger.seq, "checkpoint_seq": self.ledger.ckpt_seq,
             "uptime": int(time.time() - self.started_at),
             "calls_served": self.server.calls_served, "exec_enabled": self.exec_api.active,
+            "pipeline": pipe,
+            **self.health.report(),  # problems, node, tip_age, stall_seconds
         }
 
     # ---------------------------------------------------------------- lifecycle
@@ -263,6 +308,8 @@ class App:
         if start is not None:
             start()
         self.server.serve_in_thread()
+        if self.metrics is not None:
+            self.metrics.start()
         host, port = self.server.address
         log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s)", __version__, host,
                  port, self.cfg.chain, self.cfg.path)
@@ -286,6 +333,8 @@ class App:
         log.info("shutting down: no new calls")
         self.notifier.notify("STOPPING=1", "STATUS=shutting down")
         time.sleep(0.1)  # let the ShutDown reply leave
+        if self.metrics is not None:
+            self.metrics.stop()
         self.server.stop()
         self.server.wait_idle(5.0)
         self.cycle.stop(timeout=5.0)

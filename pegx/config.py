@@ -63,6 +63,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("port", int, DEFAULT_PORT, "XML-RPC port", flag=True),
     Setting("rpc_request_deadline", float, 10.0, "seconds a client may take to send one whole "
             "request (line, headers, body); later ones get 408"),
+    Setting("metrics_port", int, 0, "Prometheus `/metrics` and the status page `/` on "
+            "host:PORT (0 = off)", flag=True),
     Setting("chain", str, "devnet", "chain backend: devnet (embedded simulation) or bitbayd",
             flag=True, choices=("devnet", "bitbayd")),
     Setting("network", str, "main", "main, testnet or regtest: address and key versions (main "
@@ -85,6 +87,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("final_depth", int, 0, "confirmations that make a block final (0 = "
             "exchangeconfirmations): deposits credited, withdraws Complete, cancels refunded "
             "only at this depth"),
+    Setting("stall_seconds", float, 0.0, "seconds without a new block before status calls the "
+            "chain stalled (0: ten block intervals, never on an on-demand devnet; < 0: never)"),
     Setting("poll_seconds", float, 0.5, "exchange cycle: seconds between passes"),
     Setting("busy_wait", float, 2.0, "seconds a call waits for a running recompute before "
             "'busy'"),
@@ -93,8 +97,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("checkpoint_ops", int, 5000, "ledger: checkpoint after this many logged operations"),
     Setting("checkpoint_seconds", float, 30.0, "ledger: checkpoint at least this often when "
             "busy"),
-    Setting("stall_seconds", float, 120.0, "systemd watchdog: a started exchange whose cycle "
-            "thread has finished no pass for this long is stalled, and WATCHDOG=1 stops"),
+    Setting("cycle_stall_seconds", float, 120.0, "systemd watchdog: a started exchange whose "
+            "cycle thread has finished no pass for this long is stalled, and WATCHDOG=1 stops"),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR", flag=True,
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log_format", str, "text", "text (for people) or json (one object a line, for log "
@@ -193,11 +197,15 @@ def _validate(cfg: Config) -> Config:
             bad(s.name, f"must be {', '.join(s.choices[:-1])} or {s.choices[-1]}")
     if not 0 <= cfg.port <= 65535:
         bad("port", "must be 0..65535")
+    if not 0 <= cfg.metrics_port <= 65535:
+        bad("metrics_port", "must be 0..65535 (0 = off)")
+    if cfg.metrics_port and cfg.metrics_port == cfg.port:
+        bad("metrics_port", "must differ from the XML-RPC port")
     url = urlparse(cfg.node_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         bad("node_url", "must look like http://user:password@127.0.0.1:19915")
     for name in ("node_timeout", "node_deadline", "poll_seconds", "busy_wait",
-                 "checkpoint_seconds", "rpc_request_deadline", "stall_seconds"):
+                 "checkpoint_seconds", "rpc_request_deadline", "cycle_stall_seconds"):
         if not getattr(cfg, name) > 0:
             bad(name, "must be > 0")
     if cfg.block_seconds < 0:

@@ -9,7 +9,7 @@
   down, and, when systemd asks for a watchdog (``$WATCHDOG_USEC``, for this process if
   ``$WATCHDOG_PID`` is set), ``WATCHDOG=1`` every third of that interval **while healthy**
   (:class:`CycleHealth`): a started exchange whose cycle thread has finished no pass (passed
-  or failed) for ``stall_seconds`` is stalled; the pings stop and systemd restarts pegx once
+  or failed) for ``cycle_stall_seconds`` is stalled; the pings stop and systemd restarts pegx once
   the interval runs out. A stopped exchange (no ``--autostart``, ``StartExchange(start=0)``)
   has nothing to stall and is healthy.
 * ``--log-format json``: one JSON object a line (``time``, ``level``, ``logger``,
@@ -143,9 +143,10 @@ class CycleHealth:
     """Is the daemon healthy? ``""`` if so, else why not.
 
     Healthy: the exchange is stopped (nothing to stall), or its cycle thread finished a pass
-    (passed or failed) within ``stall_seconds``. The pass count and the last error's time are
-    the cycle thread's own records, read here from the main loop; a change in either is a
-    finished pass.
+    (passed or failed) within ``stall_seconds`` (the setting ``cycle_stall_seconds``). The pass
+    count and the last error's time are the cycle thread's own records, read here from the main
+    loop; a change in either is a finished pass. (This is not pegx.ops.health's
+    ``chain_stalled``, the chain's blocks: a node that stops mining is no reason to restart.)
     """
 
     def __init__(self, cycle, stall_seconds: float, clock: Callable[[], float] = time.monotonic):
@@ -169,7 +170,7 @@ class CycleHealth:
             return ""
         what = "is running" if self.cycle.running else "is not running"
         return (f"the exchange cycle thread {what} and has finished no pass for {idle:,.0f} s "
-                f"(stall_seconds {self.stall_seconds:g})")
+                f"(cycle_stall_seconds {self.stall_seconds:g})")
 
 
 class Watchdog:

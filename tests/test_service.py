@@ -125,13 +125,13 @@ def _chain(node: FakeNode, height: int) -> None:
 
 def test_a_stalled_cycle_thread_stops_the_watchdog_pings(tmp_path):
     """Healthy = the exchange is stopped, or its cycle thread finished a pass within
-    stall_seconds. A node request that never returns stalls the thread: the pings stop (and
+    cycle_stall_seconds. A node request that never returns stalls the thread: the pings stop (and
     say why in STATUS=); once it returns they resume."""
     node = FakeNode()
     try:
         _chain(node, 30)
         with FakeSystemd() as sd:
-            env = {**sd.env(1_000_000), "PEGX_STALL_SECONDS": "5",
+            env = {**sd.env(1_000_000), "PEGX_CYCLE_STALL_SECONDS": "5",
                    "PEGX_NODE_TIMEOUT": "600", "PEGX_NODE_DEADLINE": "600"}
             with Daemon(tmp_path / "d", env=env,
                         extra=["--chain", "bitbayd", "--node-url", node.url]) as d:
@@ -158,7 +158,7 @@ def test_a_stalled_cycle_thread_stops_the_watchdog_pings(tmp_path):
 def test_a_stopped_exchange_is_healthy(tmp_path):
     """Without --autostart there is no cycle thread to stall: the pings go on."""
     with FakeSystemd() as sd, Daemon(tmp_path / "d", autostart=False,
-                                     env={**sd.env(), "PEGX_STALL_SECONDS": "0.5"}):
+                                     env={**sd.env(), "PEGX_CYCLE_STALL_SECONDS": "0.5"}):
         sd.wait_for(lambda _: pings(sd.received) >= 6, what="6 pings, exchange stopped")
         assert not any(line.startswith("STATUS=stalled") for g in sd.received for line in g)
 

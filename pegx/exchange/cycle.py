@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 BOUNDARY_BLOCKS = 7  # outputs mined this close to a cycle boundary need 5 more confirmations
 BOUNDARY_EXTRA = 5
+CYCLES_KEPT = 48  # cycles whose supply and totals meta/cycles keeps (the status page's chart)
 
 
 def confirmations_needed(height: int, confirmations: int, interval: int = CYCLE_BLOCKS) -> int:
@@ -98,7 +99,10 @@ class ExchangeCycle:
         self.last_error: str = ""
         self.wallet_note = ""  # why the wallet cannot be used (locked...), for pegx.status
         self.last_error_time = 0.0
+        self.last_ok_time = 0.0  # when the last pass finished without error (unix time)
         self.passes = 0
+        # seconds each recompute took, for metrics (set by the app)
+        self.on_recompute: Callable[[float], None] | None = None
         self.tip: Tip | None = None
         subscribe = getattr(chain, "subscribe", None)
         if subscribe is not None:
@@ -165,6 +169,15 @@ class ExchangeCycle:
     def cycle(self) -> int:
         return int(self.ledger.meta.get("cycle", 0))
 
+    def failing(self) -> bool:
+        """Did the last pass fail (an error since the last pass that went through)?"""
+        return bool(self.last_error) and self.last_error_time >= self.last_ok_time
+
+    def cycle_history(self) -> list[dict]:
+        """The last CYCLES_KEPT recomputes: {cycle, supply, height, liquid, reserve, frozen,
+        subpremium}, oldest first."""
+        return list((self.ledger.record("meta", "cycles") or {}).get("cycles", []))
+
     def published(self) -> int:
         """What GetCycle answers: the cycle of the published balances plus the number of
         republications after reorganisations, so it moves on at every publication."""
@@ -190,6 +203,7 @@ class ExchangeCycle:
             try:
                 self.step()
                 self.passes += 1
+                self.last_ok_time = time.time()
                 backoff = self.poll_seconds
             except Exception as exc:  # logged; the thread must live on
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -398,8 +412,21 @@ class ExchangeCycle:
             t0 = time.monotonic()
             totals = self.ledger.recompute(tip.supply, now=now,
                                            cycle=tip.cycle if cycle is None else cycle)
+            took = time.monotonic() - t0
             log.info("cycle %d: supply %d, balances recomputed in %.3f s (liquid %s, "
-                     "reserve %s sat)", tip.cycle, tip.supply, time.monotonic() - t0,
+                     "reserve %s sat)", tip.cycle, tip.supply, took,
                      f"{totals['liquid']:,d}", f"{totals['reserve']:,d}")
         finally:
             self._idle.set()
+        if self.on_recompute is not None:
+            self.on_recompute(took)
+        self._remember_cycle(tip, totals)
+
+    def _remember_cycle(self, tip: Tip, totals: dict) -> None:
+        """Keep the recompute's supply and totals in meta/cycles (for the status page). A
+        separate commit after the recompute's: a crash between them loses one point of a
+        chart, never money."""
+        kept = [c for c in self.cycle_history() if c["cycle"] < tip.cycle]
+        kept.append({"cycle": tip.cycle, "supply": tip.supply, "height": tip.height,
+                     **{k: int(v) for k, v in totals.items()}})
+        self.ledger.put("meta", "cycles", {"cycles": kept[-CYCLES_KEPT:]})

@@ -635,8 +635,9 @@ class Exchange:
         vec = peg.deduction(self.matrix[self.index[user]], amount, style, self.supply)
         self._move_rows(user, WITHDRAWS, vec)
         self._move_view(user, WITHDRAWS, amount, style)
-        rec = {k: op[k] for k in ("user", "amount", "style", "address", "cycle", "commission")
-               if k in op}  # ops logged before commissions were kept have none
+        rec = {k: op[k] for k in ("user", "amount", "style", "address", "cycle", "commission",
+                                  "time")
+               if k in op}  # ops logged before commissions (times) were kept have none
         self._put("withdraws", op["id"], rec)
         self._put_vec("withdraws", op["id"], vec)
 
@@ -780,6 +781,15 @@ class Exchange:
             v = self.vectors.get(("meta", "drift"))
             return np.zeros(peg.PEG_SIZE, dtype=np.int64) if v is None else v.copy()
 
+    def holdings(self) -> np.ndarray:
+        """What the exchange holds per peg step: the sum of every registered input's
+        fractions (a copy; for the status page)."""
+        out = np.zeros(peg.PEG_SIZE, dtype=np.int64)
+        with self.lock:
+            for key in self.tables["inputs"]:
+                out += self.vectors[("inputs", key)]
+        return out
+
     def users(self) -> list[str]:
         with self.lock:
             return list(self.names)
@@ -895,12 +905,14 @@ class Exchange:
         return recompute
 
     def withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,
-                 commission: int | None = None) -> None:
+                 commission: int | None = None, accepted: int | None = None) -> None:
         """Move ``amount`` from ``user`` to the ``withdraws`` account under withdraw id ``wid``.
 
         ``commission`` (satoshi, 0 <= commission < amount) is the commission in force when the
         withdraw was accepted; it is kept with the withdraw and is what its batch charges,
         whatever the settings say by then. Without it the batch uses the settings of its time.
+        ``accepted`` (unix time) is kept as the record's ``time``: how long a withdraw has
+        waited (pegx status, metrics). Withdraws logged before it was kept have none.
         """
         check_name(user)
         amount = check_amount(amount)
@@ -914,6 +926,8 @@ class Exchange:
                 raise AmountError(f"commission must be a whole number of satoshi from 0 to "
                                   f"below the amount, got {commission!r}")
             op["commission"] = int(commission)
+        if accepted is not None:
+            op["time"] = int(accepted)
         with self.lock:
             if wid in self.tables["withdraws"]:
                 raise EngineError(f"withdraw id {wid} already exists")

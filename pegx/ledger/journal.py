@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from pegx.ledger import schema
 from pegx.ledger.store import Store
@@ -48,6 +50,10 @@ class Journal:
         self.commits = 0  # fsynced batches written (for metrics: records / commits = group size)
         self.checkpoint_seq = checkpoint_seq  # the seq of the state record on disk
         self._ckpt_mu = threading.Lock()  # one checkpoint write at a time
+        # seconds each synced write took, for metrics (set by the app). Called by the writing
+        # thread while other waiters wait for it, so it must be quick: a histogram observe
+        self.on_fsync: Callable[[float], None] | None = None
+        self.on_checkpoint: Callable[[float], None] | None = None
 
     def append(self, seq: int, ops: list[dict]) -> None:
         """Queue record ``seq`` (call in seq order, under the engine lock)."""
@@ -70,6 +76,7 @@ class Journal:
                 batch, self._pending = self._pending, []
                 self._writing = True
                 self._mu.release()
+                t0 = time.perf_counter()
                 try:
                     with self.store.batch() as wb:
                         for s, data in batch:
@@ -81,6 +88,8 @@ class Journal:
                     self._cond.notify_all()
                     log.critical("op log write failed: %s", exc)
                     raise JournalFailed(f"ledger write failed: {exc}") from exc
+                if batch and self.on_fsync is not None:
+                    self.on_fsync(time.perf_counter() - t0)
                 self._mu.acquire()
                 self._writing = False
                 if batch:
@@ -116,6 +125,7 @@ class Journal:
                                     f"({prev:,d}): refused")
                 self._fail(exc, "checkpoint refused")
                 raise exc
+            t0 = time.perf_counter()
             try:
                 with self.store.batch() as wb:
                     for k in deletes:
@@ -129,6 +139,8 @@ class Journal:
                 self._fail(exc, "checkpoint write failed")
                 raise JournalFailed(f"checkpoint write failed: {exc}") from exc
             self.checkpoint_seq = seq
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(time.perf_counter() - t0)
 
     def _fail(self, exc: BaseException, what: str) -> None:
         with self._mu:

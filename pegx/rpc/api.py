@@ -19,6 +19,7 @@ import math
 import os
 import re
 import threading
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
@@ -481,7 +482,8 @@ class PegAPI:
                 if full:
                     return (full, "")
                 self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle(),
-                                     commission=planner.commission(amount, rates))
+                                     commission=planner.commission(amount, rates),
+                                     accepted=int(time.time()))
         except EngineError as exc:
             return (str(exc), "")
         return (True, uid)

@@ -55,6 +55,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -203,24 +204,26 @@ class ListenError(OSError):
         return self.strerror or super().__str__()
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, setting: str = "port") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family, backlog=128)
     except OSError as exc:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         if exc.errno == errno.EADDRINUSE:
+            option = "--" + setting.replace("_", "-")
             why += (f" (another pegx, or another program, listens there: `pegx status --port "
-                    f"{port}` tells whether it is a pegx); choose another port with --port or "
-                    f"port = ... in pegx.toml")
+                    f"{port}` tells whether it is a pegx); choose another port with {option} "
+                    f"or {setting} = ... in pegx.toml")
         raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {why}") from exc
 
 
-def check_can_listen(host: str, port: int) -> None:
-    """Raise the OSError :class:`RPCServer` would raise for ``host``:``port`` (in use, no such
-    address), before the daemon touches its datadir. The port is free again when this returns."""
+def check_can_listen(host: str, port: int, setting: str = "port") -> None:
+    """Raise the OSError a server would raise for ``host``:``port`` (in use, no such address),
+    naming the ``setting`` to change, before the daemon touches its datadir. The port is free
+    again when this returns; port 0 (any free port, or off) is not checked."""
     if port != 0:
-        _listen(host, port).close()
+        _listen(host, port, setting).close()
 
 
 def _plural(n: int) -> str:
@@ -372,6 +375,9 @@ class RPCServer:
         self._faults = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # on_call(name, outcome, seconds) after each method call (multicall's parts, not the
+        # wrapper), for metrics: called in the worker thread, so it must be quick
+        self.on_call: Callable[[str, Any, float], None] | None = None
         sock = _listen(host, port)
         self._address: tuple[str, int] = sock.getsockname()[:2]
         limits = Limits(max_connections=max_connections, request_deadline=request_deadline,
@@ -405,6 +411,10 @@ class RPCServer:
     def connections(self) -> int:
         """Client connections open right now (in a call, idle, or sending a request)."""
         return self._transport.open_connections
+
+    def method_names(self) -> list[str]:
+        """Every name published (registered calls and ``system.*``)."""
+        return sorted(self._methods)
 
     def register(self, name: str, func: Callable[..., Any], help: str | None = None) -> None:
         """Publish ``func`` as ``name`` (dots allowed: ``"devnet.mine"``).
@@ -515,12 +525,16 @@ class RPCServer:
 
     def _call(self, name: str, params: tuple[Any, ...]) -> Any:
         """Run one method; returns its result, or a Fault for anything that went wrong."""
+        t0 = time.perf_counter()
         outcome = self._invoke(name, params)
         with self._lock:
             if name != "system.multicall":
                 self._calls += 1
             if isinstance(outcome, Fault):
                 self._faults += 1
+        on_call = self.on_call
+        if on_call is not None and name != "system.multicall":
+            on_call(name, outcome, time.perf_counter() - t0)
         return outcome
 
     def _invoke(self, name: str, params: tuple[Any, ...]) -> Any:
