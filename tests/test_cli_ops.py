@@ -145,16 +145,19 @@ def test_settings_shows_the_values_in_effect(tmp_path):
 
 def test_a_port_in_use_is_refused_before_the_datadir_is_made(tmp_path):
     """The refusal came after the new datadir had been created, with no hint about --port."""
+    datadir = tmp_path / "new"
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        datadir = tmp_path / "new"
-        proc = subprocess.run([sys.executable, "-m", "pegx", "serve", "--datadir", str(datadir),
-                               "--port", str(port)], capture_output=True, text=True,
-                              timeout=60, check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not datadir.exists()
+        for flag, hint in (("--port", "--port or port = "),
+                           ("--metrics-port", "--metrics-port or metrics_port = ")):
+            args = ["--port", str(free_port())] if flag == "--metrics-port" else []
+            proc = subprocess.run([sys.executable, "-m", "pegx", "serve", "--datadir",
+                                   str(datadir), *args, flag, str(port)], capture_output=True,
+                                  text=True, timeout=60, check=False)
+            assert proc.returncode == 1, proc.stderr
+            assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+            assert hint in proc.stderr and "Traceback" not in proc.stderr
+            assert not datadir.exists()
 
 
 def _summaries(*group: str) -> dict[str, str]:
