@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from pegx import __version__, service
-from pegx.admin import tools
+from pegx.admin import audit
+from pegx.admin.backup import BackupJobs
+from pegx.admin.offline import ToolError
 from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
@@ -28,6 +30,7 @@ from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.pipeline import pipeline
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
+from pegx.ledger.rules import EngineError, coerce_amount
 from pegx.ledger.store import Store
 from pegx.ops import health
 from pegx.rpc import api
@@ -66,7 +69,7 @@ def read_public_key(datadir: Path) -> str | None:
 
 
 def _amount(value) -> int:
-    return api.coerce_amount(value)
+    return coerce_amount(value)
 
 
 class App:
@@ -106,7 +109,7 @@ class App:
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
                                 seen=lambda h: self.ledger.record("exec", h) is not None,
                                 record=lambda h: self.ledger.put("exec", h, 1),
-                                namespace=self._exec_namespace, lock=self.ledger.lock)
+                                namespace=self._exec_namespace, lock=self.ledger.locked())
         if cfg.allow_exec and pub is None:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
@@ -116,7 +119,7 @@ class App:
         self.server.register_many(self.api.methods())
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
                                    "pegx.checkpoint": self.checkpoint})
-        self.backups = tools.BackupJobs(self.store, cfg.path)
+        self.backups = BackupJobs(self.store, cfg.path)
         self.server.register_many({"pegx.backup": self.backup,
                                    "pegx.backup_progress": self.backup_progress,
                                    "pegx.audit": self.audit})
@@ -159,8 +162,7 @@ class App:
         m.set_methods(names, refusing=[*self.api.methods(),
                                        *(n for n in names if n.startswith("pegx."))])
         self.server.on_call = m.on_call
-        self.ledger.journal.on_fsync = m.fsync.observe
-        self.ledger.journal.on_checkpoint = m.checkpoint.observe
+        self.ledger.observe(fsync=m.fsync.observe, checkpoint=m.checkpoint.observe)
         self.cycle.on_recompute = m.recompute.observe
         node_errors = self.chain.rpc_errors if self.cfg.chain == "bitbayd" else (lambda: 0)
         m.registry.register(StateCollector(self.state, node_errors))
@@ -226,7 +228,7 @@ class App:
             return api.WRONG_PASSWORD
         try:
             return self.ledger.checkpoint()
-        except engine.EngineError as exc:
+        except EngineError as exc:
             raise CallError(str(exc)) from None
 
     def backup(self, dest, passw=""):
@@ -237,7 +239,7 @@ class App:
             return api.WRONG_PASSWORD
         try:
             return self.backups.start(dest)
-        except tools.ToolError as exc:
+        except ToolError as exc:
             raise CallError(str(exc)) from None
 
     def backup_progress(self, job_id, passw=""):
@@ -247,15 +249,15 @@ class App:
             return api.WRONG_PASSWORD
         try:
             return self.backups.progress(job_id)
-        except tools.ToolError as exc:
+        except ToolError as exc:
             raise CallError(str(exc)) from None
 
     def audit(self, passw=""):
         """pegx.audit(passw='') -> the audit report (conservation and every ledger invariant
-        checked against the chain; see pegx.admin.tools.audit)."""
+        checked against the chain; see pegx.admin.audit)."""
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
-        return tools.audit(self.ledger, self.chain)
+        return audit.audit(self.ledger, self.chain)
 
     def status(self, passw=""):
         """pegx.status(passw='') -> what an operator needs at a glance."""
@@ -267,9 +269,7 @@ class App:
         """The status report (pegx.status without the password check; the metrics port):
         the problems first (pegx.ops.health), then the figures."""
         tip = self.cycle.tip
-        # one pass over the withdraws and the history under the lock, nothing copied: a
-        # metrics scrape reads this too, and trades wait while the lock is held
-        pipe = pipeline(self.ledger, time.time())
+        pipe = pipeline(self.ledger, time.time())  # one pass under the lock, little copied
         desk = self.cycle.desk
         follower = self.cycle.follower.state()
         return {
@@ -285,8 +285,8 @@ class App:
             "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
             "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
-            "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.names),
-            "inputs": len(self.ledger.tables["inputs"]), "withdraws": pipe.pop("by_status"),
+            "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.users()),
+            "inputs": self.ledger.input_count(), "withdraws": pipe.pop("by_status"),
             "last_error": self.cycle.last_error, "ledger_bytes": self.store.approximate_size(),
             "op_seq": self.ledger.seq, "checkpoint_seq": self.ledger.ckpt_seq,
             "uptime": int(time.time() - self.started_at),
@@ -318,12 +318,12 @@ class App:
         self.watchdog.status = f"serving on http://{host}:{port} (chain {self.cfg.chain})"
         self.notifier.notify("READY=1", f"STATUS={self.watchdog.status}")
         while not self._shutdown.wait(self.watchdog.tick_seconds):
-            if self.ledger.journal.failed is not None:
+            if self.ledger.failed is not None:
                 log.critical("ledger writes failed: shutting down to protect balances")
                 break
             self.watchdog.tick()
         self.close()
-        return 0 if self.ledger.journal.failed is None else 1
+        return 0 if self.ledger.failed is None else 1
 
     def close(self) -> None:
         """Stop taking calls, finish in-flight work, checkpoint, close (idempotent)."""

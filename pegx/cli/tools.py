@@ -19,10 +19,12 @@ from pathlib import Path
 import click
 
 from pegx import crypto
-from pegx.admin import tools
+from pegx.admin import audit, backup, offline, recover
+from pegx.admin.offline import ToolError
 from pegx.chain.devnet.log import DevnetLogError
 from pegx.cli.client import Client, client_options, fail
 from pegx.config import ConfigError, load
+from pegx.ledger.audit import MAX_LISTED
 from pegx.ledger.store import LedgerLocked, Store, StoreError
 from pegx.ledger.store import in_use as ledger_in_use
 from pegx.rpc.execapi import SENT_PREVIOUSLY, SIGNATURE_FAILED
@@ -216,9 +218,9 @@ def backup_cmd(dest: str, client: Client) -> None:
             with (Store(target.ledger_path, create=False) as store,
                   click.progressbar(length=max(store.approximate_size(), 1),
                                     label="backup") as bar):
-                manifest = tools.backup(store, target.path, dest,
+                manifest = backup.backup(store, target.path, dest,
                                         lambda n: bar.update(min(n, bar.length)))
-        except (StoreError, tools.ToolError, OSError) as exc:
+        except (StoreError, ToolError, OSError) as exc:
             fail(str(exc))
     click.echo(f"backup written to {dest}: {manifest['ledger_records']:,d} ledger records, "
                f"{manifest['ledger_bytes']:,d} bytes"
@@ -233,8 +235,8 @@ def restore_cmd(src: str, datadir: str | None) -> None:
     """Restore the backup SRC into an empty datadir."""
     cfg = _config(datadir)
     try:
-        tools.restore(src, cfg.path)
-    except (tools.ToolError, OSError) as exc:
+        backup.restore(src, cfg.path)
+    except (ToolError, OSError) as exc:
         fail(str(exc))
     click.echo(f"restored {src} into {cfg.path}; check it with `pegx audit --datadir "
                f"{cfg.path}`, then start it with `pegx serve --datadir {cfg.path}`")
@@ -246,20 +248,20 @@ def restore_cmd(src: str, datadir: str | None) -> None:
 def verify_backup_cmd(dest: str, as_json: bool) -> None:
     """Open the backup DEST read-only, print its state and audit it (against its devnet copy)."""
     try:
-        manifest = tools.read_manifest(Path(dest))
+        manifest = backup.read_manifest(Path(dest))
         with tempfile.TemporaryDirectory(prefix="pegx-verify-") as tmp:
             chain = None
-            if (Path(dest) / tools.DEVNET_DIR).is_dir():  # audit against a copy of its chain
-                shutil.copytree(Path(dest) / tools.DEVNET_DIR, Path(tmp) / tools.DEVNET_DIR)
-                chain = tools.open_devnet(Path(tmp))
+            if (Path(dest) / offline.DEVNET_DIR).is_dir():  # audit against a copy of its chain
+                shutil.copytree(Path(dest) / offline.DEVNET_DIR, Path(tmp) / offline.DEVNET_DIR)
+                chain = offline.open_devnet(Path(tmp))
             try:
-                with tools.opened(Path(dest), read_only=True) as ledger:
-                    state = tools.ledger_state(ledger)
-                    report = tools.audit(ledger, chain)
+                with offline.opened(Path(dest), read_only=True) as ledger:
+                    state = offline.ledger_state(ledger)
+                    report = audit.audit(ledger, chain)
             finally:
                 if chain is not None:
                     chain.close()
-    except (StoreError, tools.ToolError, OSError, ValueError) as exc:
+    except (StoreError, ToolError, OSError, ValueError) as exc:
         fail(f"{dest}: {exc}")
     if as_json:
         click.echo(json.dumps({"manifest": manifest, "state": state, "audit": report},
@@ -281,11 +283,11 @@ def _fmt(v) -> str:
 def _print_audit(report: dict) -> None:
     cols = report["columns"]
     click.echo("  ".join([cols[0].rjust(6)] + [c.rjust(16) for c in cols[1:]]))
-    for step, *amounts in report["steps"][:tools.MAX_LISTED]:
+    for step, *amounts in report["steps"][:MAX_LISTED]:
         click.echo("  ".join([str(step).rjust(6)]
                              + [_fmt(v).rjust(16) for v in amounts]))
-    if len(report["steps"]) > tools.MAX_LISTED:
-        click.echo(f"... {len(report['steps']) - tools.MAX_LISTED:,d} more steps differ")
+    if len(report["steps"]) > MAX_LISTED:
+        click.echo(f"... {len(report['steps']) - MAX_LISTED:,d} more steps differ")
     totals = report["totals"]
     click.echo("  ".join(["total".rjust(6)] + [_fmt(totals[c]).rjust(16) for c in cols[1:]]))
     s = report["summary"]
@@ -316,16 +318,16 @@ def audit_cmd(client: Client, as_json: bool) -> None:
         report = target.call("pegx.audit", target.password, strict=True)
     else:
         try:
-            chain = tools.open_chain(target)
+            chain = offline.open_chain(target)
             try:
-                with tools.opened(target.path) as ledger:
-                    report = tools.audit(ledger, chain)
+                with offline.opened(target.path) as ledger:
+                    report = audit.audit(ledger, chain)
             finally:
                 if chain is not None:
                     chain.close()
         except LedgerLocked as exc:
             fail(f"{exc} (or run `pegx audit --url` against that daemon)")
-        except (StoreError, DevnetLogError, tools.ToolError, OSError) as exc:
+        except (StoreError, DevnetLogError, ToolError, OSError) as exc:
             fail(str(exc))
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
@@ -349,15 +351,15 @@ def recover_cmd(csv_file: str, datadir: str | None, dry_run: bool) -> None:
     """
     cfg = _config(datadir)
     try:
-        targets, owners = tools.read_balances_csv(csv_file)
-        chain = tools.open_chain(cfg)
+        targets, owners = recover.read_balances_csv(csv_file)
+        chain = offline.open_chain(cfg)
         if chain is None:
             fail(f"no chain data in {cfg.path} to rebuild the ledger from")
         try:
-            plan = tools.recover(cfg.path, chain, targets, owners, dry_run=dry_run)
+            plan = recover.recover(cfg.path, chain, targets, owners, dry_run=dry_run)
         finally:
             chain.close()
-    except (StoreError, DevnetLogError, tools.ToolError, OSError) as exc:
+    except (StoreError, DevnetLogError, ToolError, OSError) as exc:
         fail(str(exc))
     click.echo(f"chain height {plan['height']:,d}, cycle {plan['cycle']}, supply "
                f"{plan['supply']}: {plan['outputs']:,d} wallet outputs to register")
