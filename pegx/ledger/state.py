@@ -28,7 +28,7 @@ from pegx.ledger.rules import WITHDRAWS
 from pegx.ledger.savepoint import Savepoint
 
 TABLES = ("claims", "inputs", "withdraws", "settings", "addresses", "exec", "meta", "batches",
-          "batch_of", "expired")
+          "batch_of", "expired", "waiting")
 LEGACY_TABLES = ("history",)  # older layouts (pegx.ledger.migrate); replayed ops may write them
 NO_TOTALS = figures.NO_TOTALS
 
@@ -353,6 +353,8 @@ class State:
         for wid in rec["ids"]:
             self._mark("withdraws", wid, master)
             self.put("batch_of", wid, master)
+            if wid in self.tables["waiting"]:  # it waits no more
+                self.put("waiting", wid, None)
         for key in rec["ins"]:
             self._mark("inputs", key, master)
 
@@ -367,6 +369,7 @@ class State:
         rec = {**b, **op["set"], "state": ENDINGS[op["status"]], "status": op["status"]}
         if op["status"] != "Complete":  # a Complete one keeps it for a deep reorganisation
             rec.pop("raw", None)
+            rec.pop("outs", None)
         self.put("batches", master, rec)
         for key in b["ins"]:  # spent ones left the input set; the others are free again
             if self.tables["inputs"].get(key, {}).get("batch") == master:
@@ -375,6 +378,12 @@ class State:
     def _apply_expire(self, op: dict) -> None:
         self._apply_refund(op)
         self.put("expired", op["id"], {"block": op["block"]})
+        if op["id"] in self.tables["waiting"]:
+            self.put("waiting", op["id"], None)
+
+    def _apply_wait(self, op: dict) -> None:
+        for wid, reason in op["ids"].items():
+            self.put("waiting", wid, {"block": op["block"], "reason": reason})
 
     def _apply_forget(self, op: dict) -> None:
         ident = op["id"]
