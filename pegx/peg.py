@@ -192,7 +192,8 @@ def subpremium_table(mat: np.ndarray) -> np.ndarray:
     Exactly ``rating(row, S)[0] < 200`` (a row with no liquid at S adds 0): with prefix sums
     P, the k-th crossing at S is the first m with 10 * P[m] > 10 * P[S] + k * (P[end] - P[S]),
     found by one binary search per (S, k), and the score's test Σ d_k * c_k < 200 * T is
-    decided in int64 (rows of more than 7.7e14 sat: in Python ints). ~0.25 ms per row.
+    decided in int64 (rows of more than 7.7e14 sat: in Python ints). ~0.27 ms per row, most
+    of it the 10,791 binary searches.
     """
     mat = np.atleast_2d(np.asarray(mat, dtype=np.int64))
     out = np.zeros((mat.shape[0], SUPPLIES), dtype=np.int64)
@@ -209,20 +210,23 @@ def subpremium_table(mat: np.ndarray) -> np.ndarray:
     return out
 
 
+_CROSSING = np.arange(1, SUPPLIES + 1)[None, :]  # S + 1: a crossing at m is d = m - S - 1
+
+
 def _table_int64(pre: np.ndarray) -> np.ndarray:
-    at = pre[:, :SUPPLIES]  # P[S]
-    total = pre[:, -1:] - at  # the liquid at S
-    need = 10 * at[:, None, :] + _TENTHS[None] * total[:, None, :]  # rows x 9 x SUPPLIES
-    ten = pre * 10
-    m = np.empty(need.shape, dtype=np.int64)
+    """subpremium_table's rows in int64, one row at a time (its 9 x 1199 temporaries stay in
+    the CPU cache: 4x faster than stacking rows)."""
+    out = np.empty((pre.shape[0], SUPPLIES), dtype=np.int64)
     for r in range(pre.shape[0]):
-        m[r] = np.searchsorted(ten[r], need[r].ravel(), side="right").reshape(9, SUPPLIES)
-    np.minimum(m, PEG_SIZE, out=m)  # no crossing only where the liquid is 0
-    d = m - np.arange(SUPPLIES)[None, None, :] - 1
-    c = np.take_along_axis(pre, m.reshape(pre.shape[0], -1), axis=1).reshape(m.shape)
-    score = (d * (c - at[:, None, :])).sum(axis=1)
-    sub = (total > 0) & (score < SUBPREMIUM_RATING * total)
-    return np.where(sub, total, 0)
+        p = pre[r]
+        at = p[:SUPPLIES]  # P[S]
+        total = p[-1] - at  # the liquid at S
+        need = (10 * at)[None, :] + _TENTHS * total[None, :]
+        m = np.searchsorted(p * 10, need.ravel(), side="right").reshape(need.shape)
+        np.minimum(m, PEG_SIZE, out=m)  # no crossing only where the liquid is 0
+        score = ((m - _CROSSING) * (p[m] - at[None, :])).sum(axis=0)
+        out[r] = np.where((total > 0) & (score < SUBPREMIUM_RATING * total), total, 0)
+    return out
 
 
 def _table_exact(pre: np.ndarray) -> np.ndarray:

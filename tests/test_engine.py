@@ -134,6 +134,9 @@ def test_other_refusals_change_nothing(ledger):
     with pytest.raises(EngineError, match="sum to"):
         ledger.credit_inputs([{"key": "p:0", "value": 6, "vector": peg.std_spread(5),
                                "owner": "alice"}], supply=SUPPLY, now=0)
+    with pytest.raises(EngineError, match="listed twice"):  # was credited twice, one input
+        ledger.credit_inputs([{"key": "q:0", "value": 5, "vector": peg.std_spread(5),
+                               "owner": "alice"}] * 2, supply=SUPPLY, now=0)
     with pytest.raises(peg.PegError):
         ledger.recompute(1199, now=0)
     with pytest.raises(EngineError, match="not registered"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pegx import peg
-from pegx.ledger import checks, ops
+from pegx.ledger import checks, figures, ops
 from pegx.ledger.core import Ledger
 from pegx.ledger.rules import (
     HOUSE,
@@ -60,26 +60,38 @@ class Accounts(Ledger):
         change that replaces spent inputs), change, frozen_until, height}. An owner is credited
         with the input's fractions.
         """
-        group = []
+        group, held = [], {}
+        for item in inputs:  # checks of the items alone, and their figures: before the lock
+            key, vec = item["key"], np.array(item["vector"], dtype=np.int64)  # (a copy)
+            if vec.shape != (peg.PEG_SIZE,) or (vec < 0).any():
+                raise EngineError(f"input {key}: a fraction vector has 1200 steps >= 0")
+            if int(vec.sum()) != int(item["value"]):
+                raise EngineError(f"input {key}: fractions sum to {int(vec.sum()):,d}, "
+                                  f"not its value {int(item['value']):,d}")
+            if key in held:
+                raise EngineError(f"input {key} is listed twice")
+            owner = item.get("owner")
+            if owner is not None and owner != HOUSE:
+                check_name(owner)
+            group.append(ops.credit(key, item["value"], vec, owner=owner,
+                                    address=item.get("address", ""),
+                                    change=bool(item.get("change")),
+                                    frozen_until=item.get("frozen_until", 0),
+                                    height=item.get("height", 0)))
+            held[key] = vec
+        # each input's subpremium row (0.27 ms each) is worked out here, not under the lock
+        for at in range(0, len(group), figures.CHUNK):
+            keys = list(held)[at:at + figures.CHUNK]
+            rows = peg.subpremium_table(np.stack([held[k] for k in keys]))
+            for key, row in zip(keys, rows, strict=True):
+                held[key] = (held[key], row)
         with self._lock:
-            for item in inputs:
-                key, vec = item["key"], np.asarray(item["vector"], dtype=np.int64)
+            for key in held:
                 if key in self._state.tables["inputs"]:
                     raise EngineError(f"input {key} is already registered")
-                if vec.shape != (peg.PEG_SIZE,) or (vec < 0).any():
-                    raise EngineError(f"input {key}: a fraction vector has 1200 steps >= 0")
-                if int(vec.sum()) != int(item["value"]):
-                    raise EngineError(f"input {key}: fractions sum to {int(vec.sum()):,d}, "
-                                      f"not its value {int(item['value']):,d}")
-                owner = item.get("owner")
-                if owner is not None and owner != HOUSE:
-                    check_name(owner)
-                group.append(ops.credit(key, item["value"], vec, owner=owner,
-                                        address=item.get("address", ""),
-                                        change=bool(item.get("change")),
-                                        frozen_until=item.get("frozen_until", 0),
-                                        height=item.get("height", 0)))
-            seq = self._recompute_locked(group, supply=supply, now=now, cycle=cycle)
+            seq = self._recompute_locked(group, supply=supply, now=now, cycle=cycle,
+                                         figured=held)
+        del group, held  # a checkpoint may follow: it finds their memory free (trim)
         self._durable(seq)
 
     def spend_inputs(self, keys_: list[str], *, supply: int, now: int) -> None:
@@ -100,11 +112,12 @@ class Accounts(Ledger):
         return totals
 
     def _recompute_locked(self, group: list[dict], *, supply: int, now: int,
-                          cycle: int | None = None) -> int:
+                          cycle: int | None = None, figured: dict | None = None) -> int:
         """Apply ``group``, then a recompute whose totals include what it registers or spends;
-        log all of it as one record (call with the lock held)."""
+        log all of it as one record (call with the lock held). ``figured``: the vector and
+        subpremium row of each input the group credits, if already worked out."""
         supply = peg.check_supply(supply)
-        self._state.apply_group(group)
+        self._state.apply_group(group, figured)
         return self._log(group + [self._recompute(supply, now, cycle)])
 
     # ---------------------------------------------------------------- deposits

@@ -26,6 +26,7 @@ new one with its own (tests/test_matrix_files.py kills a writer after every step
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import threading
@@ -47,6 +48,30 @@ log = logging.getLogger(__name__)
 # each batch of input vectors, the file steps of pegx.ledger.arrays, "state" after the commit
 # batch, "obsolete" after the old files are deleted): the crash tests stop a writer there.
 FAULT: Callable[[str], None] | None = None
+
+
+TRIM_BYTES = 16 << 20  # a checkpoint that wrote more than this gives free heap pages back
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; musl and others have none
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def trim() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim).
+
+    A large group (10,000 credits: ~350 MB of JSON, bytes and dicts for a moment) leaves its
+    memory free but resident in the heap, where glibc keeps it for reuse: measured at 10,000
+    users, 0.50 GB resident after the build and 0.15 GB after a trim. A checkpoint that wrote
+    much follows such a group, so it trims (a few ms)."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _point(name: str) -> None:
@@ -160,7 +185,7 @@ class Checkpoints:
             led.journal.write_checkpoint(seq, snap.puts + layout.puts,
                                          snap.deletes + layout.deletes,
                                          files=layout.files or None,
-                                         before=lambda: self._before(snap))
+                                         before=lambda s=snap: self._before(s))
         finally:
             with led._lock:
                 led._state.cow = None
@@ -173,13 +198,17 @@ class Checkpoints:
         if layout.obsolete:
             led.store.remove_files(layout.obsolete)
             _point("obsolete")
+        written = sum(len(v) for _, v in snap.vectors) + sum(len(v) for _, v in snap.puts)
+        log.debug("checkpoint at seq %s: %s records, %s input vectors", f"{seq:,d}",
+                  f"{len(snap.puts) + len(layout.puts):,d}", f"{len(snap.vectors):,d}")
+        del snap  # (its bytes are free from here)
+        if layout.jobs or written > TRIM_BYTES:
+            trim()
         if layout.jobs:
             log.info("checkpoint at seq %s: %s (%.2f s)", f"{seq:,d}", ", ".join(
                 f"{job.name} ({len(job.names):,d} {'rows' if job.kind == 'rows' else 'balances'}"
                 f"{'' if job.base else ', delta'})" for job in layout.jobs),
                 time.perf_counter() - t0)
-        log.debug("checkpoint at seq %s: %s records, %s input vectors", f"{seq:,d}",
-                  f"{len(snap.puts) + len(layout.puts):,d}", f"{len(snap.vectors):,d}")
         return seq
 
     def _before(self, snap: Snapshot) -> None:

@@ -183,12 +183,9 @@ class Journal:
 def encode(ops: list[dict]) -> list[bytes]:
     """The records of one group: one JSON list, or (longer than RECORD_BYTES) several, cut
     between ops, all but the last marked PART."""
-    data = json.dumps(ops, separators=(",", ":")).encode()
-    if len(data) <= RECORD_BYTES:
-        return [data]
+    texts = [json.dumps(op, separators=(",", ":")).encode() for op in ops]
     records, part, size = [], [], 0
-    for op in ops:
-        text = json.dumps(op, separators=(",", ":")).encode()
+    for text in texts:
         if part and size + len(text) > RECORD_BYTES:
             records.append(PART + b"[" + b",".join(part) + b"]")
             part, size = [], 0

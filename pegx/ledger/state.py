@@ -169,10 +169,14 @@ class State:
         return figures.totals(self.vectors.get(figures.SUM), self.vectors.get(figures.SUB),
                               self.frozen, supply, now, self.input_vector, self.figures)
 
-    def apply_group(self, group: list[dict]) -> None:
+    def apply_group(self, group: list[dict], figured: dict | None = None) -> None:
         """Apply a logged (or checked) group: the subpremium rows of the inputs it registers
-        are worked out in one vectorised pass first (0.25 ms per input)."""
-        credits = [op for op in group if op.get("op") == "credit"]
+        are worked out in one vectorised pass first (0.27 ms per input), unless ``figured``
+        (key -> (vector, row)) has them."""
+        if figured:
+            self._prefetched.update(figured)
+        credits = [op for op in group if op.get("op") == "credit"
+                   and op["key"] not in self._prefetched]
         for at in range(0, len(credits), figures.CHUNK):
             part = credits[at:at + figures.CHUNK]
             vecs = [ops.decode_vec(op["vec"]) for op in part]
