@@ -41,6 +41,15 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "checkpoint_ops": (int, 5000, "ledger: checkpoint after this many logged operations"),
     "checkpoint_seconds": (float, 30.0, "ledger: checkpoint at least this often when busy"),
     "log_level": (str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    # replication (pegx.replication; README "Real-time backup: a standby")
+    "replication_key_file": (str, "", "shared replication key file (0600); turns replication on"),
+    "replication_host": (str, "", "replication listener address (empty = host)"),
+    "replication_port": (int, 55780, "replication listener port (a standby's once promoted)"),
+    "standby_of": (str, "", "run as a standby of the primary at host:port (its replication port)"),
+    "sync_standby": (bool, False, "acknowledge a state change only once the standby has it"),
+    "standby_fallback": (str, "strict", "sync standby gone: strict (wait) or async (go on, loudly)"),
+    "standby_timeout": (float, 10.0, "seconds of silence before a replication peer is dropped"),
+    "replication_retain": (int, 2_000_000, "op-log records kept at most for a standby behind"),
 }
 
 
@@ -67,6 +76,14 @@ class Config:
     checkpoint_ops: int = 5000
     checkpoint_seconds: float = 30.0
     log_level: str = "INFO"
+    replication_key_file: str = ""
+    replication_host: str = ""
+    replication_port: int = 55780
+    standby_of: str = ""
+    sync_standby: bool = False
+    standby_fallback: str = "strict"
+    standby_timeout: float = 10.0
+    replication_retain: int = 2_000_000
 
     @property
     def path(self) -> Path:
@@ -152,7 +169,31 @@ def _validate(cfg: Config) -> Config:
         bad("log_level", "must be DEBUG, INFO, WARNING or ERROR")
     if not cfg.datadir:
         bad("datadir", "must not be empty")
+    _validate_replication(cfg, bad)
     return cfg
+
+
+def _validate_replication(cfg: Config, bad) -> None:
+    if not 0 <= cfg.replication_port <= 65535:
+        bad("replication_port", "must be 0..65535")
+    if cfg.standby_fallback not in ("strict", "async"):
+        bad("standby_fallback", "must be 'strict' (stop acknowledging) or 'async' (go on)")
+    if not cfg.standby_timeout > 0:
+        bad("standby_timeout", "must be > 0")
+    if cfg.replication_retain < 0:
+        bad("replication_retain", "must be >= 0 (0 = no limit)")
+    if not cfg.replication_key_file:
+        for name in ("standby_of", "sync_standby"):
+            if getattr(cfg, name):
+                bad(name, "needs replication_key_file (pegx replication-key generate FILE, "
+                          "then the same file on both machines)")
+    if cfg.standby_of:
+        from pegx.replication.standby import parse_address
+
+        try:
+            parse_address(cfg.standby_of)
+        except ValueError as exc:
+            bad("standby_of", str(exc))
 
 
 def load(flags: dict | None = None, *, config_file: str | None = None,

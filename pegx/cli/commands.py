@@ -83,6 +83,19 @@ def main() -> None:
               help="Enable the signed API(command) exec call (needs `pegx api-key install`).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
                                                case_sensitive=False))
+@click.option("--replication-key-file", type=click.Path(dir_okay=False),
+              help="Shared replication key (pegx replication-key generate): a primary listens "
+                   "for a standby; with --standby-of, this daemon is one.")
+@click.option("--replication-host", help="Replication listener address [default: --host].")
+@click.option("--replication-port", type=int, help="Replication listener port [default: 55780].")
+@click.option("--standby-of", metavar="HOST:PORT",
+              help="Run as a read-only standby of the primary whose replication listener is "
+                   "at HOST:PORT (its --replication-port); pegx promote makes it the primary.")
+@click.option("--sync-standby/--no-sync-standby", default=None,
+              help="A state change answers only once the standby has its record on disk.")
+@click.option("--standby-fallback", type=click.Choice(["strict", "async"]),
+              help="With --sync-standby and no standby: strict (stop acknowledging, the "
+                   "default) or async (go on alone, shown in status and metrics).")
 def serve(config_file, **flags) -> None:
     """Run the daemon in the foreground (logs to stderr; SIGTERM/SIGINT stop it cleanly)."""
     try:
@@ -99,12 +112,15 @@ def serve(config_file, **flags) -> None:
     from pegx.chain.devnet.log import DevnetLogError
     from pegx.exchange.chainguard import WrongChain
     from pegx.ledger.store import StoreError
+    from pegx.replication import epoch, keys, wire
 
     try:
         app = App(cfg)
-    except WrongChain as exc:
+    except (WrongChain, epoch.Fenced) as exc:
         _fail(f"refusing to serve: {exc}")
-    except (StoreError, DevnetLogError) as exc:
+    except wire.Refused as exc:
+        _fail(f"the primary {cfg.standby_of} refused this standby: {exc}")
+    except (StoreError, DevnetLogError, keys.KeyError_) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start: {exc}")

@@ -329,6 +329,33 @@ class Exchange:
             seq = self._log(ops)
         self._durable(seq)
 
+    def apply_replicated(self, records: list[tuple[int, bytes]]) -> int:
+        """A standby's path (pegx.replication): apply records received from the primary and
+        log them as they were sent; returns the last seq, durable when this returns.
+
+        Each record is applied exactly as a replay at start-up applies it (no checks: the
+        primary checked it before logging it) and logged under the same seq, so this ledger
+        stays equal to the primary's. A record out of order or one that fails to apply stops
+        the journal: memory may then hold a partial record, which no checkpoint may write.
+        """
+        with self.lock:
+            try:
+                for seq, data in records:
+                    if seq != self.seq + 1:
+                        raise EngineError(f"replicated record {seq:,d} does not follow "
+                                          f"{self.seq:,d}")
+                    for op in json.loads(data):
+                        self._apply(op)
+                    self.journal.append_raw(seq, data)
+                    self.seq = seq
+            except Exception as exc:
+                self.journal.fail(exc, "a replicated record could not be applied")
+                raise
+            last = self.seq
+        self.journal.wait(last)
+        self._maybe_checkpoint()
+        return last
+
     def _maybe_checkpoint(self) -> None:
         due = (self.seq - self.ckpt_seq >= self.checkpoint_ops
                or len(self._dirty_rows) >= self.checkpoint_rows
