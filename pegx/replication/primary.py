@@ -128,6 +128,10 @@ class Replicator:
             session = self._session
             self._cond.notify_all()
         if self._sock is not None:
+            try:  # wakes the accept() in progress (close alone does not, on Linux)
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._sock.close()
         if session is not None:
             session.chan.close()

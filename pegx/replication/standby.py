@@ -119,11 +119,6 @@ class Receiver:
                     last_logged = self.last_error
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 4.0)
-            finally:
-                if self.connected:
-                    log.warning("replication: disconnected from primary %s at seq %s",
-                                self.primary, f"{self.ledger.seq:,d}")
-                self.connected = False
 
     # ---------------------------------------------------------------- one session
     def _connect(self) -> wire.Channel:
@@ -177,6 +172,10 @@ class Receiver:
             chan.close()
             with self._mu:
                 self._chan = None
+            if self.connected:
+                self.connected = False
+                log.warning("replication: disconnected from primary %s at seq %s",
+                            self.primary, f"{self.ledger.seq:,d}")
 
     def _follow(self, chan: wire.Channel) -> None:
         while not self._stop.is_set():
@@ -250,6 +249,8 @@ class Receiver:
                 finally:
                     chan.close()
                 break
+            except wire.Refused:
+                raise
             except (OSError, wire.ProtocolError) as exc:
                 log.warning("replication: waiting for primary %s to send its devnet header "
                             "(%s)", self.primary, exc)

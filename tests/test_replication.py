@@ -1,0 +1,268 @@
+"""A standby that holds every acknowledged call (issue #17), through the public surface: real
+`pegx serve` daemons (a primary and a standby on loopback), stock xmlrpc.client, SIGKILL,
+`pegx backup/restore/promote` on the command line, files on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from daemon import Daemon, wait_until
+from replica import (
+    digest,
+    make_key,
+    pegx_cli,
+    primary,
+    promote,
+    standby,
+    status,
+    wait_caught_up,
+    wait_loaded,
+)
+
+from pegx import crypto
+from pegx.replication.role import STANDBY_MSG
+
+BAY = 100_000_000
+
+
+def outside_address() -> str:
+    return crypto.wif_to_address(crypto.generate_deposit_key())
+
+
+def test_sync_standby_holds_every_record_and_serves_reads(tmp_path):
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key, sync=True).start(wait_loaded=False)
+    s = None
+    try:
+        s = standby(tmp_path / "s", key, p).start()
+        wait_loaded(p)
+        x, sx = p.proxy(), s.proxy()
+        dep = p.fund("alice", 10**11)
+        for i in range(30):
+            assert x.Trade("alice", 1000 + i, "bobby") is True
+        ok, wid = x.Withdraw("alice", str(2 * BAY), outside_address())
+        assert ok is True
+        # every call above answered only once the standby had its record on disk
+        seq = wait_caught_up(p, s)
+        assert digest(p) == digest(s) == {"seq": seq, "digest": digest(p)["digest"]}
+        for call in (lambda y: y.GetBalance("alice"), lambda y: y.GetBalance("bobby"),
+                     lambda y: y.GetBalance("exchange"), lambda y: y.GetDeposits(dep),
+                     lambda y: y.GetDeposits(), lambda y: y.CheckWithdraw(wid),
+                     lambda y: y.GetCycle(), lambda y: sorted(y.GetSpendable())):
+            assert call(sx) == call(x)
+        st = status(p)
+        assert st["state"] == "synchronous" and st["lag_records"] == 0, st
+        sst = status(s)
+        assert sst["role"] == "standby" and sst["connected"] and sst["lag_records"] == 0, sst
+        assert sst["epoch"] == st["epoch"] == 1 and sst["lineage"] == st["lineage"]
+    finally:
+        if s is not None:
+            s.stop()
+        p.stop()
+
+
+def test_standby_refuses_state_changes_and_changes_nothing(tmp_path):
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p, standby(tmp_path / "s", key, p) as s:
+        p.fund("alice", 10**11)
+        p.proxy().SetPassword("pw")
+        wait_caught_up(p, s, passw="pw")
+        sx = s.proxy()
+        before = sx.pegx.digest("pw")
+        refusals = {
+            "Trade": lambda: sx.Trade("alice", 1000, "bobby", "liquid", "pw"),
+            "Deposit": lambda: sx.Deposit("alice", ["00" * 32 + ":0"], "pw"),
+            "ExchangeSettings": lambda: sx.ExchangeSettings("", "", "", 9, "pw"),
+            "SetPassword": lambda: sx.SetPassword("other", "pw"),
+            "StartExchange": lambda: sx.StartExchange("pw", 1),
+            "CheckWithdraw": lambda: sx.CheckWithdraw("someid", 1, "pw"),
+        }
+        for name, call in refusals.items():
+            assert call() == STANDBY_MSG, name
+        assert sx.Withdraw("alice", str(2 * BAY), outside_address(), "liquid", "pw") == \
+            [STANDBY_MSG, ""]
+        assert sx.GenerateDepositAddress("pw") == [STANDBY_MSG, ""]
+        # the password is checked first, as for any refusal
+        assert sx.Trade("alice", 1000, "bobby", "liquid", "nope") == "Incorrect Password"
+        assert sx.GenerateDepositAddress("nope") == ["Incorrect Password", ""]
+        # reads are served, from the replicated ledger
+        assert sx.GetBalance("alice", "pw") == p.proxy().GetBalance("alice", "pw")
+        assert sx.StartExchange("pw", 1, 1) is True
+        assert sx.CheckWithdraw("someid", 0, "pw") == "ID not found"
+        try:
+            sx.devnet.mine(1)
+            raise AssertionError("a standby's devnet mined a block")
+        except Exception as exc:  # noqa: BLE001 - the Fault
+            assert "standby" in str(exc), exc
+        assert sx.devnet.info()["height"] == p.proxy().devnet.info()["height"]
+        assert sx.pegx.digest("pw") == before
+
+
+def test_standby_killed_and_restarted_catches_up(tmp_path):
+    """With --standby-fallback async the primary goes on alone (and says so); its checkpoints
+    keep the records the standby lacks; the restarted standby catches up."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key, sync=True, fallback="async").start(wait_loaded=False)
+    s = standby(tmp_path / "s", key, p).start()
+    try:
+        wait_loaded(p)
+        p.fund("alice", 10**11)
+        x = p.proxy()
+        for _ in range(20):
+            assert x.Trade("alice", 1000, "bobby") is True
+        wait_caught_up(p, s)
+        s.kill()  # SIGKILL: a crash
+        for _ in range(50):
+            assert x.Trade("alice", 1000, "bobby") is True  # acknowledged alone: degraded
+        st = wait_until(lambda: (v := status(p))["state"].startswith("DEGRADED") and v, 10,
+                        what="the primary to say it acknowledges without the standby")
+        assert st["problem"] and st["lag_records"] >= 50, st
+        assert x.pegx.checkpoint("") == st["seq"]
+        assert st["retained_from"] <= st["acked_seq"] + 1, st  # the checkpoint kept them
+        s.start()
+        seq = wait_caught_up(p, s)
+        assert digest(p) == digest(s)
+        assert s.proxy().GetBalance("bobby") == x.GetBalance("bobby") == \
+            {"liquid": 70 * 1000, "reserve": 0}
+        assert x.Trade("alice", 1000, "bobby") is True
+        wait_until(lambda: status(p)["state"] == "synchronous", 20,
+                   what="the primary to be synchronous again")
+        assert status(s)["seq"] >= seq + 1
+    finally:
+        s.stop()
+        p.stop()
+
+
+def test_standby_started_from_a_backup_catches_up(tmp_path):
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p:
+        p.fund("alice", 10**11)
+        x = p.proxy()
+        for _ in range(10):
+            assert x.Trade("alice", 1000, "bobby") is True
+        out = pegx_cli("backup", str(tmp_path / "backup"), "--url", p.url)
+        assert out.returncode == 0, out.stderr
+        for _ in range(30):
+            assert x.Trade("alice", 1000, "bobby") is True
+        x.pegx.checkpoint("")  # the records after the backup are kept for a standby
+        p.fund("carol", 10**10)  # new devnet blocks and a deposit after the backup
+        out = pegx_cli("restore", str(tmp_path / "backup"), "--datadir", str(tmp_path / "s"))
+        assert out.returncode == 0, out.stderr
+        with standby(tmp_path / "s", key, p) as s:
+            wait_caught_up(p, s)
+            assert digest(p) == digest(s)
+            assert s.proxy().GetBalance("carol") == x.GetBalance("carol")
+            assert s.proxy().devnet.info() == x.devnet.info()
+
+
+def test_strict_sync_stops_acknowledging_without_the_standby(tmp_path):
+    """The default fallback: with the standby gone no state change answers; the call that
+    waits answers True once a standby holds its record, and the standby has it."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key, sync=True).start(wait_loaded=False)
+    s = standby(tmp_path / "s", key, p).start()
+    try:
+        wait_loaded(p)
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        s.kill()
+        answers: list[object] = []
+        t = threading.Thread(target=lambda: answers.append(
+            p.proxy().Trade("alice", 12345, "bobby")), daemon=True)
+        t.start()
+        st = wait_until(lambda: (v := status(p))["state"].startswith("BLOCKED") and v, 20,
+                        what="the primary to say it does not acknowledge")
+        assert st["problem"] and not answers and t.is_alive()
+        # reads are still served meanwhile
+        assert p.proxy().GetBalance("alice")["liquid"] > 0
+        s.start()
+        t.join(60)
+        assert answers == [True]
+        wait_caught_up(p, s)
+        assert s.proxy().GetBalance("bobby")["liquid"] == 12345
+    finally:
+        s.stop()
+        p.stop()
+
+
+def test_a_standby_with_another_key_is_refused(tmp_path):
+    """Both sides prove they hold the key; a standby with another key gets nothing (a new
+    one, which must first fetch its devnet header, exits with the reason)."""
+    key, other = make_key(tmp_path), make_key(tmp_path, "other.key")
+    with primary(tmp_path / "p", key) as p:
+        p.fund("alice", 10**11)
+        s = standby(tmp_path / "s", other, p)
+        out = pegx_cli(*s.args[3:])  # pegx serve ... in the foreground
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "does not hold our replication key" in out.stderr, out.stderr
+        assert not (tmp_path / "s" / "devnet").exists()
+        assert status(p)["standby"] == ""
+        assert p.proxy().Trade("alice", 1000, "bobby") is True  # the primary is unharmed
+
+
+def test_key_file_contract(tmp_path):
+    path = tmp_path / "k"
+    out = pegx_cli("replication-key", "generate", str(path))
+    assert out.returncode == 0, out.stderr
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert len(bytes.fromhex(path.read_text().strip())) == 32
+    again = pegx_cli("replication-key", "generate", str(path))
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    os.chmod(path, 0o644)
+    d = Daemon(tmp_path / "d", extra=["--replication-key-file", str(path)])
+    out = pegx_cli(*d.args[3:])
+    assert out.returncode == 1 and "chmod 600" in out.stderr, out.stderr
+
+
+def test_promotion_fences_the_old_primary(tmp_path):
+    """The old primary still runs when the standby is promoted: the new primary's fencer tells
+    it, it stops (exit 3), and it refuses to start again as a primary."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key).start()
+    s = standby(tmp_path / "s", key, p).start()
+    try:
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        st = promote(s)
+        assert st["role"] == "primary" and st["epoch"] == 2, st
+        assert p.proc.wait(60) == 3
+        assert "superseded by epoch 2" in p.log()
+        p.stop()
+        out = pegx_cli(*p.args[3:])
+        assert out.returncode == 1 and "superseded by epoch 2" in out.stderr, out.stderr
+        assert s.proxy().Trade("alice", 1000, "bobby") is True
+        wait_until(lambda: status(s)["fencing"]["state"] == "fenced", 20,
+                   what="the fencer to report")
+    finally:
+        s.stop()
+        p.stop()
+
+
+def test_an_old_primary_that_comes_back_learns_from_its_standby(tmp_path):
+    """The primary is down while its standby is promoted; it comes back (asynchronous: it
+    would serve), and the promoted daemon, started again with its old --standby-of, connects
+    to it: the old primary refuses a standby of a higher epoch and stops; the standby does not
+    follow an older primary."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key).start()
+    s = standby(tmp_path / "s", key, p).start()
+    try:
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        p.kill()
+        promote(s)
+        assert s.proxy().Trade("alice", 1000, "bobby") is True
+        s.stop()
+        p.start()
+        s.start()  # the same command line: --standby-of the old primary
+        assert p.proc.wait(60) == 3
+        assert "superseded by epoch 2" in p.log()
+        wait_until(lambda: "older" in status(s)["problem"] or "newer" in status(s)["problem"],
+                   20, what="the standby to refuse the old primary")
+        assert s.proxy().Trade("alice", 1000, "bobby") == STANDBY_MSG
+    finally:
+        s.stop()
+        p.stop(signal.SIGKILL)
