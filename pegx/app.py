@@ -18,15 +18,20 @@ import time
 from pathlib import Path
 
 from pegx import __version__
-from pegx.admin import tools
+from pegx.admin import audit
+from pegx.admin.backup import BackupJobs
+from pegx.admin.offline import ToolError
 from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.pipeline import pipeline
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
 from pegx.ledger.journal import NotAcknowledged
+from pegx.ledger.rules import EngineError, coerce_amount
 from pegx.ledger.store import Store
+from pegx.ops import health
 from pegx.rpc import api
 from pegx.rpc.execapi import ExecAPI
 from pegx.rpc.server import CallError, RPCServer
@@ -63,7 +68,7 @@ def read_public_key(datadir: Path) -> str | None:
 
 
 def _amount(value) -> int:
-    return api.coerce_amount(value)
+    return coerce_amount(value)
 
 
 class App:
@@ -108,7 +113,7 @@ class App:
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
                                 seen=lambda h: self.ledger.record("exec", h) is not None,
                                 record=lambda h: self.ledger.put("exec", h, 1),
-                                namespace=self._exec_namespace, lock=self.ledger.lock)
+                                namespace=self._exec_namespace, lock=self.ledger.locked())
         if cfg.allow_exec and pub is None:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
@@ -127,12 +132,17 @@ class App:
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
                                    "pegx.checkpoint": self.checkpoint,
                                    "pegx.digest": self.digest, "pegx.promote": self.promote})
-        self.backups = tools.BackupJobs(self.store, cfg.path)
+        self.backups = BackupJobs(self.store, cfg.path)
         self.server.register_many({"pegx.backup": self.backup,
                                    "pegx.backup_progress": self.backup_progress,
                                    "pegx.audit": self.audit})
         if cfg.chain == "devnet":
             self._register_devnet()
+        self.health = health.Health(self.chain, self.cycle, probe_chain=self._probe_chain(),
+                                    stall_seconds=health.stall_threshold(cfg),
+                                    block_clock=cfg.chain == "bitbayd",
+                                    started_at=self.started_at)
+        self.metrics = self._metrics() if cfg.metrics_port else None
 
     def _check_chain(self) -> None:
         """The chain must be the ledger's before any call is taken (WrongChain otherwise); an
@@ -145,6 +155,38 @@ class App:
                 log.warning("cannot check the chain yet (%s); no calls are taken until it "
                             "answers, retrying in %.0f s", exc, CHAIN_RETRY_SECONDS)
                 time.sleep(CHAIN_RETRY_SECONDS)
+
+    def _probe_chain(self):
+        """The chain view health probes call: for bitbayd one that fails fast (no retries,
+        a deadline of seconds), so pegx status says at once that the node is gone."""
+        if self.cfg.chain != "bitbayd":
+            return self.chain
+        return self.chain.with_options(retry=False, timeout=health.PROBE_TIMEOUT,
+                                       deadline=health.PROBE_DEADLINE)
+
+    def _metrics(self):
+        """The metrics port (--metrics-port): the registry, its hooks, the HTTP server."""
+        from pegx.ops.metrics import Metrics, MetricsServer, StateCollector
+
+        m = Metrics()
+        names = self.server.method_names()
+        m.set_methods(names, refusing=[*self.api.methods(),
+                                       *(n for n in names if n.startswith("pegx."))])
+        self.server.on_call = m.on_call
+        self.ledger.observe(fsync=m.fsync.observe, checkpoint=m.checkpoint.observe)
+        self.cycle.on_recompute = m.recompute.observe
+        node_errors = self.chain.rpc_errors if self.cfg.chain == "bitbayd" else (lambda: 0)
+        m.registry.register(StateCollector(self.state, node_errors))
+        if not self.cfg.is_loopback:
+            log.warning("metrics port listening on %r, not loopback: anyone who can reach it "
+                        "sees the exchange's totals and state", self.cfg.host)
+        return MetricsServer(self.cfg.host, self.cfg.metrics_port, m, self.page)
+
+    def page(self) -> str:
+        """The status page (pegx.ops.page) as HTML."""
+        from pegx.ops import page
+
+        return page.render(self.state(), self.ledger.holdings(), self.cycle.cycle_history())
 
     def _exec_namespace(self) -> dict:
         return {"api": self.api, "engine": self.ledger, "ledger": self.ledger,
@@ -202,7 +244,7 @@ class App:
             return api.WRONG_PASSWORD
         try:
             return self.ledger.checkpoint()
-        except engine.EngineError as exc:
+        except EngineError as exc:
             raise CallError(str(exc)) from None
 
     def digest(self, passw=""):
@@ -210,8 +252,8 @@ class App:
         seq (equal on a primary and a standby that hold the same records)."""
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
-        with self.ledger.lock:
-            return {"seq": self.ledger.seq, "digest": self.ledger.digest()}
+        seq, digest = self.ledger.digest_at()
+        return {"seq": seq, "digest": digest}
 
     def promote(self, passw=""):
         """pegx.promote(passw='') -> {epoch, seq}: make this standby the primary (a new epoch
@@ -256,7 +298,7 @@ class App:
             return api.WRONG_PASSWORD
         try:
             return self.backups.start(dest)
-        except tools.ToolError as exc:
+        except ToolError as exc:
             raise CallError(str(exc)) from None
 
     def backup_progress(self, job_id, passw=""):
@@ -266,27 +308,27 @@ class App:
             return api.WRONG_PASSWORD
         try:
             return self.backups.progress(job_id)
-        except tools.ToolError as exc:
+        except ToolError as exc:
             raise CallError(str(exc)) from None
 
     def audit(self, passw=""):
         """pegx.audit(passw='') -> the audit report (conservation and every ledger invariant
-        checked against the chain; see pegx.admin.tools.audit)."""
+        checked against the chain; see pegx.admin.audit)."""
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
-        return tools.audit(self.ledger, self.chain)
+        return audit.audit(self.ledger, self.chain)
 
     def status(self, passw=""):
         """pegx.status(passw='') -> what an operator needs at a glance."""
         if not self.api.password.check(passw):
             return api.WRONG_PASSWORD
+        return self.state()
+
+    def state(self) -> dict:
+        """The status report (pegx.status without the password check; the metrics port):
+        the problems first (pegx.ops.health), then the figures."""
         tip = self.cycle.tip
-        withdraws = self.ledger.records("withdraws")
-        history = self.ledger.records("history")
-        by_status: dict[str, int] = {"pending": len(withdraws)}
-        for rec in history.values():
-            if isinstance(rec, dict):
-                by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
+        pipe = pipeline(self.ledger, time.time())  # one pass under the lock, little copied
         desk = self.cycle.desk
         follower = self.cycle.follower.state()
         return {
@@ -302,12 +344,14 @@ class App:
             "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
             "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
-            "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.names),
-            "inputs": len(self.ledger.tables["inputs"]), "withdraws": by_status,
+            "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.users()),
+            "inputs": self.ledger.input_count(), "withdraws": pipe.pop("by_status"),
             "last_error": self.cycle.last_error, "ledger_bytes": self.store.approximate_size(),
             "op_seq": self.ledger.seq, "checkpoint_seq": self.ledger.ckpt_seq,
             "uptime": int(time.time() - self.started_at),
             "calls_served": self.server.calls_served, "exec_enabled": self.exec_api.active,
+            "pipeline": pipe,
+            **self.health.report(),  # problems, node, tip_age, stall_seconds
             "replication": (self.replication.status() if self.replication is not None
                             else {"role": "primary", "state": "off", "problem": ""}),
         }
@@ -328,6 +372,8 @@ class App:
         if start is not None and not standby:
             start()
         self.server.serve_in_thread()
+        if self.metrics is not None:
+            self.metrics.start()
         host, port = self.server.address
         log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s%s)", __version__, host,
                  port, self.cfg.chain, self.cfg.path,
@@ -335,11 +381,11 @@ class App:
         if self.cfg.autostart and not standby:
             self.cycle.start()
         while not self._shutdown.wait(0.5):
-            if self.ledger.journal.failed is not None:
+            if self.ledger.failed is not None:
                 log.critical("ledger writes failed: shutting down to protect balances")
                 break
         self.close()
-        return self.exit_code if self.ledger.journal.failed is None else 1
+        return self.exit_code if self.ledger.failed is None else 1
 
     def close(self) -> None:
         """Stop taking calls, finish in-flight work, checkpoint, close (idempotent)."""
@@ -348,6 +394,8 @@ class App:
         self._closed = True
         log.info("shutting down: no new calls")
         time.sleep(0.1)  # let the ShutDown reply leave
+        if self.metrics is not None:
+            self.metrics.stop()
         self.server.stop()
         self.server.wait_idle(5.0)
         self.cycle.stop(timeout=5.0)

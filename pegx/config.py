@@ -24,6 +24,7 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "host": (str, "127.0.0.1", "XML-RPC bind address (loopback by default)"),
     "port": (int, 55779, "XML-RPC port"),
     "rpc_request_deadline": (float, 10.0, "seconds a client may take to send one whole request"),
+    "metrics_port": (int, 0, "Prometheus metrics and the status page on host:PORT (0 = off)"),
     "chain": (str, "devnet", "chain backend: devnet (embedded simulation) or bitbayd"),
     "network": (str, "main", "main, testnet or regtest: address versions (devnet: cycle length)"),
     "node_url": (str, "http://127.0.0.1:19915", "bitbayd JSON-RPC URL (user:password@host:port)"),
@@ -35,6 +36,9 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "devnet_walk": (int, -1, "devnet: seed of a random supply walk (-1 = off)"),
     "devnet_seed": (int, 1, "devnet: seed of the simulated chain"),
     "final_depth": (int, 0, "confirmations that make a block final (0 = exchangeconfirmations)"),
+    "stall_seconds": (float, 0.0, ("seconds without a new block before status calls the "
+                                    "chain stalled (0: ten blocks' time, never on an "
+                                    "on-demand devnet; < 0: never)")),
     "poll_seconds": (float, 0.5, "exchange cycle: seconds between passes"),
     "busy_wait": (float, 2.0, "seconds a call waits for a running recompute before 'busy'"),
     "allow_exec": (bool, False, "enable the signed API(command) exec call (needs a key)"),
@@ -59,6 +63,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 55779
     rpc_request_deadline: float = 10.0
+    metrics_port: int = 0
     chain: str = "devnet"
     network: str = "main"
     node_url: str = "http://127.0.0.1:19915"
@@ -70,6 +75,7 @@ class Config:
     devnet_walk: int = -1
     devnet_seed: int = 1
     final_depth: int = 0
+    stall_seconds: float = 0.0
     poll_seconds: float = 0.5
     busy_wait: float = 2.0
     allow_exec: bool = False
@@ -146,6 +152,10 @@ def _validate(cfg: Config) -> Config:
 
     if not 0 <= cfg.port <= 65535:
         bad("port", "must be 0..65535")
+    if not 0 <= cfg.metrics_port <= 65535:
+        bad("metrics_port", "must be 0..65535 (0 = off)")
+    if cfg.metrics_port and cfg.metrics_port == cfg.port:
+        bad("metrics_port", "must differ from the XML-RPC port")
     if cfg.chain not in ("devnet", "bitbayd"):
         bad("chain", "must be 'devnet' or 'bitbayd'")
     if cfg.network not in ("main", "testnet", "regtest"):

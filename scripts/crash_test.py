@@ -12,7 +12,7 @@ window), restarts it with the same command line and checks after every restart:
 * a call that got no answer (the daemon died under it) happened entirely or not at all: exactly
   one subset of the in-flight calls makes every account match (at most one call per client is
   in flight, so there are at most 2^K candidates);
-* the conservation law holds (``pegx.audit`` when the daemon has it, else a fallback sum);
+* ``pegx.audit`` (the ledger's one audit: conservation and every invariant) reports ``ok``;
 * the daemon came back by itself within 30 s, with no traceback in its log, and caught up with
   the chain's cycle.
 
@@ -59,7 +59,6 @@ REFUNDED = ("Failed/Declined", "Expired")
 INT32 = 2**31
 FUNDING = 2 * 10**12  # 20,000 BAY per user: far above 2^31, so every balance is an <i8>
 START_LIMIT = 30.0  # seconds a restart may take before the run fails
-NO_DESK = "withdraw processing is not available"
 BATCH_LINE = re.compile(r"(liquid|reserve) batch [0-9a-f]+: tx ")  # pegx.exchange.withdraws' log line
 
 
@@ -427,26 +426,20 @@ def snapshot(x, accounts: list[str], wids: list[str], timeout: float = 30.0) -> 
     'Balance is updating', read again.
     """
     calls = [("pegx.status", [])] + [("GetBalance", [a]) for a in accounts]
-    calls += [("GetBalance", ["exchange"]), ("GetDeposits", [])]
+    calls += [("GetDeposits", [])]
     calls += [("CheckWithdraw", [w]) for w in wids] + [("pegx.status", [])]
     deadline = time.monotonic() + timeout
-    last = None
     while True:
         res = multicall(x, calls)
         first, final = res[0], res[-1]
         try:
             totals = {a: total(b) for a, b in zip(accounts, res[1:], strict=False)}
-            snap = {"totals": totals, "exchange": res[1 + len(accounts)],
-                    "claims": res[2 + len(accounts)],
+            snap = {"totals": totals, "claims": res[1 + len(accounts)],
                     "status": {w: (r.get("status") if isinstance(r, dict) else r)
-                               for w, r in zip(wids, res[3 + len(accounts):-1], strict=True)},
-                    "seq": final.get("op_seq")}
-            if "op_seq" in first:
-                if first["op_seq"] == final["op_seq"]:
-                    return snap
-            elif snap == last:
-                return snap  # no op_seq: two equal reads in a row
-            last = snap
+                               for w, r in zip(wids, res[2 + len(accounts):-1], strict=True)},
+                    "seq": final["op_seq"]}
+            if first["op_seq"] == final["op_seq"]:
+                return snap
         except (TypeError, KeyError, AttributeError) as exc:
             if time.monotonic() > deadline:
                 raise CheckFailed(f"no consistent snapshot in {timeout:.0f} s: {exc}") from exc
@@ -454,18 +447,6 @@ def snapshot(x, accounts: list[str], wids: list[str], timeout: float = 30.0) -> 
             raise CheckFailed(f"no consistent snapshot in {timeout:.0f} s (the ledger kept "
                               "changing)")
         time.sleep(0.1)
-
-
-def audit_ok(result) -> bool:
-    """Whether a pegx.audit answer reports no difference (accepts a few plausible shapes)."""
-    if isinstance(result, bool):
-        return result
-    if isinstance(result, dict):
-        if "ok" in result:
-            return result["ok"] is True
-        diffs = [v for k, v in result.items() if "diff" in k.lower()]
-        return bool(diffs) and not any(diffs)
-    return False
 
 
 def traceback_in(text: str) -> str | None:
@@ -497,8 +478,6 @@ class Run:
         self.acks = self.ctx.Array("i", [-1] * clients)
         self.procs: list = []
         self.offsets = [0] * clients
-        self.has_audit = False
-        self.desk = True
 
     def say(self, text: str) -> None:
         """Print a progress line unless --quiet."""
@@ -514,8 +493,6 @@ class Run:
         self.summary.restarts.append(time.monotonic() - t0)
         self.life_start = 0
         x = d.proxy()
-        self.has_audit = "pegx.audit" in x.system.listMethods()
-        self.desk = NO_DESK not in d.log()
         # change and fee addresses in the devnet wallet, so the withdraw desk can build batches
         ok = x.ExchangeSettings([x.devnet.new_address()], x.devnet.new_address())
         assert ok is True, ok
@@ -543,8 +520,7 @@ class Run:
         wait_until(lambda: all(a == 0 for a in self.acks) or self._dead_client(), 60,
                    what="the clients to start")
         self.say(f"setup: {len(self.everyone)} users funded with {FUNDING:,d} sat each, "
-                 f"{len(self.procs)} clients, audit RPC {'present' if self.has_audit else 'absent'}"
-                 f", withdraw desk {'present' if self.desk else 'absent'}")
+                 f"{len(self.procs)} clients")
 
     def log_path(self, k: int) -> Path:
         """Client k's JSONL call log."""
@@ -600,30 +576,15 @@ class Run:
         snap = snapshot(x, self.accounts, wids)
         self.model.check_claims(snap, self.summary)
         note = self.model.resolve(snap, self.accounts, self.summary)
-        self.conservation(x, snap, when)
+        self.conservation(x, when)
         return note
 
-    def conservation(self, x, snap: dict, when: str) -> None:
-        """pegx.audit if the daemon has it; else Σ accounts == Σ registered inputs."""
-        if self.has_audit:
-            result = x.pegx.audit()
-            if not audit_ok(result):
-                raise CheckFailed(f"{when}: pegx.audit reports a difference: {result!r}")
-            self.summary.conservation["pegx.audit"] += 1
-            return
-        ex = snap["exchange"]
-        inputs = int(ex["liquid"]) + int(ex["reserve"]) + int(ex.get("frozen", 0))
-        held = sum(snap["totals"].values())
-        if not self.desk:  # no fee income, nothing in flight: exact
-            if held != inputs:
-                raise CheckFailed(f"{when}: conservation: accounts hold {held:,d} sat, "
-                                  f"registered inputs {inputs:,d} sat")
-            self.summary.conservation["fallback exact"] += 1
-        else:  # the house account is not readable over the API: an upper bound only
-            if held > inputs:
-                raise CheckFailed(f"{when}: conservation: accounts hold {held:,d} sat, more "
-                                  f"than the registered inputs {inputs:,d} sat")
-            self.summary.conservation["fallback bound"] += 1
+    def conservation(self, x, when: str) -> None:
+        """The ledger's audit, over the API: it must report no problem."""
+        result = x.pegx.audit()
+        if not result["ok"]:
+            raise CheckFailed(f"{when}: pegx.audit reports problems: {result['problems']!r}")
+        self.summary.conservation["pegx.audit"] += 1
 
     # -------------------------------------------------------------- the kill loop
     def miner(self, stop: threading.Event) -> None:

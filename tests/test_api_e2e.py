@@ -9,6 +9,7 @@ the daemon. Blocks are mined on demand (block_seconds=0).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import xmlrpc.client
@@ -18,6 +19,8 @@ import pytest
 from daemon import Daemon, assert_returns, wait_until
 
 from pegx import crypto
+from pegx.ledger import schema
+from pegx.ledger.store import Store
 
 BAY = 100_000_000
 STOPPED = "Exchange is stopped."
@@ -622,36 +625,53 @@ def test_withdraw_limits_are_300_and_45(wd):
     assert x.pegx.status()["withdraws"]["pending"] == 345
 
 
-def test_check_withdraw_follows_the_master_id_and_clear_is_safe(wd):
-    x = wd.proxy()
+def write_history_v1(ledger_dir: Path, history: dict) -> None:
+    """Write ``history`` records into a stopped daemon's ledger as pegx wrote them before
+    ledger format 2 (a history table: withdraw id -> master id, master id -> status record),
+    and mark the ledger format 1: the next start upgrades it (pegx.ledger.migrate)."""
+    with Store(ledger_dir, create=False) as store:
+        state = store.state()
+        with store.batch() as wb:
+            for key, value in history.items():
+                wb.put(schema.pack_record("history", key), json.dumps(value).encode())
+            wb.put(schema.STATE, json.dumps({**state, "format": 1}).encode())
+
+
+def test_check_withdraw_follows_the_master_id_and_clear_is_safe(tmp_path):
+    """The records are the old layout's, upgraded at start: CheckWithdraw answers as before."""
     master = {"status": "Complete", "txid": "ab" * 32, "ID": "m" * 32, "block": 170,
               "in0": "cd" * 32 + ":0"}
     processing = {**master, "status": "Processing", "ID": "p" * 32}
-    code = ("ledger.put_many([('history', 'u1', 'm' * 32), ('history', 'm' * 32, M),"
-            " ('history', 'u2', 'gone'), ('history', 'u3', 'p' * 32), ('history', 'p' * 32, P)])")
-    assert run_exec(x, f"M = {master!r}\nP = {processing!r}\n{code}") is True
-    assert_returns(lambda: x.CheckWithdraw("u1"), master)  # user id -> master id -> record
-    assert_returns(lambda: x.CheckWithdraw("m" * 32), master)
-    assert_returns(lambda: x.CheckWithdraw("u2"), "ID not found")  # master already cleared
-    assert_returns(lambda: x.CheckWithdraw("never-seen"), "ID not found")
-    # clear=1 on a withdraw still in flight changes nothing
-    assert_returns(lambda: x.CheckWithdraw("u3", 1), processing)
-    assert_returns(lambda: x.CheckWithdraw("p" * 32, 1), processing)
-    assert_returns(lambda: x.CheckWithdraw("u3"), processing)
-    # clear=1 on a finished one removes the id asked for (the original's clearID)
-    assert_returns(lambda: x.CheckWithdraw("u1", 1), master)
-    assert_returns(lambda: x.CheckWithdraw("u1"), "ID not found")
-    assert_returns(lambda: x.CheckWithdraw("m" * 32, 1), master)
-    assert_returns(lambda: x.CheckWithdraw("m" * 32), "ID not found")
-    assert_returns(lambda: x.CheckWithdraw("m" * 32, 1), "ID not found")  # twice: harmless
-    assert_returns(lambda: x.CheckWithdraw("unknown", 1), "ID not found")  # killed the original
-    assert x.pegx.status()["cycle_thread_alive"] is True
-    assert x.pegx.status()["last_error"] == ""
+    datadir = tmp_path / "d"
+    with Daemon(datadir):
+        pass  # a ledger and its devnet
+    write_history_v1(datadir / "ledger", {"u1": "m" * 32, "m" * 32: master, "u2": "gone",
+                                          "u3": "p" * 32, "p" * 32: processing})
+    with Daemon(datadir) as d:
+        x = d.proxy()
+        assert "ledger upgraded from format 1 to 2" in d.log()
+        assert_returns(lambda: x.CheckWithdraw("u1"), master)  # user id -> master id -> record
+        assert_returns(lambda: x.CheckWithdraw("m" * 32), master)
+        assert_returns(lambda: x.CheckWithdraw("u2"), "ID not found")  # master already cleared
+        assert_returns(lambda: x.CheckWithdraw("never-seen"), "ID not found")
+        # clear=1 on a withdraw still in flight changes nothing
+        assert_returns(lambda: x.CheckWithdraw("u3", 1), processing)
+        assert_returns(lambda: x.CheckWithdraw("p" * 32, 1), processing)
+        assert_returns(lambda: x.CheckWithdraw("u3"), processing)
+        # clear=1 on a finished one removes the id asked for (the original's clearID)
+        assert_returns(lambda: x.CheckWithdraw("u1", 1), master)
+        assert_returns(lambda: x.CheckWithdraw("u1"), "ID not found")
+        assert_returns(lambda: x.CheckWithdraw("m" * 32, 1), master)
+        assert_returns(lambda: x.CheckWithdraw("m" * 32), "ID not found")
+        assert_returns(lambda: x.CheckWithdraw("m" * 32, 1), "ID not found")  # twice: harmless
+        assert_returns(lambda: x.CheckWithdraw("unknown", 1), "ID not found")  # killed the original
+        assert x.pegx.status()["cycle_thread_alive"] is True
+        assert x.pegx.status()["last_error"] == ""
 
 
 def test_signed_api_command(wd):
     x = wd.proxy()
-    cmd = signed("result = {'users': len(ledger.names), 'cycle': api.GetCycle()}")
+    cmd = signed("result = {'users': len(ledger.users()), 'cycle': api.GetCycle()}")
     got = x.API(cmd)
     assert isinstance(got, dict) and got["cycle"] == 0 and got["users"] >= 4
     assert_returns(lambda: x.API(cmd), "Command sent previously")

@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pegx.ledger import engine
-from pegx.rpc.api import PasswordGate, coerce_amount
+from pegx.ledger import rules
+from pegx.ledger.rules import coerce_amount
+from pegx.rpc.api import PasswordGate
 
 
 @pytest.mark.parametrize(("value", "want"), [
@@ -25,7 +26,7 @@ def test_amounts_accepted(value, want):
     " ", "0x10", "1_000", "٣", "５", "9" * 31, [5], {"a": 5}, b"5",
 ])
 def test_amounts_refused_with_a_message(value):
-    with pytest.raises(engine.AmountError) as info:
+    with pytest.raises(rules.AmountError) as info:
         coerce_amount(value)
     assert str(info.value).startswith("Amount")
 

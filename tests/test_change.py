@@ -16,7 +16,7 @@ from pegx import crypto, peg
 from pegx.chain.devnet.ledger import BLOCK_TIME
 from pegx.chain.devnet.peg import FREEZE_SECONDS
 from pegx.exchange.planner import commission, estimated_fees
-from pegx.ledger import engine
+from pegx.ledger import rules
 
 BAY = 10**8
 
@@ -106,10 +106,11 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         rig.setup()
         rig.fund("alice", 10**11)
         rig.fund("bobby", 10**11)
-        house0 = int(rig.ledger.row(engine.HOUSE).sum())
-        rig.ledger.withdraw("w1", "alice", 2 * 10**10, peg.RESERVE, rig.acct0, rig.cycle.cycle())
+        house0 = int(rig.ledger.row(rules.HOUSE).sum())
+        rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, peg.RESERVE, rig.acct0,
+                                    rig.cycle.cycle())
         rig.until_status("w1", "Complete")
-        batch = rig.ledger.record("batches", rig.ledger.record("history", "w1"))
+        batch = rig.ledger.record("batches", rig.ledger.record("batch_of", "w1"))
         rig.mine(10)
         payee = [u for u in rig.chain.list_unspent()
                  if u.txid == batch["final_txid"] and u.vout not in batch["house_vouts"]]
@@ -117,9 +118,9 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         key = payee[0].key
         assert key not in rig.cycle.spendable() and rig.ledger.record("claims", key) is None
         c = commission(2 * 10**10, COMM)
-        assert int(rig.ledger.row(engine.HOUSE).sum()) == house0 + c - estimated_fees(1)
+        assert int(rig.ledger.row(rules.HOUSE).sum()) == house0 + c - estimated_fees(1)
         # 30 days of freeze and the 12 h grace, in 64 s blocks
-        blocks = (FREEZE_SECONDS + engine.FROZEN_GRACE) // BLOCK_TIME + 10
+        blocks = (FREEZE_SECONDS + rules.FROZEN_GRACE) // BLOCK_TIME + 10
         while blocks > 0:
             rig.chain.mine(min(blocks, 10_000))
             blocks -= 10_000
@@ -127,7 +128,7 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
         entry = rig.cycle.spendable()[key]
         assert "change" not in entry and rig.ledger.record("claims", key) is None
         assert int(entry["amount"]) == 2 * 10**10 - c
-        rig.ledger.put("claims", key, {"name": "carol"})  # what Deposit("carol", [key]) does
+        rig.ledger.claim_deposits("carol", [key])  # what Deposit("carol", [key]) does
         rig.step()
         assert rig.ledger.record("claims", key) == {"name": "carol", "registered": 1}
         bal = rig.ledger.balance("carol")
@@ -149,8 +150,8 @@ def test_cycle_state_stays_within_the_wallets_outputs(tmp_path):
             rig.fund(f"user{i}", 10**11)
         for n in range(10):
             wid = f"w{n}"
-            rig.ledger.withdraw(wid, f"user{n % 3}", 10**9, peg.LIQUID, new_address(),
-                                rig.cycle.cycle())
+            rig.ledger.request_withdraw(wid, f"user{n % 3}", 10**9, peg.LIQUID, new_address(),
+                                        rig.cycle.cycle())
             rig.until_status(wid, "Complete")
             rig.mine(8)  # the batch's change is confirmed and back in Spendable
             unspent = len(rig.chain.list_unspent())

@@ -22,8 +22,9 @@ from holdstore import HoldingStore
 
 from pegx import peg
 from pegx.ledger import schema
-from pegx.ledger.engine import EngineError, Exchange
+from pegx.ledger.engine import Exchange
 from pegx.ledger.journal import JournalFailed
+from pegx.ledger.rules import EngineError
 from pegx.ledger.store import Store
 
 SUPPLY = 500

@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 
 from pegx import peg
-from pegx.ledger.engine import EngineError, Exchange
+from pegx.ledger import ops as ledger_ops
+from pegx.ledger.engine import Exchange
+from pegx.ledger.lifecycle import new_record
+from pegx.ledger.rules import EngineError
 from pegx.ledger.store import Store
 
 SUPPLY = 500
 BANK = "bankroll"
+PLAN = {"kind": "liquid", "ids": ["w" * 32], "ins": ["f" * 64 + ":0"], "txid": "ab" * 32,
+        "raw": "00", "house_vouts": [1], "fee": 10000, "total": 10**8, "commission": 10**6,
+        "height": 70}
 VALID = {"op": "trade", "u1": BANK, "u2": "user0001", "amount": 5, "style": peg.LIQUID}
 
 
@@ -27,14 +33,14 @@ def funded(path) -> Exchange:
     vec = peg.std_spread(10**11)
     ex.credit_inputs([{"key": "f" * 64 + ":0", "value": int(vec.sum()), "vector": vec,
                        "owner": BANK}], supply=SUPPLY, now=0)
-    ex.withdraw("w" * 32, BANK, 10**8, peg.LIQUID, "Baddress", 0)
+    ex.request_withdraw("w" * 32, BANK, 10**8, peg.LIQUID, "Baddress", 0)
     return ex
 
 
 def neg_adjust() -> dict:
     vec = np.zeros(peg.PEG_SIZE, dtype=np.int64)
     vec[SUPPLY + 10] = -(10**15)
-    return Exchange.adjust_op("user0001", vec)
+    return ledger_ops.adjust("user0001", vec)
 
 
 BAD = {
@@ -52,12 +58,35 @@ BAD = {
                                  "value": {1, 2}},
     "unknown op": {"op": "teleport", "to": "mars"},
     "spend of an unregistered input": {"op": "spend", "keys": ["e" * 64 + ":1"]},
-    "credit of a registered input": Exchange.credit_op(
+    "credit of a registered input": ledger_ops.credit(
         "f" * 64 + ":0", 10, np.full(peg.PEG_SIZE, 0, dtype=np.int64), owner="user0003"),
-    "credit whose fractions miss its value": Exchange.credit_op(
+    "credit whose fractions miss its value": ledger_ops.credit(
         "d" * 64 + ":0", 11, np.ones(peg.PEG_SIZE, dtype=np.int64), owner="user0003"),
     "adjust below zero": neg_adjust(),
     "drift of the wrong length": {"op": "drift", "vec": "AAAA"},
+    # records the ledger owns are written by their operations only, never by a put
+    "a put into the inputs": {"op": "put", "table": "inputs", "key": "f" * 64 + ":0",
+                              "value": {"value": 1, "batch": "m" * 32}},
+    "a put into the withdraws": {"op": "put", "table": "withdraws", "key": "w" * 32,
+                                 "value": {"batch": "m" * 32}},
+    "a put into the batches": {"op": "put", "table": "batches", "key": "m" * 32, "value": {}},
+    "a put into the old history table": {"op": "put", "table": "history", "key": "u1",
+                                         "value": "m" * 32},
+    "a put into the claims": {"op": "put", "table": "claims", "key": "f" * 64 + ":0",
+                              "value": {"name": "user0003"}},
+    "a put of the recompute's record": {"op": "put", "table": "meta", "key": "engine",
+                                        "value": {"supply": 0}},
+    "a claim for a reserved name": ledger_ops.claim("e" * 64 + ":2", "pool"),
+    "a batch spending an unregistered input": ledger_ops.batch("m" * 32, new_record(
+        {**PLAN, "ins": ["e" * 64 + ":1"]})),
+    "a batch of an unknown withdraw": ledger_ops.batch("m" * 32, new_record(
+        {**PLAN, "ids": ["nope"]})),
+    "a batch that is not new": ledger_ops.batch("m" * 32, {**new_record(PLAN),
+                                                           "state": "done"}),
+    "an update of an unknown batch": ledger_ops.batch_update("nope", {"last_try": 1}),
+    "an ending of an unknown batch": ledger_ops.batch_end("nope", "Complete", {}),
+    "an expiry of an unknown withdraw": ledger_ops.expire("nope", 1),
+    "forgetting a record that does not exist": ledger_ops.forget("w" * 32),
 }
 
 
@@ -94,7 +123,7 @@ def test_a_valid_group_depending_on_its_own_earlier_ops_still_commits(tmp_path):
     path = tmp_path / "ledger"
     ex = Exchange(Store(path))
     vec = peg.std_spread(10**10)
-    ops = [Exchange.credit_op("c" * 64 + ":0", int(vec.sum()), vec, owner="carol000"),
+    ops = [ledger_ops.credit("c" * 64 + ":0", int(vec.sum()), vec, owner="carol000"),
            {"op": "recompute", "supply": 0, "totals": {"liquid": 10**10, "reserve": 0,
                                                             "subpremium": 0, "frozen": 0},
             "cycle": None},
@@ -110,3 +139,42 @@ def test_a_valid_group_depending_on_its_own_earlier_ops_still_commits(tmp_path):
         assert again.digest() == want
     finally:
         again.close()
+
+
+def test_a_batch_record_changes_only_as_its_lifecycle_allows(tmp_path):
+    """One lifecycle record per batch: marked before the broadcast, tracked, ended; its
+    withdraws and inputs are marked as in it by the ledger alone, and freed at its end."""
+    ex = funded(tmp_path / "ledger")
+    master, wid, key = "m" * 32, "w" * 32, "f" * 64 + ":0"
+    ex.mark_batched(master, PLAN)
+    assert ex.record("withdraws", wid)["batch"] == master == ex.input(key)["batch"]
+    unconfirmed = {"status": "unconfirmed", "txid": "ab" * 32, "ID": master, "block": 70,
+                   "in0": key, "confirmations": 0}
+    assert ex.withdraw_status(wid) == unconfirmed == ex.withdraw_status(master)
+    refused = [ledger_ops.batch_update(master, {"status": "Complete"}),
+               ledger_ops.batch_update(master, {"ids": []}),
+               ledger_ops.batch_update(master, {"cancel": {"txid": "cd" * 32, "in": "x:0"}}),
+               ledger_ops.batch("n" * 32, new_record(PLAN)),  # its withdraw and input are taken
+               ledger_ops.expire(wid, 80),  # a batched withdraw ends with its batch
+               ledger_ops.forget(wid)]  # still in flight
+    for op in refused:
+        before = ex.digest()
+        with pytest.raises(EngineError):
+            ex.commit([op])
+        assert ex.digest() == before, op
+    assert ex.update_batch(master, txid2="cd" * 32, status="Processing")["refusals"] == 0
+    assert ex.withdraw_status(wid) == {**unconfirmed, "status": "Processing", "txid2": "cd" * 32}
+    assert list(ex.withdraw_status(wid)) == ["status", "txid", "ID", "block", "in0",
+                                             "confirmations", "txid2"]  # the original's order
+    ex.update_batch(master, gone_since=75)
+    with pytest.raises(EngineError):
+        ex.update_batch(master, unset=["ids"])
+    assert "gone_since" not in ex.update_batch(master, unset=["gone_since"])
+    assert ex.decline_batch(master, "a test", now=0) == [wid]
+    assert ex.record("withdraws", wid) is None and "batch" not in ex.input(key)
+    assert ex.batch(master)["state"] == "failed" and "raw" not in ex.batch(master)
+    assert ex.withdraw_status(wid, clear=True)["status"] == "Failed/Declined"
+    assert ex.withdraw_status(wid) is None and ex.withdraw_status(master) is not None
+    with pytest.raises(EngineError):
+        ex.update_batch(master, last_try=99)  # it ended
+    ex.close()

@@ -9,12 +9,12 @@ import textwrap
 import pytest
 
 from pegx import peg
-from pegx.ledger.engine import (
+from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import (
     POOL,
     WITHDRAWS,
     AmountError,
     EngineError,
-    Exchange,
     FundsError,
     NameError_,
     UnknownAccount,
@@ -25,7 +25,7 @@ SUPPLY = 500
 
 
 def deposit(ex, key, user, value, supply=SUPPLY, vector=None):
-    ex.put("claims", key, {"name": user})
+    ex.claim_deposits(user, [key])
     vec = peg.std_spread(value) if vector is None else vector
     ex.credit_inputs([{"key": key, "value": int(vec.sum()), "address": "Bdeposit",
                        "vector": vec, "owner": user}], supply=supply, now=0)
@@ -64,7 +64,7 @@ def test_trade_and_pool_semantics(ledger):
 def test_withdraw_refund_returns_exactly_the_same_steps(ledger):
     deposit(ledger, "w:0", "alice", 10**11)
     before = ledger.row("alice")
-    ledger.withdraw("id1", "alice", 3 * 10**8, "liquid", "Baddr", 0)
+    ledger.request_withdraw("id1", "alice", 3 * 10**8, "liquid", "Baddr", 0)
     assert ledger.balance(WITHDRAWS)["liquid"] == 3 * 10**8
     assert int(ledger.vector("withdraws", "id1").sum()) == 3 * 10**8
     ledger.trade("alice", 10**8, "bobby")  # other activity in between
@@ -75,7 +75,7 @@ def test_withdraw_refund_returns_exactly_the_same_steps(ledger):
     assert (ledger.row("alice") - mid == given).all()  # the user's own steps come back
     assert ledger.balance(WITHDRAWS) == {"liquid": 0, "reserve": 0}
     assert int(ledger.row("alice").sum()) == int(before.sum())
-    ledger.withdraw("id2", "alice", 2 * 10**8, "liquid", "Baddr", 0)
+    ledger.request_withdraw("id2", "alice", 2 * 10**8, "liquid", "Baddr", 0)
     ledger.burn(["id2"])
     assert int(ledger.row("alice").sum()) == 10**11 - 2 * 10**8
     assert int(ledger.row(WITHDRAWS).sum()) == 0
@@ -96,7 +96,7 @@ def test_bad_names_are_refused_and_change_nothing(ledger, name, why):
     with pytest.raises(NameError_):
         ledger.trade("alice", 10, name) if name != "" else ledger.trade("alice", 10, "abc")
     with pytest.raises(NameError_):
-        ledger.withdraw("id", name, 10, "liquid", "B", 0)
+        ledger.request_withdraw("id", name, 10, "liquid", "B", 0)
     assert ledger.digest() == digest and ledger.seq == seq
 
 
@@ -107,7 +107,7 @@ def test_bad_amounts_are_refused_and_change_nothing(ledger, amount):
     with pytest.raises(EngineError):
         ledger.trade("alice", amount, "bobby")
     with pytest.raises(EngineError):
-        ledger.withdraw("id", "alice", amount, "liquid", "B", 0)
+        ledger.request_withdraw("id", "alice", amount, "liquid", "B", 0)
     assert ledger.digest() == digest
 
 
@@ -121,7 +121,7 @@ def test_other_refusals_change_nothing(ledger):
     with pytest.raises(FundsError, match="Insufficient liquid balance"):
         ledger.trade("alice", 10**10, "bobby")
     with pytest.raises(FundsError, match="Insufficient reserve balance"):
-        ledger.withdraw("id", "alice", 10**10, "reserve", "B", 0)
+        ledger.request_withdraw("id", "alice", 10**10, "reserve", "B", 0)
     with pytest.raises(AmountError, match="negative if both users are known"):
         ledger.trade("alice", -10, "bobby")
     with pytest.raises(EngineError, match="no pending withdraw"):
@@ -194,14 +194,14 @@ CHILD = textwrap.dedent("""
     from pegx.ledger.engine import Exchange
     from pegx.ledger.store import Store
     ex = Exchange(Store(sys.argv[1]), checkpoint_ops=int(sys.argv[2]))
-    ex.put("claims", "k:0", {"name": "alice"})
+    ex.claim_deposits("alice", ["k:0"])
     ex.credit_inputs([{"key": "k:0", "value": 10**12, "vector": peg.std_spread(10**12),
                        "owner": "alice"}], supply=400, now=0)
     print(ex.seq, flush=True)
     for i in range(100000):
         ex.trade("alice", 1000 + i, "user%d" % (i % 7))
         if i % 50 == 0:
-            ex.withdraw("w%d" % i, "user%d" % (i % 7), 500, "liquid", "B", 0)
+            ex.request_withdraw("w%d" % i, "user%d" % (i % 7), 500, "liquid", "B", 0)
         if i % 50 == 25:
             ex.refund(["w%d" % (i - 25)])
         print(ex.seq, flush=True)
@@ -211,14 +211,14 @@ CHILD = textwrap.dedent("""
 def reference_run(path, upto):
     """The same operations, uninterrupted, stopped after record ``upto``."""
     ex = Exchange(Store(path), checkpoint_ops=10**9)
-    ex.put("claims", "k:0", {"name": "alice"})
+    ex.claim_deposits("alice", ["k:0"])
     ex.credit_inputs([{"key": "k:0", "value": 10**12, "vector": peg.std_spread(10**12),
                        "owner": "alice"}], supply=400, now=0)
     i = 0
     while ex.seq < upto:
         ex.trade("alice", 1000 + i, f"user{i % 7}")
         if i % 50 == 0 and ex.seq < upto:
-            ex.withdraw(f"w{i}", f"user{i % 7}", 500, "liquid", "B", 0)
+            ex.request_withdraw(f"w{i}", f"user{i % 7}", 500, "liquid", "B", 0)
         if i % 50 == 25 and ex.seq < upto:
             ex.refund([f"w{i - 25}"])
         i += 1

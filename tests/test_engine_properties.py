@@ -30,7 +30,8 @@ from hypothesis.stateful import (
 )
 
 from pegx import peg
-from pegx.ledger.engine import HOUSE, INTERNAL, POOL, EngineError, Exchange, FundsError
+from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import HOUSE, INTERNAL, POOL, EngineError, FundsError
 from pegx.ledger.store import Store
 
 USERS = ("alice", "bobby", "carol", "dave1", "erin1", "frank")
@@ -113,7 +114,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key = f"{self.n_inputs:064x}:0"
         self.n_inputs += 1
         if owner != HOUSE:
-            self.ex.put("claims", key, {"name": owner})
+            self.ex.claim_deposits(owner, [key])
         self.ex.credit_inputs([{"key": key, "value": int(vec.sum()), "address": "Bdeposit",
                                 "vector": vec, "owner": owner,
                                 "frozen_until": 10**9 if frozen else 0}],
@@ -201,10 +202,10 @@ class LedgerMachine(RuleBasedStateMachine):
         have = self.published(user, style)
         wid = f"w{self.n_withdraws}"
         if over or have == 0:
-            self.refused(self.ex.withdraw, wid, user, have + 1, style, "Bwithdraw", 0)
+            self.refused(self.ex.request_withdraw, wid, user, have + 1, style, "Bwithdraw", 0)
             return
         self.n_withdraws += 1
-        self.ex.withdraw(wid, user, self.amount_of(have, per_mille), style, "Bwithdraw", 0)
+        self.ex.request_withdraw(wid, user, self.amount_of(have, per_mille), style, "Bwithdraw", 0)
         assert int(self.ex.vector("withdraws", wid).sum()) == self.amount_of(have, per_mille)
 
     def pending(self) -> list[str]:
@@ -262,18 +263,17 @@ class LedgerMachine(RuleBasedStateMachine):
     def conservation(self):
         if self.ex is None:
             return
-        n = len(self.ex.names)
-        matrix, view = self.ex.matrix[:n], self.ex.view[:n]
-        inputs = peg.zeros()
-        for (table, _key), vec in self.ex.vectors.items():
-            if table == "inputs":
-                inputs += vec
+        names = self.ex.users()
+        matrix = np.array([self.ex.row(u) for u in names])
+        view = np.array([[self.ex.balance(u)["liquid"], self.ex.balance(u)["reserve"]]
+                         for u in names])
+        inputs = self.ex.holdings()
         assert (inputs == self.registered).all()
         assert (matrix.sum(axis=0) == inputs - self.burned).all()
         assert (matrix >= 0).all() and (view >= 0).all()
         assert (view.sum(axis=1) == matrix.sum(axis=1)).all()
         assert int(view[:, 0].sum()) <= self.ex.exchange_balance()["liquid"]
-        assert set(INTERNAL) <= set(self.ex.names)
+        assert set(INTERNAL) <= set(names)
 
 
 LedgerMachine.TestCase.settings = settings(stateful_step_count=40)

@@ -102,7 +102,7 @@ def test_withdraw_does_not_hold_the_lock_during_its_fsync(stack):
     stack.settle()
     stack.store.hold_next(HoldingStore.log_write)
     writer, result = call_in_thread(stack.api.Withdraw, "alice000", 2 * BAY, address, "reserve")
-    balance_answers_while_held(stack, lambda: len(stack.ledger.tables["withdraws"]) == 1)
+    balance_answers_while_held(stack, lambda: len(stack.ledger._state.tables["withdraws"]) == 1)
     writer.join(60)
     assert not writer.is_alive()
     ok, wid = result[0]
@@ -115,7 +115,7 @@ def test_deposit_does_not_hold_the_lock_during_its_fsync(stack):
     stack.settle()
     stack.store.hold_next(HoldingStore.log_write)
     writer, result = call_in_thread(stack.api.Deposit, "bobby000", [outpoint])
-    balance_answers_while_held(stack, lambda: outpoint in stack.ledger.tables["claims"])
+    balance_answers_while_held(stack, lambda: outpoint in stack.ledger._state.tables["claims"])
     writer.join(60)
     assert not writer.is_alive()
     assert result == [True]

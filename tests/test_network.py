@@ -10,7 +10,7 @@ import pytest
 from daemon import Daemon, assert_returns, wait_until
 
 from pegx import crypto
-from pegx.admin import tools
+from pegx.admin import offline
 from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.log import DevnetLogError
 
@@ -92,7 +92,7 @@ def test_offline_tools_open_a_testnet_devnet(tmp_path):
     dn = Devnet(tmp_path, block_seconds=0, network=crypto.TESTNET)
     dn.mine(21)
     dn.close()
-    chain = tools.open_devnet(tmp_path)
+    chain = offline.open_devnet(tmp_path)
     try:
         assert chain.network is crypto.TESTNET and chain.tip().cycle == 1
     finally:

@@ -13,7 +13,7 @@ import pytest
 from test_withdraws import COMM, Rig, new_address
 
 from pegx import crypto
-from pegx.admin import tools
+from pegx.admin.audit import audit
 from pegx.chain.base import CYCLE_BLOCKS
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.planner import commission
@@ -39,7 +39,7 @@ class ReorgRig(Rig):
         self.step()
 
     def batch(self, wid: str) -> tuple[str, dict] | None:
-        master = self.ledger.record("history", wid)
+        master = self.ledger.record("batch_of", wid)
         if not isinstance(master, str):
             return None
         return master, self.ledger.record("batches", master)
@@ -53,7 +53,7 @@ class ReorgRig(Rig):
         return tx.confirmations if tx is not None else -1
 
     def audit_ok(self) -> dict:
-        report = tools.audit(self.ledger, self.chain)
+        report = audit(self.ledger, self.chain)
         assert report["ok"], report["problems"]
         return report
 
@@ -72,7 +72,7 @@ def rig(tmp_path):
 def request(rig: ReorgRig, wid: str, user: str = "alice") -> tuple[str, int]:
     payee = new_address()
     before = rig.total(user)
-    rig.ledger.withdraw(wid, user, AMOUNT, "liquid", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw(wid, user, AMOUNT, "liquid", payee, rig.cycle.cycle())
     rig.step()
     return payee, before
 
@@ -231,7 +231,7 @@ def test_a_deep_reorg_that_cancels_a_complete_batch_is_an_alarm_not_a_refund(rig
     alarm = rig.cycle.follower.last_alarm()
     assert any("an operator must account" in line for line in alarm["changed"]), alarm
     assert rig.total("alice") == before - AMOUNT  # nothing moved
-    report = tools.audit(rig.ledger, rig.chain)
+    report = audit(rig.ledger, rig.chain)
     assert not report["ok"] and any("not in flight" in p for p in report["problems"])
 
 
@@ -245,7 +245,7 @@ def test_deposit_whose_block_is_replaced_before_final_is_credited_once_or_not_at
         rig.ledger.put("addresses", address, {"wif": key, "imported": 0})
         rig.step()
         op = rig.chain.send(address, AMOUNT)
-        rig.ledger.put("claims", op, {"name": user})
+        rig.ledger.claim_deposits(user, [op])
         c = rng.randint(1, F - 1)  # not final yet: not credited
         rig.mine(c)
         assert rig.ledger.balance(user) is None or rig.total(user) == 0

@@ -15,8 +15,8 @@ from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.peg import apply_peg_rules
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
-from pegx.exchange.withdraws import WithdrawDesk, conservation, task_spacing, window_task
-from pegx.ledger import engine
+from pegx.exchange.withdraws import WithdrawDesk, task_spacing, window_task
+from pegx.ledger import rules
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
 
@@ -47,13 +47,13 @@ class Rig:
 
     def step(self) -> dict:
         self.cycle.step()
-        law = conservation(self.ledger)
-        assert law["ok"] and law["drift_value"] == 0 and law["liquid_ok"], law
+        law = self.ledger.audit()  # the one audit: conservation, no drift, liquid, invariants
+        assert law["ok"] and law["totals"]["drift"] == 0, law
         # the cycle's change flag and the desk's registration agree: change (confirmed long
         # after its batch settled) is the house's; nothing else is
         claims = self.ledger.records("claims")
         for key, entry in self.cycle.spendable().items():
-            house = claims.get(key, {}).get("name") == engine.HOUSE
+            house = claims.get(key, {}).get("name") == rules.HOUSE
             assert bool(entry.get("change")) == house, (key, entry, claims.get(key))
         return law
 
@@ -70,7 +70,7 @@ class Rig:
         op = self.chain.send(address, amount)
         self.chain.mine(13)
         self.step()
-        self.ledger.put("claims", op, {"name": user})
+        self.ledger.claim_deposits(user, [op])
         self.step()
         assert self.ledger.record("claims", op) == {"name": user, "registered": 1}
         return op
@@ -84,10 +84,7 @@ class Rig:
         self.ledger.put("settings", "exchange", s)
 
     def status(self, wid: str):
-        rec = self.ledger.record("history", wid)
-        if isinstance(rec, str):
-            rec = self.ledger.record("history", rec)
-        return rec
+        return self.ledger.withdraw_status(wid)
 
     def until(self, pred, limit: int = 450) -> None:
         for _ in range(limit):
@@ -180,8 +177,8 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     rig.fund("bobby", 5 * 10**10)
     payee = new_address()
     alice0 = rig.ledger.balance("alice")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", payee, rig.cycle.cycle())
-    rig.ledger.withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", payee, rig.cycle.cycle())
+    rig.ledger.request_withdraw("w2", "bobby", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
     assert rig.ledger.balance("alice")["liquid"] == alice0["liquid"] - 10**10
     rec = rig.until_status("w1", "Complete")
     assert set(rec) == {"status", "txid", "ID", "block", "in0", "confirmations"}
@@ -192,12 +189,12 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     bal = rig.chain.balance(payee)
     assert bal["reserve"] == bal["frozen"] == 2 * 10**10 - c  # reserve goes out frozen (**F**)
     assert rig.chain.balance(rig.fee)["amount"] == 2 * (c - 510000)
-    assert rig.ledger.row(engine.WITHDRAWS).sum() == 0
+    assert rig.ledger.row(rules.WITHDRAWS).sum() == 0
     # the house holds exactly the fee income: commissions − (miner fee + dust), and the dust
     # and miner fee of each batch add up to the estimated 510,000 sat
     fees = sum(b["fee"] for b in rig.ledger.records("batches").values())
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * c - fees - 2 * 5575 - 5590
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == 2 * (c - 510000)
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == 2 * c - fees - 2 * 5575 - 5590
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == 2 * (c - 510000)
     assert rig.ledger.balance("bobby") == {"liquid": rig.ledger.balance("bobby")["liquid"],
                                            "reserve": 5 * 10**10 - 2 * 10**10
                                            - rig.ledger.balance("bobby")["liquid"]}
@@ -206,7 +203,7 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
 def test_malleated_withdraw_completes_and_records_txid2(rig):
     rig.setup()
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
     rig.chain.malleate_next()
     rec = rig.until_status("w1", "Complete")
@@ -218,12 +215,12 @@ def test_malleated_withdraw_completes_and_records_txid2(rig):
 def test_dropped_withdraw_is_refunded_only_once_it_cannot_confirm(rig):
     rig.setup()
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w0", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w0", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until_status("w0", "Complete")  # the house earns what the cancel will cost
     before = rig.ledger.row("alice")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
-    master = rig.ledger.record("history", "w1")
+    master = rig.ledger.record("batch_of", "w1")
     batch = rig.ledger.record("batches", master)
     assert rig.chain.drop(batch["txid"]) is True
     seen = []
@@ -248,7 +245,7 @@ def test_unbatched_withdraw_expires_with_a_readable_status(rig):
     rig.fund("alice", 10**11)  # no exchange accounts: nothing can be batched
     before = rig.ledger.row("alice")
     cyc = rig.cycle.cycle()
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), cyc)
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), cyc)
     rig.chain.mine(199)
     rig.step()
     assert rig.status("w1") is None  # one cycle later: still pending
@@ -267,9 +264,9 @@ def test_crash_after_recording_resumes_from_the_ledger(rig):
     rig.setup()
     rig.fund("alice", 10**11)
     rig.chain.reject_next_broadcast("node restarting")
-    rig.ledger.withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(), rig.cycle.cycle())
     rig.until(lambda: rig.status("w1") is not None)
-    master = rig.ledger.record("history", "w1")
+    master = rig.ledger.record("batch_of", "w1")
     assert rig.chain.get_transaction(rig.ledger.record("batches", master)["txid"]) is None
     rig.close()
     rig.open()
@@ -279,7 +276,8 @@ def test_crash_after_recording_resumes_from_the_ledger(rig):
 def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     rig.setup(commission={"min": 10**9, "max": 10**10, "percent": "0.001"})
     rig.fund("alice", 10**11)
-    rig.ledger.withdraw("w1", "alice", 2 * 10**10, "liquid", new_address(), rig.cycle.cycle())
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, "liquid", new_address(),
+                                rig.cycle.cycle())
     rig.until_status("w1", "Complete")
     # a deposit with a different liquidity shape (its liquid sits far above the supply)
     rig.fund("bobby", 3 * 10**10)
@@ -291,12 +289,12 @@ def test_account_maintenance_merges_inputs_paid_by_the_house(rig):
     op = rig.chain.send(address, 4 * 10**10, vec.tolist())
     rig.chain.mine(13)
     rig.step()
-    rig.ledger.put("claims", op, {"name": "carol"})
-    house = int(rig.ledger.row(engine.HOUSE).sum())
+    rig.ledger.claim_deposits("carol", [op])
+    house = int(rig.ledger.row(rules.HOUSE).sum())
     rig.until(lambda: any(b["kind"] == "maintenance" and b["state"] == "done"
                           for b in rig.ledger.records("batches").values()), 450)
     m = next(b for b in rig.ledger.records("batches").values() if b["kind"] == "maintenance")
-    assert int(rig.ledger.row(engine.HOUSE).sum()) == house - m["fee"] - 5575
+    assert int(rig.ledger.row(rules.HOUSE).sum()) == house - m["fee"] - 5575
     assert rig.chain.balance(rig.acct0)["amount"] > 0
 
 
@@ -334,7 +332,7 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 rig.chain.vote("inflate", 3)
             spendable = rig.cycle.spendable()
             for op in [k for k in deposits if k in spendable]:
-                rig.ledger.put("claims", op, {"name": deposits.pop(op)})
+                rig.ledger.claim_deposits(deposits.pop(op), [op])
             for _ in range(3):
                 a, b = rng.sample(users, 2)
                 style = rng.choice(peg.STYLES)
@@ -353,8 +351,8 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 if bal and bal[style] > 3 * 10**7:
                     wid += 1
                     amt = rng.randint(2 * 10**7, bal[style] // 2)
-                    rig.ledger.withdraw(f"w{wid}", u, amt, style, rng.choice(payees),
-                                        rig.cycle.cycle())
+                    rig.ledger.request_withdraw(f"w{wid}", u, amt, style, rng.choice(payees),
+                                                rig.cycle.cycle())
                     styles[f"w{wid}"] = style
             queued = [b for b in rig.desk.active().values()
                       if getattr(rig.chain.get_transaction(b["txid"]), "height", None) == 0]
@@ -365,9 +363,7 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 if height > 200 and drops < 2 and b["kind"] != "maintenance":
                     drops += rig.chain.drop(b["txid"])  # False once mined
         rig.until(lambda: not rig.ledger.records("withdraws") and not rig.desk.active(), 450)
-        hist = rig.ledger.records("history")
-        finished = [hist[f"w{i}"] for i in range(1, wid + 1)]
-        statuses = [rec if isinstance(rec, dict) else hist[rec] for rec in finished]
+        statuses = [rig.status(f"w{i}") for i in range(1, wid + 1)]
         assert wid >= 10
         liquid = [s for i, s in enumerate(statuses, 1) if styles[f"w{i}"] == peg.LIQUID]
         assert sum(s["status"] == "Complete" for s in liquid) >= len(liquid) // 2
@@ -394,8 +390,9 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 value_in = sum(int(rig.chain.get_fractions(k).sum()) for k in tx.inputs)
                 costs += value_in - sum(o.value for o in tx.outputs if o.address is not None)
         unclaimed = sum(int(rig.chain.get_fractions(k).sum()) for k in deposits)
-        assert law["registered"] + paid + costs + unclaimed == deposited
-        assert law["accounts"] == law["registered"]
+        t = law["totals"]
+        assert t["inputs"] + paid + costs + unclaimed == deposited
+        assert t["users"] + t["pool"] + t["withdraws"] + t["exchange"] == t["inputs"]
     finally:
         rig.close()
         rig.chain.close()
@@ -443,12 +440,13 @@ def test_unpayable_old_withdraw_does_not_hold_back_the_batch(rig):
     rig.fund("alice", 10**11)
     before = rig.ledger.row("alice")
     old, new = new_address(), new_address()
-    rig.ledger.withdraw("w1", "alice", 2 * 10**8, "liquid", old, rig.cycle.cycle())  # no kept
+    # no commission kept
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**8, "liquid", old, rig.cycle.cycle())
     s = rig.ledger.exchange_settings()
     s["commission"] = {"min": 5 * 10**8, "max": 10**9, "percent": "0.001"}
     rig.ledger.put("settings", "exchange", s)
-    rig.ledger.withdraw("w2", "alice", 10**9, "liquid", new, rig.cycle.cycle(),
-                        commission=10**8)  # kept at acceptance, as Withdraw does
+    rig.ledger.request_withdraw("w2", "alice", 10**9, "liquid", new, rig.cycle.cycle(),
+                                commission=10**8)  # kept at acceptance, as Withdraw does
     rig.until_status("w2", "Complete")
     assert rig.chain.balance(new)["liquid"] == 10**9 - 10**8
     assert rig.ledger.record("withdraws", "w1") is not None  # left out, still pending

@@ -136,10 +136,12 @@ class _Health:
         self.lock = threading.Lock()
         self.since: float | None = None
         self.logged = 0.0
+        self.errors = 0  # requests that got no usable answer, since start (for metrics)
 
     def down(self, exc: Exception) -> None:
         now = time.monotonic()
         with self.lock:
+            self.errors += 1
             if self.since is None:
                 self.since = self.logged = now
                 log.warning(f"bitbayd {self.where} unavailable: {exc}")
@@ -281,6 +283,12 @@ class JsonRpcClient:
         """The view the cycle thread uses: retry transient faults until ``deadline`` seconds
         (``math.inf``: for ever; each socket wait stays bounded by ``timeout``)."""
         return self.with_options(retry=True, deadline=deadline)
+
+    def rpc_errors(self) -> int:
+        """Node requests (of every view) that got no usable answer since start: refused,
+        reset, timed out, HTTP 401/5xx, not JSON, warming up. The node's own error replies
+        (NodeError) are answers and not counted."""
+        return self._s.health.errors
 
     def close(self) -> None:
         """Close every pooled connection; later calls raise NodeUnavailable."""

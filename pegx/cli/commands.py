@@ -15,6 +15,7 @@ import click
 
 from pegx import __version__
 from pegx.config import SETTINGS, ConfigError, load
+from pegx.ops.health import reorg_message
 
 DEFAULT_URL = "http://127.0.0.1:55779"
 INT32 = 2**31
@@ -68,6 +69,9 @@ def main() -> None:
               help="Settings file [default: <datadir>/pegx.toml if present].")
 @click.option("--host", help="Bind address [default: 127.0.0.1]; non-loopback is warned about.")
 @click.option("--port", type=int, help="XML-RPC port [default: 55779].")
+@click.option("--metrics-port", type=int, metavar="PORT",
+              help="Serve Prometheus /metrics and the status page / on the bind address's "
+                   "PORT [default: off].")
 @click.option("--chain", type=click.Choice(["devnet", "bitbayd"]),
               help="Chain backend [default: devnet].")
 @click.option("--network", type=click.Choice(["main", "testnet", "regtest"]),
@@ -142,8 +146,13 @@ def stop(url, password) -> None:
 @url_option
 @password_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(url, password, as_json) -> None:
-    """Show the daemon's state: chain, cycle, totals, users, withdraws, errors."""
+@click.option("--check", is_flag=True,
+              help="Print only the problems and exit 1 if there is any (for monitoring and "
+                   "systemd); 0: none, 3: the daemon does not answer.")
+def status(url, password, as_json, check) -> None:
+    """Show the daemon's state: first what needs the operator (node unreachable, wallet
+    locked, chain not advancing, cycle errors, withdraws that cannot go out), then chain,
+    cycle, totals, users, withdraws."""
     try:
         st = _proxy(url).pegx.status(password)
     except (OSError, xmlrpc.client.ProtocolError):
@@ -156,29 +165,42 @@ def status(url, password, as_json) -> None:
         _fail(f"pegx.status: {exc.faultString}", 2)
     if not isinstance(st, dict):  # "Incorrect Password"
         _fail(f"pegx.status: {st} (give it with --password or $PEGX_PASSWORD)")
+    problems = [p["message"] for p in st["problems"]]
     if as_json:
         _print(st)
-        return
+    elif check:
+        click.echo("\n".join(problems) if problems else "ok: nothing needs the operator")
+    else:
+        click.echo("\n".join(problems + _figures(st)))  # problems first, before the figures
+    if check and problems:
+        sys.exit(1)
+
+
+def _figures(st: dict) -> list[str]:
     ex = st["exchange"]
+    age = f"{st['tip_age']:,d} s ago" if st["tip_age"] >= 0 else "unknown"
+    node = st["node"]
+    at_node = "" if node["height"] in (-1, st["height"]) else f", node at {node['height']:,d}"
+    stages = st["pipeline"]["stages"]
+    flow = []
+    for name, s in stages.items():
+        waited = f" (oldest {s['oldest_age']:,d} s)" if s["oldest_age"] >= 0 else ""
+        flow.append(f"{name} {s['count']:,d}{waited}")
     lines = []
     alarm = st.get("reorg_alarm")
-    if alarm:  # the gravest thing first: a block taken as final was replaced
-        lines.append(f"ALARM reorganisation deeper than the final depth ({alarm['final_depth']}): "
-                     f"blocks {alarm['fork'] + 1:,d}..{alarm['old_height']:,d} replaced, "
-                     f"{len(alarm['changed'])} items changed (pegx audit lists them)")
-    if st.get("withdraws_not_batchable"):  # a problem first, before the figures
-        lines.append(f"withdraws pending but not batchable: {st['withdraws_not_batchable']}")
+    if alarm and not any(p["kind"] == "deep_reorg" for p in st["problems"]):
+        lines.append(reorg_message(alarm))  # an old one: no longer a problem, still first
     lines += [
         (f"pegx {st['version']} (pid {st['pid']}) on {st['chain']} "
          f"({st.get('network', 'main')}), datadir {st['datadir']}"),
         (f"exchange   started={st['started']} loaded={st['loaded']} "
          f"cycle thread={'alive' if st['cycle_thread_alive'] else 'stopped'}"),
-        (f"chain      height {st['height']:,d}, cycle {st['chain_cycle']}, "
-         f"published cycle {st['cycle']}, supply {st['supply']}"),
+        (f"chain      height {st['height']:,d}{at_node}, cycle {st['chain_cycle']}, "
+         f"published cycle {st['cycle']}, supply {st['supply']}, last block {age}"),
         (f"totals     liquid {ex['liquid']:,d} sat, reserve {ex['reserve']:,d} sat, "
          f"frozen {ex['frozen']:,d} sat"),
         f"accounts   {st['users']:,d} ({st['inputs']:,d} exchange inputs)",
-        f"withdraws  {', '.join(f'{k} {v}' for k, v in sorted(st['withdraws'].items()))}",
+        f"withdraws  {', '.join(flow)}",
         (f"ledger     {st['ledger_bytes']:,d} bytes, op {st['op_seq']:,d} "
          f"(checkpoint {st['checkpoint_seq']:,d}), uptime {st['uptime']:,d} s, "
          f"{st['calls_served']:,d} calls"),
@@ -186,7 +208,7 @@ def status(url, password, as_json) -> None:
     ]
     if st.get("wallet"):  # e.g. "wallet locked: call ExchangePassword"
         lines.append(f"wallet     {st['wallet']}")
-    click.echo("\n".join(lines))
+    return lines
 
 
 def _parse_arg(text: str):

@@ -20,9 +20,11 @@ from pathlib import Path
 import click
 
 from pegx import crypto
-from pegx.admin import tools
+from pegx.admin import audit, backup, offline, recover
+from pegx.admin.offline import ToolError
 from pegx.chain.devnet.log import DevnetLogError
 from pegx.config import ConfigError, load
+from pegx.ledger.audit import MAX_LISTED
 from pegx.ledger.store import LedgerLocked, Store, StoreError
 from pegx.rpc.api import WRONG_PASSWORD
 from pegx.rpc.execapi import SENT_PREVIOUSLY, SIGNATURE_FAILED
@@ -264,9 +266,9 @@ def backup_cmd(dest: str, url: str, datadir: str | None, password: str) -> None:
             with (Store(target.ledger_path, create=False) as store,
                   click.progressbar(length=max(store.approximate_size(), 1),
                                     label="backup") as bar):
-                manifest = tools.backup(store, target.path, dest,
+                manifest = backup.backup(store, target.path, dest,
                                         lambda n: bar.update(min(n, bar.length)))
-        except (StoreError, tools.ToolError, OSError) as exc:
+        except (StoreError, ToolError, OSError) as exc:
             _fail(str(exc))
     click.echo(f"backup written to {dest}: {manifest['ledger_records']:,d} ledger records, "
                f"{manifest['ledger_bytes']:,d} bytes"
@@ -281,8 +283,8 @@ def restore_cmd(src: str, datadir: str | None) -> None:
     """Restore the backup SRC into an empty datadir."""
     cfg = _config(datadir)
     try:
-        tools.restore(src, cfg.path)
-    except (tools.ToolError, OSError) as exc:
+        backup.restore(src, cfg.path)
+    except (ToolError, OSError) as exc:
         _fail(str(exc))
     click.echo(f"restored {src} into {cfg.path}; check it with `pegx audit --datadir "
                f"{cfg.path}`, then start it with `pegx serve --datadir {cfg.path}`")
@@ -294,20 +296,20 @@ def restore_cmd(src: str, datadir: str | None) -> None:
 def verify_backup_cmd(dest: str, as_json: bool) -> None:
     """Open the backup DEST read-only, print its state and audit it (against its devnet copy)."""
     try:
-        manifest = tools.read_manifest(Path(dest))
+        manifest = backup.read_manifest(Path(dest))
         with tempfile.TemporaryDirectory(prefix="pegx-verify-") as tmp:
             chain = None
-            if (Path(dest) / tools.DEVNET_DIR).is_dir():  # audit against a copy of its chain
-                shutil.copytree(Path(dest) / tools.DEVNET_DIR, Path(tmp) / tools.DEVNET_DIR)
-                chain = tools.open_devnet(Path(tmp))
+            if (Path(dest) / offline.DEVNET_DIR).is_dir():  # audit against a copy of its chain
+                shutil.copytree(Path(dest) / offline.DEVNET_DIR, Path(tmp) / offline.DEVNET_DIR)
+                chain = offline.open_devnet(Path(tmp))
             try:
-                with tools.opened(Path(dest), read_only=True) as ledger:
-                    state = tools.ledger_state(ledger)
-                    report = tools.audit(ledger, chain)
+                with offline.opened(Path(dest), read_only=True) as ledger:
+                    state = offline.ledger_state(ledger)
+                    report = audit.audit(ledger, chain)
             finally:
                 if chain is not None:
                     chain.close()
-    except (StoreError, tools.ToolError, OSError, ValueError) as exc:
+    except (StoreError, ToolError, OSError, ValueError) as exc:
         _fail(f"{dest}: {exc}")
     if as_json:
         click.echo(json.dumps({"manifest": manifest, "state": state, "audit": report},
@@ -329,11 +331,11 @@ def _fmt(v) -> str:
 def _print_audit(report: dict) -> None:
     cols = report["columns"]
     click.echo("  ".join([cols[0].rjust(6)] + [c.rjust(16) for c in cols[1:]]))
-    for step, *amounts in report["steps"][:tools.MAX_LISTED]:
+    for step, *amounts in report["steps"][:MAX_LISTED]:
         click.echo("  ".join([str(step).rjust(6)]
                              + [_fmt(v).rjust(16) for v in amounts]))
-    if len(report["steps"]) > tools.MAX_LISTED:
-        click.echo(f"... {len(report['steps']) - tools.MAX_LISTED:,d} more steps differ")
+    if len(report["steps"]) > MAX_LISTED:
+        click.echo(f"... {len(report['steps']) - MAX_LISTED:,d} more steps differ")
     totals = report["totals"]
     click.echo("  ".join(["total".rjust(6)] + [_fmt(totals[c]).rjust(16) for c in cols[1:]]))
     s = report["summary"]
@@ -366,16 +368,16 @@ def audit_cmd(url: str, datadir: str | None, password: str, as_json: bool) -> No
         report = _rpc(target, "pegx.audit", password)
     else:
         try:
-            chain = tools.open_chain(target)
+            chain = offline.open_chain(target)
             try:
-                with tools.opened(target.path) as ledger:
-                    report = tools.audit(ledger, chain)
+                with offline.opened(target.path) as ledger:
+                    report = audit.audit(ledger, chain)
             finally:
                 if chain is not None:
                     chain.close()
         except LedgerLocked as exc:
             _fail(f"{exc} (or run `pegx audit --url` against that daemon)")
-        except (StoreError, DevnetLogError, tools.ToolError, OSError) as exc:
+        except (StoreError, DevnetLogError, ToolError, OSError) as exc:
             _fail(str(exc))
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
@@ -399,15 +401,15 @@ def recover_cmd(csv_file: str, datadir: str | None, dry_run: bool) -> None:
     """
     cfg = _config(datadir)
     try:
-        targets, owners = tools.read_balances_csv(csv_file)
-        chain = tools.open_chain(cfg)
+        targets, owners = recover.read_balances_csv(csv_file)
+        chain = offline.open_chain(cfg)
         if chain is None:
             _fail(f"no chain data in {cfg.path} to rebuild the ledger from")
         try:
-            plan = tools.recover(cfg.path, chain, targets, owners, dry_run=dry_run)
+            plan = recover.recover(cfg.path, chain, targets, owners, dry_run=dry_run)
         finally:
             chain.close()
-    except (StoreError, DevnetLogError, tools.ToolError, OSError) as exc:
+    except (StoreError, DevnetLogError, ToolError, OSError) as exc:
         _fail(str(exc))
     click.echo(f"chain height {plan['height']:,d}, cycle {plan['cycle']}, supply "
                f"{plan['supply']}: {plan['outputs']:,d} wallet outputs to register")

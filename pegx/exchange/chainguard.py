@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 TABLE, KEY = "meta", "chain"
 MAX_LISTED = 5  # missing inputs named in the refusal (pegx audit lists them all)
 MAX_CHECKED = 20  # missing inputs confirmed one by one before the refusal says "at least"
-# tables whose records only mean something on the chain they came from
-CHAIN_TABLES = ("inputs", "claims", "addresses", "withdraws", "history", "batches")
 
 ADVICE = {
     "devnet": {
@@ -73,8 +71,7 @@ def recorded(ledger: engine.Exchange) -> dict | None:
 def is_fresh(ledger: engine.Exchange) -> bool:
     """No record that only makes sense on a particular chain (deposit keys, claims, inputs,
     withdraws, their history)."""
-    with ledger.lock:
-        return not any(ledger.tables[t] for t in CHAIN_TABLES)
+    return ledger.is_fresh()
 
 
 def record_for(chain: Chain, tip: Tip) -> dict:
@@ -137,8 +134,7 @@ def compare(rec: dict, chain: Chain) -> tuple[list[str], list[str]]:
 def missing_inputs(ledger: engine.Exchange, chain: Chain) -> list[str]:
     """Registered inputs outside any withdraw batch that the chain does not have unspent
     (step 4); stops after MAX_CHECKED."""
-    with ledger.lock:
-        keys = sorted(k for k, rec in ledger.tables["inputs"].items() if "batch" not in rec)
+    keys = ledger.unbatched_inputs()
     if not keys:
         return []
     unspent = {u.key for u in chain.list_unspent()}

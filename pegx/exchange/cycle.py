@@ -6,7 +6,7 @@ One thread, woken every ``poll_seconds`` and on new blocks. Each pass:
 2. rebuilds the Spendable view: wallet outputs paying exchange addresses that meet the
    confirmation rule (>= exchangeconfirmations, +5 within 7 blocks of a cycle boundary); the
    outputs the exchange's own transactions return to it (the batches' house outputs, see
-   :func:`pegx.exchange.withdraws.house_outpoints`) are flagged ``change``, and only those: a
+   :func:`pegx.ledger.lifecycle.house_outpoints`) are flagged ``change``, and only those: a
    payee output paying a watched address is a deposit like any other;
 3. registers claimed deposits in the ledger, crediting the claimant with the output's
    fractions, and refreshes balances at once (change is the withdraw desk's to register, in
@@ -42,13 +42,14 @@ from pegx.chain.base import (
     WalletLocked,
 )
 from pegx.exchange import chainguard, follow
-from pegx.exchange.withdraws import house_outpoints
 from pegx.ledger import engine
+from pegx.ledger.rules import FROZEN_GRACE
 
 log = logging.getLogger(__name__)
 
 BOUNDARY_BLOCKS = 7  # outputs mined this close to a cycle boundary need 5 more confirmations
 BOUNDARY_EXTRA = 5
+CYCLES_KEPT = 48  # cycles whose supply and totals meta/cycles keeps (the status page's chart)
 
 
 def confirmations_needed(height: int, confirmations: int, interval: int = CYCLE_BLOCKS) -> int:
@@ -98,7 +99,10 @@ class ExchangeCycle:
         self.last_error: str = ""
         self.wallet_note = ""  # why the wallet cannot be used (locked...), for pegx.status
         self.last_error_time = 0.0
+        self.last_ok_time = 0.0  # when the last pass finished without error (unix time)
         self.passes = 0
+        # seconds each recompute took, for metrics (set by the app)
+        self.on_recompute: Callable[[float], None] | None = None
         self.tip: Tip | None = None
         subscribe = getattr(chain, "subscribe", None)
         if subscribe is not None:
@@ -163,7 +167,16 @@ class ExchangeCycle:
         return self._utxos.get(key)
 
     def cycle(self) -> int:
-        return int(self.ledger.meta.get("cycle", 0))
+        return self.ledger.cycle
+
+    def failing(self) -> bool:
+        """Did the last pass fail (an error since the last pass that went through)?"""
+        return bool(self.last_error) and self.last_error_time >= self.last_ok_time
+
+    def cycle_history(self) -> list[dict]:
+        """The last CYCLES_KEPT recomputes: {cycle, supply, height, liquid, reserve, frozen,
+        subpremium}, oldest first."""
+        return list((self.ledger.record("meta", "cycles") or {}).get("cycles", []))
 
     def published(self) -> int:
         """What GetCycle answers: the cycle of the published balances plus the number of
@@ -190,6 +203,7 @@ class ExchangeCycle:
             try:
                 self.step()
                 self.passes += 1
+                self.last_ok_time = time.time()
                 backoff = self.poll_seconds
             except Exception as exc:  # logged; the thread must live on
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -251,7 +265,7 @@ class ExchangeCycle:
     def _final_items(self, reorg: follow.Reorg) -> list[str]:
         """What a reorganisation past the final depth changed in what pegx took as final."""
         items, fw = [], self.follower
-        for master, b in sorted(self.ledger.records("batches").items()):
+        for master, b in sorted(self.ledger.batches(("done", "failed")).items()):
             if b.get("state") == "done":
                 tx = self.chain.get_transaction(b.get("final_txid") or b["txid"])
                 if tx is not None and tx.height:
@@ -277,9 +291,7 @@ class ExchangeCycle:
                              f"{c.get('txid2') or c['txid']}, which is now "
                              f"{fw.tx_status(c.get('txid2') or c['txid'])}; the batch tx "
                              f"{b['txid']} is {fw.tx_status(b['txid'])}")
-        for key, rec in sorted(self.ledger.records("inputs").items()):
-            if int(rec.get("height") or 0) <= reorg.fork:
-                continue
+        for key, rec in self.ledger.inputs_since(reorg.fork).items():
             txid = key.rpartition(":")[0]
             tx = self.chain.get_transaction(txid)
             if tx is None or not tx.height:
@@ -293,17 +305,15 @@ class ExchangeCycle:
         """At start-up: do the published balances need a recompute? Only if none was ever
         published or the supply moved; a restart within a cycle must not reshuffle anyone's
         liquid and reserve (trades moved them since the last recompute)."""
-        return self.ledger.record("meta", "engine") is None or self.ledger.supply != tip.supply
+        return not self.ledger.recomputed or self.ledger.supply != tip.supply
 
     def _import_keys(self) -> None:
         """Import pending deposit keys, unlocking an encrypted wallet with the ExchangePassword
         passphrase. A locked wallet without one stops the imports, not the pass: the keys stay
         pending and pegx.status says what to do."""
-        for address, rec in self.ledger.records("addresses").items():
-            if rec.get("imported"):
-                continue
+        for address, wif in self.ledger.unimported_keys().items():
             try:
-                got = self.chain.import_key(rec["wif"], self._passphrase)
+                got = self.chain.import_key(wif, self._passphrase)
             except WalletLocked as exc:
                 if self.wallet_note != str(exc):
                     log.warning("deposit keys not imported: %s", exc)
@@ -319,7 +329,7 @@ class ExchangeCycle:
 
     def watched(self, settings: dict) -> set[str]:
         """Addresses whose outputs belong to the exchange."""
-        out = set(self.ledger.records("addresses"))
+        out = self.ledger.deposit_addresses()
         out.update(settings["exchangeaccounts"])
         if settings["exchangefeeaccount"]:
             out.add(settings["exchangefeeaccount"])
@@ -328,12 +338,7 @@ class ExchangeCycle:
     def house(self) -> set[str]:
         """Every output the exchange's own transactions returned to it (its change), from the
         batch records alone: no chain lookup, nothing cached between passes."""
-        with self.ledger.lock:
-            batches = list(self.ledger.tables["batches"].values())
-        out: set[str] = set()
-        for batch in batches:
-            out |= house_outpoints(batch)
-        return out
+        return self.ledger.house_outpoints()
 
     def refresh_spendable(self) -> None:
         """Recompute the Spendable view from the chain now, without a pass and without a
@@ -350,7 +355,7 @@ class ExchangeCycle:
         for u in self.chain.list_unspent():
             if u.address not in watched or u.height == 0:
                 continue
-            if u.frozen_until and u.frozen_until > tip.time - engine.FROZEN_GRACE:
+            if u.frozen_until and u.frozen_until > tip.time - FROZEN_GRACE:
                 continue
             if u.confirmations < confirmations_needed(u.height, conf, tip.interval):
                 continue
@@ -373,21 +378,17 @@ class ExchangeCycle:
     def _register(self, tip: Tip, now: int) -> None:
         """Credit claimed deposits, as one step.
 
-        Change is never registered here: the withdraw desk registers a transaction's house
-        outputs in the commit that spends its inputs (``WithdrawDesk._settle``), so the ledger
-        never counts both, and no coin reaches the house account but by a recorded batch.
+        Change is never registered here: the ledger registers a transaction's house outputs
+        in the commit that spends its inputs (``pegx.ledger.lifecycle.settle``), so it never
+        counts both, and no coin reaches the house account but by a recorded batch.
         """
-        inputs = self.ledger.tables["inputs"]
+        claimed = self.ledger.unregistered_claims(
+            [k for k, entry in self._spendable.items() if not entry.get("change")])
         items = []
-        for key, entry in self._spendable.items():
-            if key in inputs or entry.get("change"):
-                continue
-            claim = self.ledger.record("claims", key)
-            if claim is None or claim.get("registered"):
-                continue
+        for key, owner in claimed.items():
             u = self._utxos[key]
             items.append({"key": key, "value": u.value, "address": u.address,
-                          "vector": u.fractions, "owner": claim["name"], "change": False,
+                          "vector": u.fractions, "owner": owner, "change": False,
                           "frozen_until": u.frozen_until, "height": u.height})
         if not items:
             return
@@ -404,8 +405,21 @@ class ExchangeCycle:
             t0 = time.monotonic()
             totals = self.ledger.recompute(tip.supply, now=now,
                                            cycle=tip.cycle if cycle is None else cycle)
+            took = time.monotonic() - t0
             log.info("cycle %d: supply %d, balances recomputed in %.3f s (liquid %s, "
-                     "reserve %s sat)", tip.cycle, tip.supply, time.monotonic() - t0,
+                     "reserve %s sat)", tip.cycle, tip.supply, took,
                      f"{totals['liquid']:,d}", f"{totals['reserve']:,d}")
         finally:
             self._idle.set()
+        if self.on_recompute is not None:
+            self.on_recompute(took)
+        self._remember_cycle(tip, totals)
+
+    def _remember_cycle(self, tip: Tip, totals: dict) -> None:
+        """Keep the recompute's supply and totals in meta/cycles (for the status page). A
+        separate commit after the recompute's: a crash between them loses one point of a
+        chart, never money."""
+        kept = [c for c in self.cycle_history() if c["cycle"] < tip.cycle]
+        kept.append({"cycle": tip.cycle, "supply": tip.supply, "height": tip.height,
+                     **{k: int(v) for k, v in totals.items()}})
+        self.ledger.put("meta", "cycles", {"cycles": kept[-CYCLES_KEPT:]})

@@ -4,12 +4,16 @@ ORIGINAL §3.5-3.9).
 The transactions are planned by the pure :mod:`pegx.exchange.planner` (commissions, fees,
 input selection). :class:`WithdrawDesk` runs it in the block windows and follows every
 transaction it sent until it is ``Complete`` (the coins leave the ledger) or ``Failed/Declined``
-(refunded, only once the transaction can no longer confirm). :func:`conservation` states the
-ledger's law so tests and operators can check it in-process.
+(refunded, only once the transaction can no longer confirm). The ledger's law is checked by
+its audit (:mod:`pegx.ledger.audit`). The desk decides and talks to the chain; every record
+it leaves is written by the ledger's lifecycle methods (:mod:`pegx.ledger.withdrawals`), which
+also square the house account and the drift when a batch ends (:mod:`pegx.ledger.lifecycle`).
+This module is ~580 lines: batching, tracking and endings follow one batch record through its
+life and are kept together until the planner's pre-broadcast check has landed (issue #11).
 
 What must stay true:
-* Everything about a batch (signed raw tx, inputs, withdraws, history) is committed before it is
-  broadcast, so after a crash the desk resumes from the ledger alone.
+* Everything about a batch (signed raw tx, inputs, withdraws, its lifecycle record) is committed
+  before it is broadcast, so after a crash the desk resumes from the ledger alone.
 * Inputs of a batch in flight stay registered (marked ``batch``) and are never selected again;
   the desk, not the cycle, registers the transaction's exchange-bound outputs, in the same
   commit that spends the inputs and burns the withdraws.
@@ -34,15 +38,14 @@ Who pays the exchange's own transactions (exact; the house account is ``exchange
   commission. A batch's commissions are at least 10,000 sat per withdraw + 500,000, so they
   always cover it; the withheld steps are taken from each withdraw's own steps.
 * So the house account never pays more than it holds: if a settlement would need that
-  (a ledger changed by hand), the desk commits nothing, logs an error and retries.
+  (a ledger changed by hand), the ledger refuses it (HouseShort), nothing changes, the desk
+  logs an error and retries.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-
-import numpy as np
 
 from pegx import peg
 from pegx.chain.base import (
@@ -67,6 +70,8 @@ from pegx.exchange.planner import (
 )
 from pegx.exchange.planner import sat as _fmt
 from pegx.ledger import engine
+from pegx.ledger.lifecycle import IN_FLIGHT, Cancelled, Mined, Output
+from pegx.ledger.rules import HOUSE, HouseShort
 
 log = logging.getLogger(__name__)
 
@@ -111,49 +116,6 @@ def maintenance_cost(b: dict) -> int:
     return int(b["fee"]) + NOTARY_VALUE
 
 
-def conservation(ledger: engine.Exchange) -> dict:
-    """The ledger's law, checked exactly (a pure read; hold no lock when calling).
-
-    ``ok``: per step Σ accounts + drift == Σ registered inputs; ``drift_value`` (must be 0);
-    ``liquid_ok``: Σ published user liquid <= the exchange's liquid.
-    """
-    with ledger.lock:
-        n = len(ledger.names)
-        accounts = ledger.matrix[:n].sum(axis=0)
-        registered = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        for key in ledger.tables["inputs"]:
-            registered += ledger.vectors[("inputs", key)]
-        drift = ledger.drift()
-        users = [i for i, name in enumerate(ledger.names) if name not in engine.INTERNAL]
-        user_liquid = int(ledger.view[users, 0].sum()) if users else 0
-        liquid = int(ledger.meta["totals"]["liquid"])
-    off = accounts + drift - registered
-    return {"ok": not off.any(), "steps_off": int(np.count_nonzero(off)),
-            "accounts": int(accounts.sum()), "registered": int(registered.sum()),
-            "drift_value": int(drift.sum()), "drift_abs": int(np.abs(drift).sum()),
-            "user_liquid": user_liquid, "exchange_liquid": liquid,
-            "liquid_ok": user_liquid <= liquid}
-
-
-def house_outpoints(batch: dict) -> set[str]:
-    """The outputs of the exchange's own transaction ``batch`` that come back to it: the
-    plan's ``house_vouts`` (reserve back to its address, change, fee, notary to acct0) under
-    every txid the transaction had (sent, malleated, mined), and a cancel's one output.
-
-    These and only these are change: ``_complete`` and ``_decline`` register exactly them
-    (``_settle``), and the cycle flags exactly them ``change`` in Spendable. A payee output is
-    not, even when it pays one of the exchange's addresses: it is a deposit to claim.
-    """
-    out = set()
-    for txid in {batch.get("txid"), batch.get("txid2"), batch.get("final_txid")} - {None}:
-        out.update(outpoint(txid, v) for v in batch.get("house_vouts", ()))
-    cancel = batch.get("cancel")
-    if cancel:
-        for txid in {cancel.get("txid"), cancel.get("txid2")} - {None}:
-            out.add(outpoint(txid, 0))
-    return out
-
-
 class WithdrawDesk:
     """Batches withdraws in the block windows and follows each batch to its end (DESIGN §6).
 
@@ -181,25 +143,9 @@ class WithdrawDesk:
         if tip.height - state["last_task_height"] < task_spacing(tip.interval):
             return
         task = window_task(tip.height, tip.interval)
-        try:
-            if task in (peg.LIQUID, peg.RESERVE):
-                result = self.batch(task, tip, cycle)
-            elif task == "maintenance":
-                result = self.maintenance(tip, cycle)
-            elif task == "status":
-                result = self.status_summary()
-            else:
-                result = "nothing to do at this block position"
-        except ChainError as exc:
-            result = f"chain: {exc}"
-            if isinstance(exc, WalletLocked):  # pegx.status shows it until ExchangePassword
-                cycle.wallet_note = str(exc)
-            log.warning("withdraw task %s at height %s failed: %s", task, f"{tip.height:,d}", exc)
-        except Exception as exc:  # logged; the next window tries again, never a tight loop
-            result = f"{type(exc).__name__}: {exc}"
-            log.exception("withdraw task %s at height %s failed", task, f"{tip.height:,d}")
+        result = self._run_task(task, tip, cycle)
         self.last_result = str(result)
-        if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.tables["withdraws"]:
+        if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.withdraw_count():
             # withdraws keep being accepted and would silently expire: say why, each window
             log.warning("withdraws are pending but cannot be batched: %s (set it with "
                         "ExchangeSettings)", result)
@@ -214,13 +160,31 @@ class WithdrawDesk:
         self.ledger.put("meta", "desk", {"last_task_height": tip.height, "task": task,
                                          "result": self.last_result, "blocked": blocked})
 
+    def _run_task(self, task: str | None, tip: Tip, cycle) -> str:
+        """The window task's result; a failure is logged and is the result (the next window
+        tries again, never a tight loop)."""
+        try:
+            if task in (peg.LIQUID, peg.RESERVE):
+                return self.batch(task, tip, cycle)
+            if task == "maintenance":
+                return self.maintenance(tip, cycle)
+            if task == "status":
+                return self.status_summary()
+            return "nothing to do at this block position"
+        except ChainError as exc:
+            if isinstance(exc, WalletLocked):  # pegx.status shows it until ExchangePassword
+                cycle.wallet_note = str(exc)
+            log.warning("withdraw task %s at height %s failed: %s", task, f"{tip.height:,d}", exc)
+            return f"chain: {exc}"
+        except Exception as exc:
+            log.exception("withdraw task %s at height %s failed", task, f"{tip.height:,d}")
+            return f"{type(exc).__name__}: {exc}"
+
     def not_batchable(self) -> str:
         """Why the pending (unbatched) withdraws cannot be batched, as the last batch task of
         their style said ('' when nothing is pending or nothing stood in the way)."""
         blocked = (self.ledger.record("meta", "desk") or {}).get("blocked", {})
-        with self.ledger.lock:
-            styles = {w["style"] for w in self.ledger.tables["withdraws"].values()
-                      if "batch" not in w}
+        styles = {r["style"] for _, r in self.ledger.unbatched_withdraws()}
         why = {s: blocked[s] for s in peg.STYLES if s in styles and blocked.get(s)}
         if len(set(why.values())) == 1:
             return next(iter(why.values()))
@@ -239,15 +203,7 @@ class WithdrawDesk:
     # ---------------------------------------------------------------- batching
     def _candidates(self, cycle) -> list[Candidate]:
         """Confirmed, registered, unfrozen exchange inputs not already in a batch."""
-        out = []
-        spendable = cycle.spendable()
-        with self.ledger.lock:
-            inputs = self.ledger.tables["inputs"]
-            for key in sorted(spendable):
-                rec = inputs.get(key)
-                if rec is not None and "batch" not in rec:
-                    out.append((key, rec["address"], self.ledger.vectors[("inputs", key)].copy()))
-        return out
+        return self.ledger.free_inputs(sorted(cycle.spendable()))
 
     def batch(self, style: str, tip: Tip, cycle) -> str:
         """Build, record and broadcast one batch of pending ``style`` withdraws."""
@@ -256,9 +212,7 @@ class WithdrawDesk:
             return NO_RETURN_ADDRESS
         if not settings["exchangefeeaccount"]:
             return NO_FEE_ADDRESS
-        pending = sorted(((w, r) for w, r in self.ledger.records("withdraws").items()
-                          if r["style"] == style and "batch" not in r),
-                         key=lambda item: (item[1]["cycle"], item[0]))
+        pending = self.ledger.unbatched_withdraws(style)
         if not pending:
             return "Success"
         refused = self._unspendable_return(settings["exchangeaccounts"][0])
@@ -301,11 +255,9 @@ class WithdrawDesk:
         """(what the house account may spend, what it holds back): the house keeps the cost of
         every maintenance transaction in flight (but ``exclude``'s), which covers that
         transaction's cancel too, so no later charge can leave one unpaid."""
-        with self.ledger.lock:
-            held = sum(maintenance_cost(b) for m, b in self.ledger.tables["batches"].items()
-                       if m != exclude and b["kind"] == "maintenance"
-                       and b["state"] in ("sent", "cancelling"))
-            house = self.ledger.row(engine.HOUSE)
+        held = sum(maintenance_cost(b) for m, b in self.ledger.batches(IN_FLIGHT).items()
+                   if m != exclude and b["kind"] == "maintenance")
+        house = self.ledger.row(HOUSE)
         have = 0 if house is None else int(house.sum())
         return max(0, have - held), held
 
@@ -313,22 +265,8 @@ class WithdrawDesk:
         signed = self.chain.create_transaction(plan.inputs, plan.outputs, cycle.passphrase)
         batch = {"kind": kind, "ids": plan.ids, "ins": plan.inputs, "txid": signed.txid,
                  "raw": signed.raw, "house_vouts": plan.house_vouts, "fee": plan.fee,
-                 "total": plan.total, "commission": plan.commission, "state": "sent",
-                 "height": tip.height, "refusals": 0, "last_try": tip.height}
-        put = engine.Exchange.put_op
-        ops = [put("batches", master, batch)]
-        with self.ledger.lock:
-            for wid in plan.ids:
-                ops.append(put("withdraws", wid, {**self.ledger.tables["withdraws"][wid],
-                                                  "batch": master}))
-                ops.append(put("history", wid, master))
-            for key in plan.inputs:
-                ops.append(put("inputs", key, {**self.ledger.tables["inputs"][key],
-                                               "batch": master}))
-        ops.append(put("history", master, {"status": "unconfirmed", "txid": signed.txid,
-                                           "ID": master, "block": tip.height,
-                                           "in0": plan.inputs[0], "confirmations": 0}))
-        self.ledger.commit(ops)  # durable before the transaction can exist anywhere
+                 "total": plan.total, "commission": plan.commission, "height": tip.height}
+        self.ledger.mark_batched(master, batch)  # durable before the tx can exist anywhere
         log.info("%s batch %s: tx %s, %d withdraws, %s out, commission %s, miner fee %s, "
                  "%d inputs", kind, master, signed.txid, len(plan.ids), _fmt(plan.total),
                  _fmt(plan.commission), _fmt(plan.fee), len(plan.inputs))
@@ -344,25 +282,13 @@ class WithdrawDesk:
         return "Success"
 
     def _bump(self, master: str, height: int) -> dict:
-        b = self.ledger.record("batches", master)
-        b["refusals"] += 1
-        b["last_try"] = height
-        self.ledger.put("batches", master, b)
-        return b
+        b = self.ledger.batch(master)
+        return self.ledger.update_batch(master, refusals=b["refusals"] + 1, last_try=height)
 
     # ---------------------------------------------------------------- expiry
     def expire(self, tip: Tip, current_cycle: int) -> None:
         """Refund withdraws not batched by the end of the cycle after their request."""
-        stale = [(w, r) for w, r in self.ledger.records("withdraws").items()
-                 if "batch" not in r and r["cycle"] < current_cycle - 1]
-        if not stale:
-            return
-        ops = []
-        for wid, _ in stale:
-            ops.append({"op": "refund", "id": wid})
-            ops.append(engine.Exchange.put_op("history", wid, {
-                "status": "Expired", "txid": "", "ID": wid, "block": tip.height, "in0": ""}))
-        self.ledger.commit(ops, supply=self.ledger.supply, now=tip.time)
+        stale = self.ledger.expire(current_cycle - 1, height=tip.height, now=tip.time)
         for wid, rec in stale:
             log.info("withdraw %s: Expired, %s refunded to %s", wid, _fmt(rec["amount"]),
                      rec["user"])
@@ -370,12 +296,10 @@ class WithdrawDesk:
     # ---------------------------------------------------------------- tracking
     def active(self) -> dict:
         """Batches still in flight {master: record}."""
-        with self.ledger.lock:
-            return {m: dict(b) for m, b in self.ledger.tables["batches"].items()
-                    if b["state"] in ("sent", "cancelling")}
+        return self.ledger.batches(IN_FLIGHT)
 
     def status_summary(self) -> str:
-        pending = len(self.ledger.tables["withdraws"])
+        pending = self.ledger.withdraw_count()
         text = f"{pending} withdraws pending or in flight, {len(self.active())} batches in flight"
         log.info("withdraw status: %s", text)
         return text
@@ -414,7 +338,7 @@ class WithdrawDesk:
         tx = self.chain.get_transaction(c.get("txid2") or c["txid"])
         if tx is not None:
             return tx
-        rec = self.ledger.record("inputs", c["in"])  # registered until the cancel settles
+        rec = self.ledger.input(c["in"])  # registered until the cancel settles
         if rec is None:
             return None
         want = [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])]
@@ -430,44 +354,19 @@ class WithdrawDesk:
                 self._track_one(master, b, tip, now, cycle)
             except ChainError as exc:
                 log.warning("batch %s: status check failed: %s", master, exc)
-            except DeskError as exc:  # nothing was committed; the batch stays in flight
+            except (DeskError, HouseShort) as exc:  # nothing committed; the batch stays in flight
                 log.error("batch %s: cannot settle: %s", master, exc)
 
     def _track_one(self, master: str, b: dict, tip: Tip, now: int, cycle) -> None:
         tx = self._find(master, b)
-        hist = self.ledger.record("history", master) or {}
         if tx is not None:
-            changed = False
-            if tx.txid != b["txid"] and hist.get("txid2") != tx.txid:
-                hist["txid2"] = tx.txid
-                b["txid2"] = tx.txid
-                changed = True
-                log.info("batch %s: tx %s was malleated into %s", master, b["txid"], tx.txid)
-            if hist.get("status") == "unconfirmed":
-                hist["status"] = "Processing"
-                changed = True
-                for wid in b["ids"]:
-                    log.info("withdraw %s: Processing (tx %s %s)", wid, tx.txid,
-                             f"in block {tx.height:,d}" if tx.height else "in the mempool")
-            conf = tx.confirmations if tx.height else 0
-            if hist.get("confirmations", 0) != conf and hist.get("status") == "Processing":
-                if conf < hist.get("confirmations", 0):  # a reorganisation moved it
-                    log.warning("batch %s: tx %s now has %d confirmations (had %d): %s",
-                                master, tx.txid, conf, hist.get("confirmations", 0),
-                                f"in block {tx.height:,d}" if tx.height else "in the mempool")
-                hist["confirmations"] = conf
-                changed = True
-            if b.pop("gone_since", None) is not None:
-                changed = True
-            if changed:
-                self.ledger.put_many([("history", master, hist), ("batches", master, b)])
+            self._seen(master, b, tx)
             if tx.height and tx.confirmations >= self.final:
-                self._complete(master, b, tx, hist, now)
+                self._complete(master, b, tx, now)
             return
-        if hist.get("status") == "Processing":
+        if b["status"] == "Processing":
             # seen before, on no branch or mempool now: what the chain proved is gone
-            hist.update(status="unconfirmed", confirmations=0)
-            self.ledger.put("history", master, hist)
+            self._update(master, b, status="unconfirmed", confirmations=0)
             for wid in b["ids"]:
                 log.warning("withdraw %s: back to unconfirmed (tx %s is no longer on the "
                             "chain or in the mempool; it is broadcast again)", wid,
@@ -480,16 +379,45 @@ class WithdrawDesk:
             # an input went elsewhere: this transaction cannot confirm on this branch
             self._spent_elsewhere(master, b, gone, tip, now)
             return
-        if b.pop("gone_since", None) is not None:
-            self.ledger.put("batches", master, b)
+        if "gone_since" in b:
+            self._update(master, b, unset=["gone_since"])
             log.warning("batch %s: its inputs are unspent again (a reorganisation); it is "
                         "broadcast again", master)
-        if tip.height <= b["last_try"]:
-            return  # one rebroadcast per block at most
+        if tip.height > b["last_try"]:  # one rebroadcast per block at most
+            self._rebroadcast(master, b, tip, cycle)
+
+    def _seen(self, master: str, b: dict, tx: Tx) -> None:
+        """The batch's transaction (or its malleated twin) is on chain or in the mempool."""
+        changes: dict = {}
+        if tx.txid != b["txid"] and b.get("txid2") != tx.txid:
+            changes["txid2"] = tx.txid
+            log.info("batch %s: tx %s was malleated into %s", master, b["txid"], tx.txid)
+        where = f"in block {tx.height:,d}" if tx.height else "in the mempool"
+        status = b["status"]
+        if status == "unconfirmed":
+            changes["status"] = status = "Processing"
+            for wid in b["ids"]:
+                log.info("withdraw %s: Processing (tx %s %s)", wid, tx.txid, where)
+        conf = tx.confirmations if tx.height else 0
+        if b.get("confirmations", 0) != conf and status == "Processing":
+            if conf < b.get("confirmations", 0):  # a reorganisation moved it
+                log.warning("batch %s: tx %s now has %d confirmations (had %d): %s", master,
+                            tx.txid, conf, b.get("confirmations", 0), where)
+            changes["confirmations"] = conf
+        unset = ["gone_since"] if "gone_since" in b else []
+        if changes or unset:
+            self._update(master, b, unset=unset, **changes)
+
+    def _update(self, master: str, b: dict, **changes) -> None:
+        """Change batch ``master`` in the ledger (update_batch) and this pass's copy ``b``."""
+        new = self.ledger.update_batch(master, **changes)
+        b.clear()
+        b.update(new)
+
+    def _rebroadcast(self, master: str, b: dict, tip: Tip, cycle) -> None:
         try:
             self.chain.broadcast(b["raw"])
-            b["last_try"] = tip.height
-            self.ledger.put("batches", master, b)
+            self.ledger.update_batch(master, last_try=tip.height)
             log.info("batch %s: rebroadcast tx %s", master, b["txid"])
         except ChainRejected as exc:
             b = self._bump(master, tip.height)
@@ -502,7 +430,7 @@ class WithdrawDesk:
         """Is ``t`` a spend of registered input ``key`` whole back to its own address less
         CANCEL_FEE? Only the exchange's key can sign it, and it is exactly the cancel the desk
         signs for ``key`` (deterministic signatures), whoever broadcast it."""
-        rec = self.ledger.record("inputs", key)
+        rec = self.ledger.input(key)
         return rec is not None and t.inputs == [key] and list(t.outputs) == [
             TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])]
 
@@ -515,10 +443,9 @@ class WithdrawDesk:
         for key in gone:
             for t in spenders[key]:
                 if self._cancel_shaped(key, t):
-                    b.update(state="cancelling", cancel={"txid": t.txid, "in": key},
-                             last_try=tip.height)
-                    b.pop("gone_since", None)
-                    self.ledger.put("batches", master, b)
+                    self._update(master, b, state="cancelling", cancel={"txid": t.txid, "in": key},
+                                 last_try=tip.height,
+                                 unset=["gone_since"] if "gone_since" in b else [])
                     log.warning("batch %s: input %s is spent by %s, the batch's cancel; it "
                                 "settles when that is %d blocks deep", master, key, t.txid,
                                 self.final)
@@ -529,8 +456,7 @@ class WithdrawDesk:
             self._decline(master, b, None, now, "an input was spent by another transaction")
             return
         if b.get("gone_since") is None:
-            b["gone_since"] = tip.height
-            self.ledger.put("batches", master, b)
+            self._update(master, b, gone_since=tip.height)
             found = ", ".join(f"{t.txid} ({t.confirmations} confirmations)" for t in seen)
             log.warning("batch %s: input %s spent by %s; the batch is declined once that "
                         "spend is %d blocks deep", master, gone[0], found or "a transaction "
@@ -540,14 +466,13 @@ class WithdrawDesk:
 
     def _start_cancel(self, master: str, b: dict, tip: Tip, cycle) -> None:
         """Spend one batch input back to its own address so the batch can never confirm."""
-        with self.ledger.lock:
-            key = max(b["ins"], key=lambda k: (self.ledger.tables["inputs"][k]["value"], k))
-            rec = dict(self.ledger.tables["inputs"][key])
+        ins = {k: self.ledger.input(k) for k in b["ins"]}
+        key = max(b["ins"], key=lambda k: (ins[k]["value"], k))
+        rec = ins[key]
         signed = self.chain.create_transaction(
             [key], [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])], cycle.passphrase)
-        b.update(state="cancelling", cancel={"txid": signed.txid, "raw": signed.raw, "in": key},
-                 last_try=tip.height)
-        self.ledger.put("batches", master, b)
+        b = self.ledger.update_batch(master, state="cancelling", last_try=tip.height,
+                                     cancel={"txid": signed.txid, "raw": signed.raw, "in": key})
         log.warning("batch %s: refused %d times; cancelling it with tx %s (spends %s)", master,
                     b["refusals"], signed.txid, key)
         try:
@@ -559,16 +484,14 @@ class WithdrawDesk:
         c = b["cancel"]
         ctx = self._find_cancel(b)
         if ctx is not None:
-            changed = False
+            changes: dict = {}
             if ctx.txid != c["txid"] and c.get("txid2") != ctx.txid:
-                c["txid2"] = ctx.txid
-                changed = True
+                changes["cancel"] = {**c, "txid2": ctx.txid}
                 log.info("batch %s: cancel tx %s was malleated into %s", master, c["txid"],
                          ctx.txid)
-            if b.pop("gone_since", None) is not None:
-                changed = True
-            if changed:
-                self.ledger.put("batches", master, b)
+            unset = ["gone_since"] if "gone_since" in b else []
+            if changes or unset:
+                self._update(master, b, unset=unset, **changes)
             if ctx.height and ctx.confirmations >= self.final:
                 self._decline(master, b, ctx, now, "cancelled after refusals"
                               if c.get("raw") else "cancelled by a spend of its input")
@@ -579,155 +502,76 @@ class WithdrawDesk:
         if not c.get("raw"):
             # a cancel the desk did not sign left the chain (a reorganisation): nothing stops
             # the batch now, so it goes back to being broadcast
-            b.update(state="sent", refusals=0)
-            b.pop("cancel")
-            self.ledger.put("batches", master, b)
+            self.ledger.update_batch(master, state="sent", refusals=0, unset=["cancel"])
             log.warning("batch %s: its cancel %s left the chain; the batch is broadcast again",
                         master, c["txid"])
             return
         if tip.height > b["last_try"]:
-            b["last_try"] = tip.height
-            self.ledger.put("batches", master, b)
+            self.ledger.update_batch(master, last_try=tip.height)
             try:
                 self.chain.broadcast(c["raw"])
             except ChainError as exc:
                 log.warning("batch %s: cancel rebroadcast failed: %s", master, exc)
 
     # ---------------------------------------------------------------- endings
-    def _settle(self, spent: list[str], tx: Tx | None, vouts: list[int], burned: list[str],
-                ops: list[dict], withheld: np.ndarray | None = None) -> None:
-        """Ops that spend ``spent``, register ``tx``'s ``vouts``, burn ``burned`` withdraws and
-        square the house account and the drift, exactly (appended to ``ops``). ``withheld``
-        is what refunds kept back to pay the transaction (their ops are the caller's).
-        Raises DeskError, appending nothing, if the house account would have to pay more than
-        it holds: the ledger never owes more than the exchange has."""
-        led = self.ledger
-        reg = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        value = 0 if withheld is None else int(withheld.sum())
-        new: list[dict] = []
-        with led.lock:
-            for key in spent:
-                reg -= led.vectors[("inputs", key)]
-                value -= led.tables["inputs"][key]["value"]
-            wd = np.zeros(peg.PEG_SIZE, dtype=np.int64) if withheld is None else withheld.copy()
-            for wid in burned:
-                wd += led.vectors[("withdraws", wid)]
-                value += led.tables["withdraws"][wid]["amount"]
-            house = led.row(engine.HOUSE)
-        if burned:
-            new.append({"op": "burn", "ids": list(burned)})
-        if spent:
-            new.append({"op": "spend", "keys": list(spent)})
-        for vout in vouts:
-            key = outpoint(tx.txid, vout)
-            vec = self.chain.get_fractions(key)
-            out = tx.outputs[vout]
-            reg += vec
-            value += out.value
-            new.append(engine.Exchange.credit_op(key, out.value, vec, owner=None,
-                                                 address=out.address, change=True,
-                                                 height=tx.height))
-            new.append(engine.Exchange.put_op("claims", key,
-                                              {"name": "exchange", "registered": 1}))
-        # value is now what the house gains (commissions − miner fee − dust) or pays (< 0)
-        delta = reg + wd  # what the ledger must gain per step for zero drift
-        if value > 0:
-            hv = peg.deduction(np.maximum(delta, 0), value, peg.LIQUID, led.supply)
-        elif value < 0:
-            have = 0 if house is None else int(house.sum())
-            if have < -value:  # house_free() and the cancel rule make this unreachable
-                raise DeskError(f"the house account holds {_fmt(have)} and would have to pay "
-                                f"{_fmt(-value)}")
-            hv = -peg.deduction(house, -value, peg.LIQUID, led.supply)
-        else:
-            hv = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-        if hv.any():
-            new.append(engine.Exchange.adjust_op(engine.HOUSE, hv))
-        drift = delta - hv
-        if drift.any():
-            new.append(engine.Exchange.drift_op(drift))
-        ops += new
+    def _output(self, tx: Tx, vout: int) -> Output:
+        """Output ``vout`` of the exchange's own transaction ``tx``, with its fractions."""
+        key = outpoint(tx.txid, vout)
+        out = tx.outputs[vout]
+        return Output(key, out.value, out.address, self.chain.get_fractions(key), tx.height)
 
-    def _complete(self, master: str, b: dict, tx: Tx, hist: dict, now: int) -> None:
-        ops: list[dict] = []
-        with self.ledger.lock:
-            ids = [w for w in b["ids"] if w in self.ledger.tables["withdraws"]]
-        self._settle(b["ins"], tx, b["house_vouts"], ids, ops)
-        hist.update(status="Complete", confirmations=tx.confirmations)
-        # the raw stays: if a reorganisation deeper than the final depth drops the transaction,
-        # it is broadcast again (ExchangeCycle._final_items)
-        b.update(state="done", final_txid=tx.txid, final_height=tx.height)
-        ops.append(engine.Exchange.put_op("history", master, hist))
-        ops.append(engine.Exchange.put_op("batches", master, b))
-        self.ledger.commit(ops, supply=self.ledger.supply, now=now)
+    def _complete(self, master: str, b: dict, tx: Tx, now: int) -> None:
+        outputs = [self._output(tx, v) for v in b["house_vouts"]]
+        # the raw stays in the record: if a reorganisation deeper than the final depth drops
+        # the transaction, it is broadcast again (ExchangeCycle._final_items)
+        ids = self.ledger.complete_batch(master, Mined(tx.txid, tx.height, tx.confirmations),
+                                         outputs, now=now)
         log.info("%s batch %s: Complete in block %s (tx %s)", b["kind"], master,
                  f"{tx.height:,d}", tx.txid)
         for wid in ids:
             log.info("withdraw %s: Complete (tx %s)", wid, tx.txid)
 
     def _decline(self, master: str, b: dict, cancel: Tx | None, now: int, why: str) -> None:
-        ops: list[dict] = []
-        put = engine.Exchange.put_op
-        cfg = self.ledger.exchange_settings()["commission"]
-        with self.ledger.lock:
-            pending = self.ledger.tables["withdraws"]
-            ids = [w for w in b["ids"] if w in pending]
-            recs = {w: dict(pending[w]) for w in ids}
-            vecs = {w: self.ledger.vectors[("withdraws", w)].copy() for w in ids}
-            gone = b["cancel"]["in"] if cancel is not None else None
-            cost = 0 if gone is None else (self.ledger.tables["inputs"][gone]["value"]
-                                           - sum(o.value for o in cancel.outputs))
-            for key in b["ins"]:
-                rec = self.ledger.tables["inputs"].get(key)
-                if rec is not None and key != gone:
-                    ops.append(put("inputs", key, {k: v for k, v in rec.items() if k != "batch"}))
-        ops += [{"op": "refund", "id": w} for w in ids]
-        withheld: dict[str, int] = {}
-        if cancel is not None:
-            # the house pays the cancel's miner fee from what it does not hold back for
-            # maintenance in flight; the rest is withheld from the refunds, pro rata to the
-            # commissions the batch would have charged (see the module docstring)
-            free, _ = self.house_free(exclude=master)
-            house_part = min(cost, free)
-            weights = {w: min(accepted_commission(recs[w], cfg), recs[w]["amount"])
-                       for w in ids}
-            try:
-                withheld = split_cost(cost - house_part, weights)
-            except ValueError as exc:
-                raise DeskError(f"the cancel's {_fmt(cost)} cannot be paid: {exc}") from None
-            kept = np.zeros(peg.PEG_SIZE, dtype=np.int64)
-            for wid, x in withheld.items():
-                vec = peg.deduction(vecs[wid], x, recs[wid]["style"], self.ledger.supply)
-                kept += vec
-                ops.append(engine.Exchange.adjust_op(recs[wid]["user"], -vec,
-                                                     recs[wid]["style"]))
-            self._settle([gone], cancel, [0], [], ops, withheld=kept)
-            b["cancel"].update(cost=cost, house_paid=house_part)
-            if withheld:
-                b["withheld"] = withheld
+        recs = self.ledger.batch_withdraws(master)
+        paid = None
+        if cancel is None:
+            self._report_lost_inputs(master, b)
         else:
-            for key in b["ins"]:
-                if not self.chain.is_unspent(key):
-                    # neither the batch nor its cancel spent it: where the coins went is not
-                    # ours to guess, so it stays registered and `pegx audit` names it
-                    log.error("batch %s: input %s was spent by a transaction that is neither "
-                              "the batch nor its cancel; it stays registered until an operator "
-                              "accounts for it", master, key)
-        hist = self.ledger.record("history", master) or {
-            "txid": b["txid"], "ID": master, "block": b["height"], "in0": b["ins"][0]}
-        hist["status"] = "Failed/Declined"
-        b.update(state="failed", reason=why)
-        b.pop("raw", None)
-        ops.append(put("history", master, hist))
-        ops.append(put("batches", master, b))
-        self.ledger.commit(ops, supply=self.ledger.supply, now=now)
+            paid = self._cancel_paid(master, b, cancel, recs)
+        self.ledger.decline_batch(master, why, cancel=paid, now=now)
         log.warning("%s batch %s: Failed/Declined (%s)", b["kind"], master, why)
-        if cancel is not None:
+        withheld = {} if paid is None else paid.withheld
+        if paid is not None:
             log.info("batch %s: cancel tx %s cost %s: %s paid by the house account, %s withheld "
-                     "from refunds", master, cancel.txid, _fmt(cost),
-                     _fmt(b["cancel"]["house_paid"]), _fmt(sum(withheld.values())))
-        for wid in ids:
+                     "from refunds", master, cancel.txid,
+                     _fmt(paid.house_paid + sum(withheld.values())), _fmt(paid.house_paid),
+                     _fmt(sum(withheld.values())))
+        for wid, rec in recs.items():
             x = withheld.get(wid, 0)
-            log.info("withdraw %s: Failed/Declined, %s refunded%s", wid,
-                     _fmt(recs[wid]["amount"] - x),
+            log.info("withdraw %s: Failed/Declined, %s refunded%s", wid, _fmt(rec["amount"] - x),
                      f" ({_fmt(x)} withheld for the cancel's miner fee)" if x else "")
+
+    def _cancel_paid(self, master: str, b: dict, cancel: Tx,
+                     recs: dict[str, dict]) -> Cancelled:
+        """Who pays the confirmed cancel's miner fee: the house from what it does not hold
+        back for maintenance in flight; the rest is withheld from the refunds, pro rata to the
+        commissions the batch would have charged (see the module docstring)."""
+        cost = self.ledger.input(b["cancel"]["in"])["value"] - sum(o.value for o in cancel.outputs)
+        free, _ = self.house_free(exclude=master)
+        house_part = min(cost, free)
+        cfg = self.ledger.exchange_settings()["commission"]
+        weights = {w: min(accepted_commission(r, cfg), r["amount"]) for w, r in recs.items()}
+        try:
+            withheld = split_cost(cost - house_part, weights)
+        except ValueError as exc:
+            raise DeskError(f"the cancel's {_fmt(cost)} cannot be paid: {exc}") from None
+        return Cancelled([self._output(cancel, 0)], house_part, withheld)
+
+    def _report_lost_inputs(self, master: str, b: dict) -> None:
+        for key in b["ins"]:
+            if not self.chain.is_unspent(key):
+                # neither the batch nor its cancel spent it: where the coins went is not
+                # ours to guess, so it stays registered and `pegx audit` names it
+                log.error("batch %s: input %s was spent by a transaction that is neither "
+                          "the batch nor its cancel; it stays registered until an operator "
+                          "accounts for it", master, key)

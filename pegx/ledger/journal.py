@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from pegx.ledger import schema
@@ -72,6 +74,10 @@ class Journal:
         self.commits = 0  # fsynced batches written (for metrics: records / commits = group size)
         self.checkpoint_seq = checkpoint_seq  # the seq of the state record on disk
         self._ckpt_mu = threading.Lock()  # one checkpoint write at a time
+        # seconds each synced write took, for metrics (set by the app). Called by the writing
+        # thread while other waiters wait for it, so it must be quick: a histogram observe
+        self.on_fsync: Callable[[float], None] | None = None
+        self.on_checkpoint: Callable[[float], None] | None = None
         self.sink: Sink | None = None
         # every log record up to here is deleted; the ones above stay until a checkpoint covers
         # them and the sink's floor lets them go (a checkpoint before replication kept them)
@@ -106,6 +112,7 @@ class Journal:
                 sink = self.sink
                 self._writing = True
                 self._mu.release()
+                t0 = time.perf_counter()
                 try:
                     if batch:
                         with self.store.batch() as wb:
@@ -118,6 +125,8 @@ class Journal:
                     self._cond.notify_all()
                     log.critical("op log write failed: %s", exc)
                     raise JournalFailed(f"ledger write failed: {exc}") from exc
+                if batch and self.on_fsync is not None:
+                    self.on_fsync(time.perf_counter() - t0)
                 try:
                     with self._mu:
                         self.local_seq = top
@@ -163,6 +172,7 @@ class Journal:
                                     f"({prev:,d}): refused")
                 self._fail(exc, "checkpoint refused")
                 raise exc
+            t0 = time.perf_counter()
             try:
                 with self.store.batch() as wb:
                     for k in deletes:
@@ -178,6 +188,8 @@ class Journal:
                 raise JournalFailed(f"checkpoint write failed: {exc}") from exc
             self.checkpoint_seq = seq
             self.deleted_seq = max(self.deleted_seq, upto)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(time.perf_counter() - t0)
 
     def fail(self, exc: BaseException, what: str) -> None:
         """Stop the journal: memory can no longer be trusted to match the log (every later

@@ -6,7 +6,8 @@ ones were applied. The savepoint keeps the first value of everything the group t
 ``restore`` puts it all back: a refused group leaves memory exactly as it was, as the log (which
 never saw the group) will rebuild it.
 
-The engine calls the ``save_*`` hooks at its mutation sites while a savepoint is active.
+The state's apply functions call the ``save_*`` hooks at their mutation sites while a savepoint
+is active (:attr:`pegx.ledger.state.State.undo`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ _MISSING = object()
 class Savepoint:
     """The state an op group may change, as it was before the group."""
 
-    def __init__(self, ex):
-        self.ex = ex
-        self.n_names = len(ex.names)  # accounts the group adds are dropped again
+    def __init__(self, state):
+        self.state = state  # a pegx.ledger.state.State
+        self.n_names = len(state.names)  # accounts the group adds are dropped again
         self.rows: dict[int, np.ndarray] = {}
         self.views: dict[int, np.ndarray] = {}
         self.all_views: np.ndarray | None = None
@@ -31,26 +32,26 @@ class Savepoint:
     def save_row(self, i: int) -> None:
         """Before account ``i``'s ledger row or balance view changes."""
         if i not in self.rows:
-            self.rows[i] = self.ex.matrix[i].copy()
+            self.rows[i] = self.state.matrix[i].copy()
         if self.all_views is None and i not in self.views:
-            self.views[i] = self.ex.view[i].copy()
+            self.views[i] = self.state.view[i].copy()
 
     def save_views(self) -> None:
         """Before every balance view changes (a recompute)."""
         if self.all_views is None:
-            self.all_views = self.ex.view[:len(self.ex.names)].copy()
+            self.all_views = self.state.view[:len(self.state.names)].copy()
 
     def save_record(self, table: str, key: str) -> None:
         if (table, key) not in self.records:
-            self.records[(table, key)] = self.ex.tables[table].get(key, _MISSING)
+            self.records[(table, key)] = self.state.tables.get(table, {}).get(key, _MISSING)
 
     def save_vector(self, table: str, key: str) -> None:
         if (table, key) not in self.vectors:
-            self.vectors[(table, key)] = self.ex.vectors.get((table, key), _MISSING)
+            self.vectors[(table, key)] = self.state.vectors.get((table, key), _MISSING)
 
     def restore(self) -> None:
         """Put back everything saved (apply functions replace records, never mutate them)."""
-        ex = self.ex
+        ex = self.state
         if self.all_views is not None:
             ex.view[:len(self.all_views)] = self.all_views
         for i, v in self.views.items():  # saved before all_views: older, so they win
@@ -59,9 +60,9 @@ class Savepoint:
             ex.matrix[i] = row
         for (table, key), value in self.records.items():
             if value is _MISSING:
-                ex.tables[table].pop(key, None)
+                ex.tables.setdefault(table, {}).pop(key, None)
             else:
-                ex.tables[table][key] = value
+                ex.tables.setdefault(table, {})[key] = value
         for key, vec in self.vectors.items():
             if vec is _MISSING:
                 ex.vectors.pop(key, None)
@@ -70,9 +71,9 @@ class Savepoint:
         n = len(ex.names)
         for name in ex.names[self.n_names:]:
             del ex.index[name]
-            ex._dirty_rows.discard(name)
-            ex._dirty_views.discard(name)
+            ex.dirty_rows.discard(name)
+            ex.dirty_views.discard(name)
         del ex.names[self.n_names:]
-        # rows past the last account must be zero: _add_account reuses them as they are
+        # rows past the last account must be zero: add_account reuses them as they are
         ex.matrix[self.n_names:n] = 0
         ex.view[self.n_names:n] = 0

@@ -1,7 +1,8 @@
 """Every LevelDB key prefix of the ledger, with its meaning (STYLE §3).
 
 One byte per prefix; integers in keys are fixed-width big-endian so prefix scans come back in
-order. Only pegx.ledger.store and the modules it serves (engine, journal) use these.
+order. Only pegx.ledger.store and the ledger modules it serves (state, journal, checkpoint)
+use these.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ ACCOUNT = b"R"
 BALANCE = b"B"
 
 # Key: b"T" + table name (ascii) + b"\x00" + record key (utf-8) / Value: JSON /
-# "small structured state: deposit claims, inputs, withdraws, history, settings, addresses,
-# exec replay hashes; the table names are Engine.TABLES".
+# "small structured state: deposit claims, inputs, withdraws, batches (one lifecycle record per
+# withdraw batch), batch_of (withdraw id -> master id), expired, settings, addresses, exec
+# replay hashes, meta; the table names are pegx.ledger.state.TABLES (format 1 also had
+# history, which pegx.ledger.migrate removes)".
 TABLE = b"T"
 
 # Key: b"V" + table name + b"\x00" + record key / Value: 1200 x <q / "a fraction vector owned by a

@@ -34,7 +34,8 @@ from pegx.ledger import schema
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this code writes; pegx.ledger.migrate upgrades what it reads
+READABLE = (1, 2)  # format 1: the history table of withdraw statuses (before one batch record)
 
 _open_paths: set[str] = set()
 _open_guard = threading.Lock()
@@ -111,11 +112,12 @@ class Store:
         if state is None:
             return
         version = state.get("format")
-        if version != FORMAT_VERSION:
+        if version not in READABLE:
             raise StoreError(
-                f"ledger {self.path} has format version {version!r}; this pegx reads version "
-                f"{FORMAT_VERSION}. Run the pegx release that wrote it, or restore a backup made "
-                f"by this version (pegx restore), and do not delete the ledger: it holds balances."
+                f"ledger {self.path} has format version {version!r}; this pegx reads versions "
+                f"{', '.join(map(str, READABLE))}. Run the pegx release that wrote it, or restore "
+                f"a backup made by this version (pegx restore), and do not delete the ledger: it "
+                f"holds balances."
             )
 
     def state(self) -> dict | None:

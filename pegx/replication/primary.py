@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pegx.ledger.journal import NotAcknowledged, read_raw
+from pegx.ledger.journal import NotAcknowledged
 from pegx.replication import epoch, wire
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,6 @@ class Replicator:
         self.key = key
         self.host, self.port = host, port
         self.ledger = ledger
-        self.journal = ledger.journal
         self.devnet = devnet
         self.datadir = Path(datadir)
         self.identity = identity  # {"chain", "network"}: a standby must match
@@ -88,7 +87,7 @@ class Replicator:
         self.retain = retain
         self.on_fenced = on_fenced
         self._cond = threading.Condition()
-        self.local_seq = self.journal.local_seq
+        self.local_seq = ledger.log_bounds()[0]
         self.devnet_path: Path | None = None
         self.devnet_end: int | None = None
         if devnet is not None:
@@ -109,7 +108,7 @@ class Replicator:
         """Listen, and become the journal's sink and the devnet log's listener."""
         self._sock = socket.create_server((self.host, self.port))
         self.port = self._sock.getsockname()[1]
-        self.journal.sink = self
+        self.ledger.replicate_to(self)
         if self.devnet is not None:
             self.devnet.on_log_append(self._devnet_appended)
         self._spawn(self._accept, "repl-accept")
@@ -205,7 +204,7 @@ class Replicator:
         with self._cond:
             s = self._session
             acked = s.acked if s is not None and s.alive else self.last_acked
-            keep = self.journal.deleted_seq if acked is None else acked
+            keep = self.ledger.log_bounds()[1] if acked is None else acked
             if self.retain:
                 keep = max(keep, self.local_seq - self.retain)
             return min(seq, keep)
@@ -306,9 +305,10 @@ class Replicator:
             return (f"the standby holds seq {seq:,d}, beyond this primary's {self.local_seq:,d}:"
                     f" the two diverged (was this primary restored from a backup?); re-seed "
                     f"the standby from a backup of this primary")
-        if seq < self.journal.deleted_seq:
+        deleted = self.ledger.log_bounds()[1]
+        if seq < deleted:
             return (f"this primary no longer keeps op-log records {seq + 1:,d}.."
-                    f"{self.journal.deleted_seq:,d} (checkpointed while no standby held them):"
+                    f"{deleted:,d} (checkpointed while no standby held them):"
                     f" re-seed the standby from a new backup of this primary")
         if self.devnet is not None:
             return self._check_devnet(start)
@@ -369,7 +369,7 @@ class Replicator:
     def _ship_records(self, chan: wire.Channel, after: int, upto: int) -> int:
         batch: list[tuple[int, bytes]] = []
         size, want = 0, after + 1
-        for seq, data in read_raw(self.ledger.store, after):
+        for seq, data in self.ledger.log_records(after):
             if seq > upto:
                 break
             if seq != want:
@@ -489,6 +489,6 @@ class Replicator:
                 "standby_since": int(s.since) if connected else 0,
                 "acked_seq": acked, "lag_records": lag,
                 "lag_seconds": round(time.time() - behind, 3) if behind and lag else 0.0,
-                "retained_from": self.journal.deleted_seq + 1,
+                "retained_from": self.ledger.log_bounds()[1] + 1,
                 "fenced": dict(self.fenced) if self.fenced else {},
             }

@@ -108,7 +108,7 @@ class Receiver:
             except (OSError, wire.ProtocolError, ValueError, KeyError, RuntimeError) as exc:
                 if self._stop.is_set():
                     break
-                if self.ledger.journal.failed is not None:  # the daemon shuts down
+                if self.ledger.failed is not None:  # the daemon shuts down
                     log.critical("replication: stopped following %s: %s", self.primary, exc)
                     self.last_error = f"stopped: {exc}"
                     return

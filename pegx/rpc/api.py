@@ -15,18 +15,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import os
-import re
 import threading
-from decimal import Decimal, InvalidOperation
+import time
 from typing import Protocol
 
 from pegx import crypto, peg
 from pegx.chain.base import ChainError
 from pegx.exchange import planner
-from pegx.ledger import engine
-from pegx.ledger.engine import EngineError, Exchange
+from pegx.ledger import rules
+from pegx.ledger import settings as exchange_settings
+from pegx.ledger.engine import Exchange
+from pegx.ledger.rules import EngineError, coerce_amount
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,7 @@ STOPPED = "Exchange is stopped."
 NOT_LOADED = "Exchange is not loaded yet."
 BALANCE_UPDATING = "Balance is updating"
 BUSY = "Exchange is busy. Please try again in a few minutes."
-ACCOUNTS_MSG = ("Exchange accounts must be a list and must contain all accounts used by the "
-                "exchange for receiving change.")
-LIQUID_LIMIT_MSG = "Withdraw limit reached, please wait until transactions clear."
-RESERVE_LIMIT_MSG = "Reserve withdraw limit reached, please wait until transactions clear."
-LIQUID_LIMIT = 300  # pending liquid withdraws (the original allowed 301 by an off-by-one)
-RESERVE_LIMIT = 45
 TXIDS_MSG = "txids must be a non-empty list of 'txid:vout' strings."
-FINISHED = ("Complete", "Failed/Declined", "Expired")
-_DIGITS = re.compile(r"^[+-]?[0-9]{1,30}$")  # ASCII digits only: int() would take "١٢٣"
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -62,29 +54,12 @@ class Control(Protocol):
     def cycle(self) -> int: ...             # GetCycle: the cycle of the last published balances
 
 
-def coerce_amount(value) -> int:
-    """An amount in satoshi from an int, a decimal string of satoshi or an integral float.
+class _Answer(Exception):
+    """A refusal a call answers with ``answer`` (a message, or False)."""
 
-    A stock xmlrpc.client cannot send ints beyond ±2^31, so big amounts come as strings or
-    floats. Raises EngineError (AmountError) with a clear message otherwise.
-    """
-    if isinstance(value, bool):
-        raise engine.AmountError("Amount must be a number of satoshi, not a boolean.")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value) or not value.is_integer():
-            raise engine.AmountError(
-                f"Amount must be a whole number of satoshi, got {value!r}.")
-        if abs(value) > 2**53:
-            raise engine.AmountError(
-                "Amount is too large to be exact as a float: send it as a decimal string.")
-        return int(value)
-    if isinstance(value, str) and _DIGITS.match(value.strip()):
-        return int(value.strip())
-    raise engine.AmountError(
-        "Amount must be an integer number of satoshi: an int, a decimal string such as "
-        "'2500000000', or a whole float.")
+    def __init__(self, answer: str | bool):
+        super().__init__(answer)
+        self.answer = answer
 
 
 class PasswordGate:
@@ -109,7 +84,7 @@ class PasswordGate:
     def _record(self) -> dict | None:
         # read without the ledger lock and deep copy: every call starts here, and a record is
         # only ever replaced whole (never mutated in place)
-        return self.ledger.tables["settings"].get("password")
+        return self.ledger.setting("password")
 
     def _shortcut(self, rec: dict, passw: str) -> bool | None:
         """True/False from the in-memory shortcut, or None when it does not apply to ``rec``."""
@@ -263,7 +238,7 @@ class PegAPI:
         if not self.password.check(passw):
             return WRONG_PASSWORD
         try:
-            engine.check_name(name)
+            rules.check_name(name)
         except EngineError as exc:
             return str(exc)
         if self._stopped():
@@ -275,30 +250,32 @@ class PegAPI:
         if (not isinstance(txids, (list, tuple)) or not txids
                 or not all(isinstance(t, str) for t in txids)):
             return TXIDS_MSG
+        refused, new = self._claimable(name, txids)
+        if refused:
+            return refused
+        try:
+            self.ledger.claim_deposits(name, new)  # first claim wins, even between two calls
+        except EngineError as exc:
+            return str(exc)
+        return True
+
+    def _claimable(self, name: str, txids) -> tuple[str | None, list[str]]:
+        """Deposit's checks of each txid in order (in Spendable, not change, not claimed by
+        someone else): (the first refusal, []) or (None, the txids to claim)."""
         spendable = self.control.spendable()
-        new = []
+        new: list[str] = []
         for txid in txids:
             entry = spendable.get(txid)
             if entry is None:
-                return f"{txid} not in Spendable list yet."
+                return f"{txid} not in Spendable list yet.", []
             if entry.get("change"):
-                return "You can not deposit change transactions."
-            claim = self.ledger.record("claims", txid)
+                return "You can not deposit change transactions.", []
+            claim = self.ledger.claim(txid)
             if claim is not None and claim["name"] != name:
-                return f"{txid} was already deposited for another user."
+                return rules.TAKEN_MSG.format(key=txid), []
             if claim is None and txid not in new:
                 new.append(txid)
-        if new:
-            # first claim wins, even between two concurrent calls; the fsync waits outside
-            with self.ledger.locked():
-                claims = self.ledger.tables["claims"]
-                taken = [t for t in new if t in claims and claims[t].get("name") != name]
-                if taken:
-                    return f"{taken[0]} was already deposited for another user."
-                new = [t for t in new if t not in claims]
-                if new:
-                    self.ledger.put_many([("claims", t, {"name": name}) for t in new])
-        return True
+        return None, new
 
     def GetDeposits(self, txid="", passw=""):
         """GetDeposits(txid='', passw='') -> all claims, or one {'name'[, 'registered': 1]}."""
@@ -307,10 +284,10 @@ class PegAPI:
         if not self.control.loaded():
             return NOT_LOADED
         if txid == "":
-            return self.ledger.records("claims")
+            return self.ledger.claims()
         if not isinstance(txid, str):
             return False
-        rec = self.ledger.record("claims", txid)
+        rec = self.ledger.claim(txid)
         return False if rec is None else rec
 
     def GetBalance(self, user, passw=""):
@@ -330,14 +307,6 @@ class PegAPI:
         bal = self.ledger.balance(user)
         return False if bal is None else bal
 
-    def _trade_checks(self, user1, user2):
-        """Trade's name checks in the original order (ORIGINAL §1.3 Trade 5-6)."""
-        engine.check_name(user1)
-        if user2 != "":
-            if isinstance(user2, str) and user2.lower() == engine.WITHDRAWS:
-                raise engine.NameError_(engine.RESERVED_MSG)
-            engine.check_name(user2)
-
     def Trade(self, user1, amount, user2, style="liquid", passw=""):
         """Trade(user1, amount, user2, style='liquid', passw='') -> True.
 
@@ -353,7 +322,7 @@ class PegAPI:
         if self._stopped():
             return STOPPED
         try:
-            self._trade_checks(user1, user2)
+            rules.check_trade_names(user1, user2)
             amount = coerce_amount(amount)
             return self.ledger.trade(user1, amount, user2, style)
         except EngineError as exc:
@@ -368,58 +337,14 @@ class PegAPI:
             return WRONG_PASSWORD
         if self._stopped():
             return STOPPED
-        new = self.settings()
-        if exchangeaccounts != "":
-            if not isinstance(exchangeaccounts, (list, tuple)) or not exchangeaccounts:
-                return ACCOUNTS_MSG
-            for addr in exchangeaccounts:
-                try:
-                    crypto.validate_address(addr, self.net)
-                except crypto.CryptoError as exc:
-                    return f"Exchange account {addr!r} is not a valid address: {exc}."
-            refused = self._not_in_wallet(exchangeaccounts)
-            if refused:
-                return refused
-            new["exchangeaccounts"] = list(exchangeaccounts)
-        if exchangefeeaccount != "":
-            try:
-                crypto.validate_address(exchangefeeaccount, self.net)
-            except crypto.CryptoError as exc:
-                return f"Exchange fee account is not a valid address: {exc}."
-            new["exchangefeeaccount"] = exchangefeeaccount
-        if commission != "":
-            if not isinstance(commission, dict) or not {"min", "max", "percent"} <= commission.keys():
-                return "Commission must be a dict with 'min', 'max' and 'percent'."
-            try:
-                cmin = coerce_amount(commission["min"])
-                cmax = coerce_amount(commission["max"])
-                pct = commission["percent"]
-                if isinstance(pct, bool):
-                    raise InvalidOperation
-                percent = Decimal(str(pct))
-                if not percent.is_finite():
-                    raise InvalidOperation
-            except (EngineError, InvalidOperation, ValueError):
-                return "Commission min and max must be satoshi amounts and percent a number."
-            if percent < 0:
-                return False
-            if percent > Decimal("0.05"):
-                return "Commission is too high."
-            if cmax < cmin:
-                return False
-            if cmin < 10000:
-                return ("Minimum commission should be high enough to cover basic fees and "
-                        "maintenance.")
-            new["commission"] = {"min": cmin, "max": cmax, "percent": str(percent)}
-        if exchangeconfirmations != "":
-            conf = exchangeconfirmations
-            if isinstance(conf, bool) or not isinstance(conf, int):
-                return "Confirmations must be an integer from 7 to 15."
-            if conf < 7:
-                return "Not enough confirmations"
-            if conf > 15:
-                return "Too many confirmations"
-            new["exchangeconfirmations"] = conf
+        try:
+            new = exchange_settings.updated(
+                self.settings(), exchangeaccounts=exchangeaccounts,
+                exchangefeeaccount=exchangefeeaccount, commission=commission,
+                exchangeconfirmations=exchangeconfirmations, not_in_wallet=self._not_in_wallet,
+                network=self.net)
+        except exchange_settings.Refused as refused:
+            return refused.answer
         self.ledger.put("settings", "exchange", new)
         return True
 
@@ -447,53 +372,50 @@ class PegAPI:
             return (WRONG_PASSWORD, "")
         if not self.control.loaded():
             return (NOT_LOADED, "")
-        if address == "":
-            return (False, "")
         try:
-            crypto.validate_address(address, self.net)
-        except crypto.CryptoError:
-            return ("Withdraw address not valid", "")
-        try:
-            amount = coerce_amount(amount)
-        except EngineError as exc:
-            return (str(exc), "")
-        # one reading of the settings: the commission checked here is the one kept with the
-        # withdraw, so a later ExchangeSettings cannot change what this withdraw pays
-        rates = self.settings()["commission"]
-        if amount <= coerce_amount(rates["min"]) + planner.MIN_PAYOUT:
-            return ("Withdraw amount is too low", "")
-        if self._stopped():
-            return (STOPPED, "")
-        if style not in peg.STYLES:
-            return ("Style must be 'liquid' or 'reserve'.", "")
-        full = self._limit_reached(style)
-        if full:
-            return (full, "")
+            amount, rates = self._withdraw_checks(amount, address, style)
+        except _Answer as refused:
+            return (refused.answer, "")
         # then Trade's own checks, as the original's Withdraw calls Trade: busy, names, funds
         if self._busy():
             return (BUSY, "")
         uid = os.urandom(16).hex()
         try:
-            engine.check_name(user)
-            # the limit is counted and the slot taken atomically; the fsync waits outside
-            with self.ledger.locked():
-                full = self._limit_reached(style)
-                if full:
-                    return (full, "")
-                self.ledger.withdraw(uid, user, amount, style, address, self.control.cycle(),
-                                     commission=planner.commission(amount, rates))
+            rules.check_name(user)
+            # the limit is counted and the slot taken atomically (limit=True)
+            self.ledger.request_withdraw(uid, user, amount, style, address, self.control.cycle(),
+                                         commission=planner.commission(amount, rates),
+                                         limit=True, accepted=int(time.time()))
         except EngineError as exc:
             return (str(exc), "")
         return (True, uid)
 
-    def _limit_reached(self, style: str) -> str | None:
-        """The limit message if ``style`` already has its maximum of pending withdraws."""
-        with self.ledger.lock:
-            pending = sum(1 for w in self.ledger.tables["withdraws"].values()
-                          if w["style"] == style)
-        if style == peg.LIQUID:
-            return LIQUID_LIMIT_MSG if pending >= LIQUID_LIMIT else None
-        return RESERVE_LIMIT_MSG if pending >= RESERVE_LIMIT else None
+    def _withdraw_checks(self, amount, address, style) -> tuple[int, dict]:
+        """Withdraw's own checks in the original's order, up to the pending limit; returns
+        (amount, the commission rates in force) or raises _Answer."""
+        if address == "":
+            raise _Answer(False)
+        try:
+            crypto.validate_address(address, self.net)
+        except crypto.CryptoError:
+            raise _Answer("Withdraw address not valid") from None
+        try:
+            amount = coerce_amount(amount)
+        except EngineError as exc:
+            raise _Answer(str(exc)) from None
+        # one reading of the settings: the commission checked here is the one kept with the
+        # withdraw, so a later ExchangeSettings cannot change what this withdraw pays
+        rates = self.settings()["commission"]
+        if amount <= coerce_amount(rates["min"]) + planner.MIN_PAYOUT:
+            raise _Answer("Withdraw amount is too low")
+        if self._stopped():
+            raise _Answer(STOPPED)
+        if style not in peg.STYLES:
+            raise _Answer(rules.STYLE_MSG)
+        full = self.ledger.withdraw_limit(style)
+        if full:
+            raise _Answer(full)
+        return amount, rates
 
     def CheckWithdraw(self, ID, clear=0, passw=""):
         """CheckWithdraw(ID, clear=0, passw='') -> the batch record {status, txid, ID, block,
@@ -502,16 +424,8 @@ class PegAPI:
             return WRONG_PASSWORD
         if not self.control.loaded():
             return NOT_LOADED
-        if not isinstance(ID, str):
-            return "ID not found"
-        found = self.ledger.record("history", ID)
-        rec = found if found is not None else ID
-        if not isinstance(rec, dict):
-            rec = self.ledger.record("history", rec) if isinstance(rec, str) else None
-            if not isinstance(rec, dict):
-                rec = None
-        if clear == 1 and found is not None and rec is not None and rec.get("status") in FINISHED:
-            self.ledger.put("history", ID, None)  # only finished entries; never breaks anything
+        # clear=1 forgets only a finished record, never one in flight (ORIGINAL §5 items 16, 17)
+        rec = self.ledger.withdraw_status(ID, clear=clear == 1)
         return "ID not found" if rec is None else rec
 
     def GetCycle(self, passw=""):

@@ -53,6 +53,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -344,6 +345,9 @@ class RPCServer:
         self._faults = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # on_call(name, outcome, seconds) after each method call (multicall's parts, not the
+        # wrapper), for metrics: called in the worker thread, so it must be quick
+        self.on_call: Callable[[str, Any, float], None] | None = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             sock = socket.create_server((host, port), family=family, backlog=128)
@@ -381,6 +385,10 @@ class RPCServer:
     def connections(self) -> int:
         """Client connections open right now (in a call, idle, or sending a request)."""
         return self._transport.open_connections
+
+    def method_names(self) -> list[str]:
+        """Every name published (registered calls and ``system.*``)."""
+        return sorted(self._methods)
 
     def register(self, name: str, func: Callable[..., Any], help: str | None = None) -> None:
         """Publish ``func`` as ``name`` (dots allowed: ``"devnet.mine"``).
@@ -491,12 +499,16 @@ class RPCServer:
 
     def _call(self, name: str, params: tuple[Any, ...]) -> Any:
         """Run one method; returns its result, or a Fault for anything that went wrong."""
+        t0 = time.perf_counter()
         outcome = self._invoke(name, params)
         with self._lock:
             if name != "system.multicall":
                 self._calls += 1
             if isinstance(outcome, Fault):
                 self._faults += 1
+        on_call = self.on_call
+        if on_call is not None and name != "system.multicall":
+            on_call(name, outcome, time.perf_counter() - t0)
         return outcome
 
     def _invoke(self, name: str, params: tuple[Any, ...]) -> Any:

@@ -1,0 +1,1 @@
+"""Operations: what needs the operator (health), Prometheus metrics and the status page."""
