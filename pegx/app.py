@@ -331,7 +331,7 @@ class App:
         pipe = pipeline(self.ledger, time.time())  # one pass under the lock, little copied
         desk = self.cycle.desk
         follower = self.cycle.follower.state()
-        return {
+        report = {
             # the last reorganisation that replaced a final block ({}: never), shown first
             "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
             "reorgs": int(follower.get("reorgs", 0)),
@@ -352,9 +352,13 @@ class App:
             "calls_served": self.server.calls_served, "exec_enabled": self.exec_api.active,
             "pipeline": pipe,
             **self.health.report(),  # problems, node, tip_age, stall_seconds
-            "replication": (self.replication.status() if self.replication is not None
-                            else {"role": "primary", "state": "off", "problem": ""}),
+            "replication": {"role": "primary", "state": "off", "problem": ""},
         }
+        if self.replication is not None:  # its problem (and a standby's exchange is idle)
+            report["replication"] = self.replication.status()
+            report["problems"] = self.replication.problems(report["problems"],
+                                                           report["replication"])
+        return report
 
     # ---------------------------------------------------------------- lifecycle
     def request_shutdown(self) -> None:

@@ -266,3 +266,65 @@ def test_an_old_primary_that_comes_back_learns_from_its_standby(tmp_path):
     finally:
         s.stop()
         p.stop(signal.SIGKILL)
+
+
+def test_lag_and_degradation_in_status_and_metrics(tmp_path):
+    """The lag (records and seconds) and a sync primary acknowledging alone show in `pegx
+    status` (the problem first) and in the metrics, on both sides; then they clear."""
+    import urllib.request
+
+    from daemon import free_port
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def metrics(port: int) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    key = make_key(tmp_path)
+    pm, sm = free_port(), free_port()
+    p = primary(tmp_path / "p", key, sync=True, fallback="async",
+                extra=["--metrics-port", str(pm)]).start(wait_loaded=False)
+    s = standby(tmp_path / "s", key, p, extra=["--metrics-port", str(sm)]).start()
+    try:
+        wait_loaded(p)
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        m = metrics(pm)
+        assert m[("pegx_replication_role", (("role", "primary"),))] == 1
+        assert m[("pegx_replication_connected", ())] == 1
+        assert m[("pegx_replication_lag_records", ())] == 0
+        assert m[("pegx_replication_degraded", ())] == 0
+        ms = metrics(sm)
+        assert ms[("pegx_replication_role", (("role", "standby"),))] == 1
+        assert ms[("pegx_replication_epoch", ())] == 1
+        out = pegx_cli("status", "--url", s.url)
+        assert out.returncode == 0 and "replica    standby (epoch 1)" in out.stdout, out.stdout
+        assert "exchange not started" not in out.stdout  # a standby's idle exchange is fine
+        s.kill()
+        x = p.proxy()
+        for _ in range(5):
+            assert x.Trade("alice", 1000, "bobby") is True
+        wait_until(lambda: metrics(pm)[("pegx_replication_degraded", ())] == 1, 20,
+                   what="the degraded gauge")
+        m = metrics(pm)
+        assert m[("pegx_replication_lag_records", ())] >= 5
+        assert m[("pegx_replication_lag_seconds", ())] > 0
+        assert m[("pegx_problem", (("kind", "replication"),))] == 1 and m[("pegx_up", ())] == 0
+        out = pegx_cli("status", "--url", p.url)
+        first = out.stdout.splitlines()[0]
+        assert first.startswith("DEGRADED: acknowledging without the standby"), out.stdout
+        assert pegx_cli("status", "--check", "--url", p.url).returncode == 1
+        s.start()
+        wait_caught_up(p, s)
+        assert x.Trade("alice", 1000, "bobby") is True
+        wait_until(lambda: metrics(pm)[("pegx_replication_degraded", ())] == 0, 20,
+                   what="the degraded gauge to clear")
+        wait_caught_up(p, s)
+        m = metrics(pm)
+        assert m[("pegx_replication_lag_records", ())] == 0
+        assert m[("pegx_replication_lag_seconds", ())] == 0
+    finally:
+        s.stop()
+        p.stop()

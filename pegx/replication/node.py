@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 FENCE_RETRY = 3.0  # seconds between the fencer's attempts while the old primary is away
 FENCE_DONE_RETRY = 30.0  # ... and once it answered that it stopped
+# problems of a primary's exchange that a standby has on purpose (its cycle does not run)
+IDLE_ON_STANDBY = ("exchange_stopped", "cycle_thread_dead", "chain_stalled")
 
 
 class PromoteError(RuntimeError):
@@ -147,6 +149,15 @@ class Replication:
             return {"epoch": new["epoch"], "seq": self.ledger.seq}
 
     # ---------------------------------------------------------------- status
+    def problems(self, problems: list[dict], status: dict) -> list[dict]:
+        """The daemon's problems with replication's: its own first (after a deep reorg); a
+        standby runs no exchange on purpose, so that is not one of them."""
+        out = [p for p in problems if not (self.standby and p["kind"] in IDLE_ON_STANDBY)]
+        if status.get("problem"):
+            at = 1 if out and out[0]["kind"] == "deep_reorg" else 0
+            out.insert(at, {"kind": "replication", "message": status["problem"]})
+        return out
+
     def status(self) -> dict:
         rec = epoch.record(self.ledger)
         base = {"epoch": epoch.epoch_of(rec), "lineage": epoch.lineage(rec)}

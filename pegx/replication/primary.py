@@ -491,4 +491,8 @@ class Replicator:
                 "lag_seconds": round(time.time() - behind, 3) if behind and lag else 0.0,
                 "retained_from": self.ledger.log_bounds()[1] + 1,
                 "fenced": dict(self.fenced) if self.fenced else {},
+                "connected": connected,
+                "degraded": bool(self.sync and self.degraded),
+                "blocked": bool(self.sync and not self.degraded and self.fallback == "strict"
+                                and (not connected or self.blocked_since is not None)),
             }
