@@ -144,6 +144,7 @@ class Replication:
                 self._start_primary()
             self.fencer = Fencer(self.key, self.cfg.standby_of, new)
             self.fencer.start()
+            self.role.promoted = True
             activate()
             self.role.state = role.PRIMARY
             return {"epoch": new["epoch"], "seq": self.ledger.seq}

@@ -38,6 +38,7 @@ class Role:
     def __init__(self, state: str):
         self.state = state
         self.reason = ""
+        self.promoted = False  # a standby made primary in this process
 
     def refusal(self) -> str:
         if self.state == FENCED:
@@ -91,9 +92,10 @@ def guard_devnet(methods: dict[str, Callable], role: Role) -> dict[str, Callable
 
 class RoleControl:
     """The API's Control (pegx.rpc.api.Control) for a daemon that may be a standby: the exchange
-    cycle's while primary; while standby the exchange counts as started, loaded and never busy
-    (nothing runs here but the replication), and GetSpendable is computed from this daemon's
-    own chain (its replicated devnet, or its own node)."""
+    cycle's while primary; while standby (and after a promotion, until the cycle's first pass
+    is done) the exchange counts as loaded and never busy (nothing runs here but the
+    replication), and GetSpendable is computed from this daemon's own chain (its replicated
+    devnet, or its own node)."""
 
     def __init__(self, cycle, role: Role):
         self.exchange = cycle
@@ -101,20 +103,25 @@ class RoleControl:
         self._mu = threading.Lock()
         self._spendable_at = 0.0
 
-    def _standby(self) -> bool:
-        return self.role.state != PRIMARY
+    def _idle(self) -> bool:
+        """Is the ledger served without the cycle: a standby, or a promoted standby whose
+        cycle has not finished its first pass (the ledger was loaded all along; with a strict
+        sync standby to come, that pass waits for it, reads must not)."""
+        if self.role.state != PRIMARY:
+            return True
+        return self.role.promoted and not self.exchange.loaded()
 
     def started(self) -> bool:
-        return True if self._standby() else self.exchange.started()
+        return True if self.role.state != PRIMARY else self.exchange.started()
 
     def loaded(self) -> bool:
-        return True if self._standby() else self.exchange.loaded()
+        return True if self._idle() else self.exchange.loaded()
 
     def wait_not_busy(self, timeout: float) -> bool:
-        return True if self._standby() else self.exchange.wait_not_busy(timeout)
+        return True if self._idle() else self.exchange.wait_not_busy(timeout)
 
     def spendable(self) -> dict:
-        if self._standby():
+        if self._idle():
             with self._mu:
                 if time.monotonic() - self._spendable_at >= SPENDABLE_SECONDS:
                     self.exchange.refresh_spendable()
