@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import urllib.request
+import xmlrpc.client
 
-from daemon import Daemon, wait_until
+from daemon import Daemon, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from replica import (
     digest,
     make_key,
@@ -271,11 +274,6 @@ def test_an_old_primary_that_comes_back_learns_from_its_standby(tmp_path):
 def test_lag_and_degradation_in_status_and_metrics(tmp_path):
     """The lag (records and seconds) and a sync primary acknowledging alone show in `pegx
     status` (the problem first) and in the metrics, on both sides; then they clear."""
-    import urllib.request
-
-    from daemon import free_port
-    from prometheus_client.parser import text_string_to_metric_families
-
     def metrics(port: int) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
             text = resp.read().decode()
@@ -325,6 +323,42 @@ def test_lag_and_degradation_in_status_and_metrics(tmp_path):
         m = metrics(pm)
         assert m[("pegx_replication_lag_records", ())] == 0
         assert m[("pegx_replication_lag_seconds", ())] == 0
+    finally:
+        s.stop()
+        p.stop()
+
+
+def test_a_call_waiting_for_a_gone_standby_is_not_acknowledged_at_shutdown(tmp_path):
+    """Strict sync, no standby: the daemon is stopped while a Trade waits; the Trade answers
+    Fault 1 'not acknowledged' (never True), the shutdown completes, and the change (on the
+    primary's disk) reaches the standby after the restart."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key, sync=True).start(wait_loaded=False)
+    s = standby(tmp_path / "s", key, p).start()
+    try:
+        wait_loaded(p)
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        s.kill()
+        answers: list[object] = []
+
+        def trade():
+            try:
+                answers.append(p.proxy().Trade("alice", 777, "bobby"))
+            except xmlrpc.client.Fault as exc:
+                answers.append(exc)
+        t = threading.Thread(target=trade, daemon=True)
+        t.start()
+        wait_until(lambda: status(p)["state"].startswith("BLOCKED"), 20,
+                   what="the primary to wait for the standby")
+        assert p.stop() == 0
+        t.join(60)
+        assert len(answers) == 1 and isinstance(answers[0], xmlrpc.client.Fault), answers
+        assert answers[0].faultCode == 1 and "not acknowledged" in answers[0].faultString
+        p.start(wait_loaded=False)
+        s.start()
+        wait_caught_up(p, s)
+        assert s.proxy().GetBalance("bobby")["liquid"] == 777
     finally:
         s.stop()
         p.stop()

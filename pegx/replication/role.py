@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from pegx.ledger.journal import NotAcknowledged
 from pegx.rpc.server import CallError
 
 STANDBY, PRIMARY, FENCED = "standby", "primary", "fenced"
@@ -67,7 +68,10 @@ def _guard(name: str, fn: Callable, role: Role, password_ok) -> Callable:
     def call(*args, **kwargs):
         state = role.state
         if state == PRIMARY or (state == FENCED and name == "ShutDown"):
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except NotAcknowledged as exc:  # on this disk, but the sync standby never said so
+                raise CallError(f"not acknowledged: {exc}") from None
         bound = sig.bind(*args, **kwargs)
         if state == STANDBY and not _writes(name, bound):
             return fn(*args, **kwargs)
