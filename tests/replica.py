@@ -27,7 +27,8 @@ def make_key(root: Path, name: str = "repl.key") -> Path:
 
 
 def primary(datadir: Path, key: Path, *, sync: bool = False, fallback: str | None = None,
-            autostart: bool = True, extra: list[str] | None = None) -> Daemon:
+            autostart: bool = True, extra: list[str] | None = None,
+            env: dict | None = None) -> Daemon:
     """A primary that takes a standby on its own free replication port (``d.repl``)."""
     port = free_port()
     args = ["--replication-key-file", str(key), "--replication-port", str(port)]
@@ -35,7 +36,7 @@ def primary(datadir: Path, key: Path, *, sync: bool = False, fallback: str | Non
         args.append("--sync-standby")
     if fallback:
         args += ["--standby-fallback", fallback]
-    d = Daemon(datadir, autostart=autostart, extra=args + (extra or []))
+    d = Daemon(datadir, autostart=autostart, extra=args + (extra or []), env=env)
     d.repl = f"127.0.0.1:{port}"
     return d
 

@@ -362,3 +362,61 @@ def test_a_call_waiting_for_a_gone_standby_is_not_acknowledged_at_shutdown(tmp_p
     finally:
         s.stop()
         p.stop()
+
+
+def test_a_standby_too_far_behind_is_refused_with_what_to_do(tmp_path):
+    """replication_retain caps what checkpoints keep for a standby that is away; one that needs
+    records that are gone is refused (re-seed), and one re-seeded from a new backup follows."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key, env={"PEGX_REPLICATION_RETAIN": "5"}) as p:
+        p.fund("alice", 10**11)
+        s = standby(tmp_path / "s", key, p).start()
+        wait_caught_up(p, s)
+        s.kill()
+        x = p.proxy()
+        for _ in range(20):
+            assert x.Trade("alice", 1000, "bobby") is True
+        x.pegx.checkpoint("")
+        assert status(p)["retained_from"] > status(p)["acked_seq"] + 1
+        s.start()
+        wait_until(lambda: "no longer keeps" in status(s)["problem"], 30,
+                   what="the standby to be refused")
+        assert "re-seed the standby from a new backup" in status(s)["problem"]
+        s.stop()
+        out = pegx_cli("backup", str(tmp_path / "b"), "--url", p.url)
+        assert out.returncode == 0, out.stderr
+        os.rename(tmp_path / "s", tmp_path / "s-old")
+        assert pegx_cli("restore", str(tmp_path / "b"), "--datadir",
+                        str(tmp_path / "s")).returncode == 0
+        with standby(tmp_path / "s", key, p) as s2:
+            wait_caught_up(p, s2)
+            assert digest(p) == digest(s2)
+
+
+def test_an_old_primary_with_records_the_new_one_lacks_cannot_follow_it(tmp_path):
+    """An asynchronous primary acknowledged records its standby never got; the standby is
+    promoted. The old primary's datadir, started as a standby of the new primary, is refused:
+    its records after the end of its epoch were written by a superseded primary."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key).start()
+    s = standby(tmp_path / "s", key, p).start()
+    try:
+        p.fund("alice", 10**11)
+        end = wait_caught_up(p, s)
+        s.kill()
+        x = p.proxy()
+        for _ in range(5):
+            assert x.Trade("alice", 1000, "bobby") is True  # the standby lacks these
+        p.kill()
+        s.start()
+        promote(s)
+        assert s.proxy().GetBalance("bobby") is False  # those 5 trades are not here
+        old = standby(tmp_path / "p", key, s)
+        old.start()
+        wait_until(lambda: "re-seed it from a backup" in status(old)["problem"], 30,
+                   what="the old primary to be refused as a standby")
+        assert f"which ended at seq {end:,d}" in status(old)["problem"]
+        old.stop()
+    finally:
+        s.stop()
+        p.stop()
