@@ -292,6 +292,8 @@ SIGNATURES: dict[str, tuple[int, tuple]] = {
     "pegx.status": (0, ()),
     "pegx.noop": (0, ()),
     "pegx.checkpoint": (0, ()),
+    "pegx.digest": (0, ()),
+    "pegx.promote": (0, ()),  # not a standby here: a clean Fault, nothing changes
     "system.listMethods": (0, ()),
     "system.methodHelp": (1, (mix(METHOD_NAMES),)),
     "system.methodSignature": (1, (mix(METHOD_NAMES),)),
