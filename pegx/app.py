@@ -1,11 +1,13 @@
 """The controller: builds and wires every part, owns start-up and shutdown order (STYLE §8).
 
-Start-up: open the ledger (and check it) -> connect the chain and check it is the ledger's
+Start-up: check that the port is free and the datadir private (pegx.service; before anything
+is written) -> open the ledger (and check it) -> connect the chain and check it is the ledger's
 (pegx.exchange.chainguard: another chain, one behind the ledger or one lacking registered
 inputs is refused, and `pegx serve` exits non-zero) -> build the cycle thread, API and XML-RPC
-server -> accept calls -> (autostart) start the exchange.
-Shutdown (ShutDown call, SIGTERM, SIGINT): stop taking calls, let in-flight calls and the cycle
-thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
+server -> accept calls -> (autostart) start the exchange -> READY=1 to systemd; the main loop
+then pings its watchdog while the cycle thread makes progress (pegx.service).
+Shutdown (ShutDown call, SIGTERM, SIGINT): STOPPING=1, stop taking calls, let in-flight calls
+and the cycle thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from pegx import __version__
+from pegx import __version__, service
 from pegx.admin import audit
 from pegx.admin.backup import BackupJobs
 from pegx.admin.offline import ToolError
@@ -34,7 +36,7 @@ from pegx.ledger.store import Store
 from pegx.ops import health
 from pegx.rpc import api
 from pegx.rpc.execapi import ExecAPI
-from pegx.rpc.server import CallError, RPCServer
+from pegx.rpc.server import CallError, RPCServer, check_can_listen
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +76,20 @@ def _amount(value) -> int:
 class App:
     """One daemon: ledger + chain + cycle + API + server."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, notifier: service.Notifier | None = None):
         self.cfg = cfg
         self.started_at = time.time()
         self._shutdown = threading.Event()
         self._closed = False
         self.exit_code = 0
-        cfg.path.mkdir(parents=True, exist_ok=True)
+        self.notifier = notifier or service.Notifier()
+        # refused before the datadir is touched: a port in use, a datadir others can read
+        check_can_listen(cfg.host, cfg.port)
+        check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
+        if cfg.replication_key_file and not cfg.standby_of:
+            check_can_listen(cfg.replication_host or cfg.host, cfg.replication_port,
+                             "replication_port")
+        service.make_datadir(cfg.path)
         self.store = Store(cfg.ledger_path)
         self.chain = None
         self.replication = None
@@ -143,6 +152,8 @@ class App:
                                     block_clock=cfg.chain == "bitbayd",
                                     started_at=self.started_at)
         self.metrics = self._metrics() if cfg.metrics_port else None
+        self.watchdog = service.Watchdog(
+            self.notifier, service.CycleHealth(self.cycle, cfg.cycle_stall_seconds))
 
     def _check_chain(self) -> None:
         """The chain must be the ledger's before any call is taken (WrongChain otherwise); an
@@ -384,10 +395,13 @@ class App:
                  f", standby of {self.cfg.standby_of}" if standby else "")
         if self.cfg.autostart and not standby:
             self.cycle.start()
-        while not self._shutdown.wait(0.5):
+        self.watchdog.status = f"serving on http://{host}:{port} (chain {self.cfg.chain})"
+        self.notifier.notify("READY=1", f"STATUS={self.watchdog.status}")
+        while not self._shutdown.wait(self.watchdog.tick_seconds):
             if self.ledger.failed is not None:
                 log.critical("ledger writes failed: shutting down to protect balances")
                 break
+            self.watchdog.tick()
         self.close()
         return self.exit_code if self.ledger.failed is None else 1
 
@@ -397,6 +411,7 @@ class App:
             return
         self._closed = True
         log.info("shutting down: no new calls")
+        self.notifier.notify("STOPPING=1", "STATUS=shutting down")
         time.sleep(0.1)  # let the ShutDown reply leave
         if self.metrics is not None:
             self.metrics.stop()
@@ -414,4 +429,5 @@ class App:
             except NotAcknowledged as exc:  # strict sync standby gone: the log keeps them
                 log.warning("ledger closed without its last checkpoint (%s); the next start "
                             "replays the op log", exc)
+            self.notifier.close()
         log.info("ledger checkpointed and closed; bye")

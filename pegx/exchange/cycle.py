@@ -273,7 +273,13 @@ class ExchangeCycle:
                 where = fw.tx_status(b.get("final_txid"))
                 line = (f"{b['kind']} batch {master} (withdraws {', '.join(b['ids']) or '-'}) was "
                         f"Complete; its tx {b.get('final_txid')} is now {where}")
+                why = ""
                 if tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
+                    # checked with the node's rule first, as every broadcast (pegx.exchange.withdraws)
+                    why = self.desk.check_batch(b) if self.desk is not None else ""
+                if why:
+                    line += f": not broadcast again, the node's rule would refuse it ({why})"
+                elif tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
                     try:
                         self.chain.broadcast(b["raw"])
                         line += ": broadcast again (the ledger already paid it)"
