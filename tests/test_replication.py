@@ -244,11 +244,12 @@ def test_promotion_fences_the_old_primary(tmp_path):
         p.stop()
 
 
-def test_an_old_primary_that_comes_back_learns_from_its_standby(tmp_path):
-    """The primary is down while its standby is promoted; it comes back (asynchronous: it
-    would serve), and the promoted daemon, started again with its old --standby-of, connects
-    to it: the old primary refuses a standby of a higher epoch and stops; the standby does not
-    follow an older primary."""
+def test_an_old_primary_that_comes_back_learns_from_a_standby_of_a_newer_epoch(tmp_path):
+    """The primary is down while its standby is promoted, and the promoted daemon is down when
+    the old primary comes back (asynchronous: it would serve). A standby of the new epoch that
+    connects to it (a service file pointing at the old address) is refused, and the old
+    primary, having learnt of the higher epoch, stops; that standby does not follow it. The
+    promoted datadir, started again with its old --standby-of, refuses to start."""
     key = make_key(tmp_path)
     p = primary(tmp_path / "p", key).start()
     s = standby(tmp_path / "s", key, p).start()
@@ -258,14 +259,23 @@ def test_an_old_primary_that_comes_back_learns_from_its_standby(tmp_path):
         p.kill()
         promote(s)
         assert s.proxy().Trade("alice", 1000, "bobby") is True
-        s.stop()
+        assert pegx_cli("backup", str(tmp_path / "b"), "--url", s.url).returncode == 0
+        assert pegx_cli("restore", str(tmp_path / "b"), "--datadir",
+                        str(tmp_path / "n")).returncode == 0
+        s.stop()  # the new primary (and its fencer) is away
+        again = pegx_cli(*s.args[3:])
+        assert again.returncode == 1 and "was promoted to primary (epoch 2" in again.stderr
         p.start()
-        s.start()  # the same command line: --standby-of the old primary
-        assert p.proc.wait(60) == 3
-        assert "superseded by epoch 2" in p.log()
-        wait_until(lambda: "older" in status(s)["problem"] or "newer" in status(s)["problem"],
-                   20, what="the standby to refuse the old primary")
-        assert s.proxy().Trade("alice", 1000, "bobby") == STANDBY_MSG
+        assert p.proxy().GetBalance("bobby") is False  # the old primary serves its old ledger
+        n = standby(tmp_path / "n", key, p).start()  # epoch 2, pointed at the old primary
+        try:
+            assert p.proc.wait(60) == 3
+            assert "superseded by epoch 2" in p.log()
+            wait_until(lambda: "newer primary exists" in status(n)["problem"], 30,
+                       what="the standby to say why it does not follow")
+            assert n.proxy().Trade("alice", 1000, "bobby") == STANDBY_MSG
+        finally:
+            n.stop()
     finally:
         s.stop()
         p.stop(signal.SIGKILL)

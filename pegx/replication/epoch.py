@@ -15,7 +15,9 @@ that was superseded, and no newer primary has them.
 
 A primary that learns of a higher epoch of its own lineage (a standby that says so, or a
 promoted standby's fencer) writes ``<datadir>/fenced.json`` and stops; it refuses to start as
-a primary while that file names an epoch above its ledger's.
+a primary while that file names an epoch above its ledger's. A promoted standby writes
+``<datadir>/promoted.json``: started again with its old ``--standby-of`` (a service file not
+updated yet) it refuses to start rather than sit as a standby while it is the primary.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pegx.chain.devnet.log import fsync_path
 
 TABLE, KEY = "meta", "replication"
 FENCE_FILE = "fenced.json"
+PROMOTED_FILE = "promoted.json"  # this datadir was promoted to primary (epoch): not a standby
 
 
 class Fenced(RuntimeError):
@@ -122,3 +125,31 @@ def check_not_fenced(datadir: Path, ledger_epoch: int) -> None:
             f"as a primary. Make it a standby of the new primary (pegx serve --standby-of), "
             f"re-seeded from a backup if it refuses, or remove {Path(datadir) / FENCE_FILE} "
             f"only if you are certain no newer primary exists")
+
+
+def write_promoted(datadir: Path, epoch: int, was_standby_of: str) -> None:
+    """Durably note that this datadir became the primary of ``epoch``."""
+    path = Path(datadir) / PROMOTED_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"epoch": epoch, "was_standby_of": was_standby_of,
+                               "at": int(time.time())}) + "\n")
+    fsync_path(tmp)
+    tmp.replace(path)
+    fsync_path(path.parent)
+
+
+def check_not_promoted(datadir: Path, ledger_epoch: int) -> None:
+    """Refuse to start as a standby a datadir that was promoted to the primary of the epoch
+    its ledger is at."""
+    path = Path(datadir) / PROMOTED_FILE
+    if not path.exists():
+        return
+    try:
+        note = json.loads(path.read_text())
+    except (OSError, ValueError):
+        note = {"epoch": ledger_epoch}
+    if int(note.get("epoch", 0)) >= ledger_epoch:
+        raise Fenced(
+            f"this datadir was promoted to primary (epoch {note.get('epoch')}, from standby of "
+            f"{note.get('was_standby_of', '?')}): start it without --standby-of (it is the "
+            f"primary), or give a standby an empty datadir or a restored backup")

@@ -54,8 +54,11 @@ class Replication:
         self.fencer: Fencer | None = None
         self.chain = None
         self._promote_mu = threading.Lock()
-        if not cfg.standby_of:  # a superseded primary must not come back as one
-            epoch.check_not_fenced(self.datadir, epoch.epoch_of(epoch.record(ledger)))
+        ledger_epoch = epoch.epoch_of(epoch.record(ledger))
+        if cfg.standby_of:  # a promoted datadir must not come back as a standby
+            epoch.check_not_promoted(self.datadir, ledger_epoch)
+        else:  # a superseded primary must not come back as one
+            epoch.check_not_fenced(self.datadir, ledger_epoch)
 
     @property
     def standby(self) -> bool:
@@ -136,6 +139,7 @@ class Replication:
                 raise PromoteError(f"not promoted: {exc}") from exc
             new = epoch.promoted(epoch.record(self.ledger), self.ledger.seq + 1)
             self.ledger.put(epoch.TABLE, epoch.KEY, new)
+            epoch.write_promoted(self.datadir, new["epoch"], self.cfg.standby_of)
             epoch.clear_fence(self.datadir)
             log.warning("replication: PROMOTED to primary: epoch %d from seq %s (followed %s "
                         "up to seq %s)", new["epoch"], f"{self.ledger.seq:,d}",
