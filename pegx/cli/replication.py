@@ -18,12 +18,12 @@ from pegx.cli.client import client_options, fail
 from pegx.replication import keys
 
 
-@click.group("replication-key")
+@click.group("replication-key", short_help="Manage the key a primary and its standby share.")
 def replication_key() -> None:
     """Manage the shared key a primary and its standby authenticate each other with."""
 
 
-@replication_key.command("generate")
+@replication_key.command("generate", short_help="Write a new random key to FILE (0600).")
 @click.argument("file", type=click.Path(dir_okay=False))
 def key_generate(file: str) -> None:
     """Write a new random 32-byte key to FILE (hex, mode 0600; never overwrites)."""
@@ -35,7 +35,7 @@ def key_generate(file: str) -> None:
                f"machine and start both daemons with --replication-key-file {file}")
 
 
-@click.command("promote")
+@click.command("promote", short_help="Make the standby the primary (a new epoch).")
 @client_options
 def promote(client) -> None:
     """Make the standby the primary: a new epoch fences the old primary, and the standby
