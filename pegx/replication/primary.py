@@ -24,7 +24,6 @@ deleted), and never keep more than ``retain`` records beyond the checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -34,23 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pegx.ledger.journal import NotAcknowledged
-from pegx.replication import epoch, wire
+from pegx.replication import admit, epoch, wire
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_SECONDS = 10.0
 HEARTBEAT_SECONDS = 1.0
-TAIL_BYTES = 4096  # devnet bytes before a standby's end compared by hash at its start
 WARN_EVERY = 10.0
-
-
-def file_hashes(fd: int, end: int) -> tuple[str, str]:
-    """sha256 of a devnet log's first line and of its last TAIL_BYTES before ``end``."""
-    head = os.pread(fd, min(end, 1 << 20), 0)
-    head = head[:head.find(b"\n") + 1]
-    lo = max(0, end - TAIL_BYTES)
-    tail = os.pread(fd, end - lo, lo)
-    return hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest()
 
 
 class _Session:
@@ -284,56 +273,13 @@ class Replicator:
         """Why this standby cannot follow us ('' if it can); fences us if it is newer."""
         rec = epoch.record(self.ledger)
         mine, theirs = epoch.epoch_of(rec), int(start["epoch"])
-        if start.get("id") and start["id"] != epoch.lineage(rec):
-            return (f"the standby's ledger is not a copy of this one (lineage "
-                    f"{start['id']}, ours {epoch.lineage(rec)}): give it an empty datadir or a "
-                    f"backup of this primary")
-        if theirs > mine:
+        if theirs > mine and (not start.get("id") or start["id"] == epoch.lineage(rec)):
             self._fence(theirs, f"standby {peer}")
             return (f"this primary is at epoch {mine} and the standby at {theirs}: a newer "
                     f"primary exists, this one stops serving")
-        for name, value in self.identity.items():
-            if start.get(name) != value:
-                return (f"the standby runs {name} {start.get(name)!r}, this primary "
-                        f"{value!r}: start it with the same setting")
-        seq = int(start["seq"])
-        if theirs < mine:
-            why = epoch.diverged(rec, theirs, seq)
-            if why:
-                return why
-        if seq > self.local_seq:
-            return (f"the standby holds seq {seq:,d}, beyond this primary's {self.local_seq:,d}:"
-                    f" the two diverged (was this primary restored from a backup?); re-seed "
-                    f"the standby from a backup of this primary")
-        deleted = self.ledger.log_bounds()[1]
-        if seq < deleted:
-            return (f"this primary no longer keeps op-log records {seq + 1:,d}.."
-                    f"{deleted:,d} (checkpointed while no standby held them):"
-                    f" re-seed the standby from a new backup of this primary")
-        if self.devnet is not None:
-            return self._check_devnet(start)
-        return ""
-
-    def _check_devnet(self, start: dict) -> str:
-        theirs = start.get("devnet")
-        if not isinstance(theirs, int) or theirs < 0:
-            return "the standby sent no devnet position"
-        if theirs > self.devnet_end:
-            return (f"the standby's devnet log ({theirs:,d} bytes) is longer than this "
-                    f"primary's ({self.devnet_end:,d}): they diverged; re-seed the standby")
-        if theirs == 0:
-            return ""
-        fd = os.open(self.devnet_path, os.O_RDONLY)
-        try:
-            head, tail = file_hashes(fd, theirs)
-        finally:
-            os.close(fd)
-        if head != start.get("devnet_head"):
-            return "the standby's devnet is another chain (its first line differs)"
-        if tail != start.get("devnet_tail"):
-            return (f"the standby's devnet log differs from this primary's before byte "
-                    f"{theirs:,d}: they diverged; re-seed the standby from a backup")
-        return ""
+        return admit.check(start, rec=rec, identity=self.identity, local_seq=self.local_seq,
+                           deleted_seq=self.ledger.log_bounds()[1],
+                           devnet=(self.devnet_path, self.devnet_end) if self.devnet else None)
 
     def _first_line_end(self) -> int:
         fd = os.open(self.devnet_path, os.O_RDONLY)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from pegx.replication import epoch, wire
-from pegx.replication.primary import file_hashes
+from pegx.replication.admit import file_hashes
 
 log = logging.getLogger(__name__)
 
