@@ -30,6 +30,7 @@ from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.pipeline import pipeline
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
+from pegx.ledger.journal import NotAcknowledged
 from pegx.ledger.rules import EngineError, coerce_amount
 from pegx.ledger.store import Store
 from pegx.ops import health
@@ -80,22 +81,34 @@ class App:
         self.started_at = time.time()
         self._shutdown = threading.Event()
         self._closed = False
+        self.exit_code = 0
         self.notifier = notifier or service.Notifier()
         # refused before the datadir is touched: a port in use, a datadir others can read
         check_can_listen(cfg.host, cfg.port)
         check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
+        if cfg.replication_key_file and not cfg.standby_of:
+            check_can_listen(cfg.replication_host or cfg.host, cfg.replication_port,
+                             "replication_port")
         service.make_datadir(cfg.path)
         self.store = Store(cfg.ledger_path)
         self.chain = None
+        self.replication = None
         try:
             self.ledger = engine.Exchange(self.store, checkpoint_ops=cfg.checkpoint_ops,
                                           checkpoint_seconds=cfg.checkpoint_seconds)
-            if cfg.chain == "devnet":
+            if cfg.replication_key_file:  # a standby, or a primary that takes one
+                from pegx.replication.node import Replication
+
+                self.replication = Replication(cfg, self.ledger, on_fenced=self._fenced)
+            if cfg.standby_of:  # its chain follows the primary's; checked at promotion
+                self.replication.prepare_standby()
+            elif cfg.chain == "devnet":
                 from pegx.chain.devnet.log import LOG_NAME
 
                 chainguard.require_devnet(self.ledger, cfg.devnet_path, LOG_NAME)
             self.chain = build_chain(cfg)
-            self._check_chain()
+            if not cfg.standby_of:
+                self._check_chain()
         except BaseException:
             if self.chain is not None:
                 self.chain.close()
@@ -113,12 +126,21 @@ class App:
         if cfg.allow_exec and pub is None:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
-        self.api = api.PegAPI(self.ledger, self.cycle, busy_wait=cfg.busy_wait,
+        control = self.cycle
+        if self.replication is not None:
+            from pegx.replication import role
+
+            control = role.RoleControl(self.cycle, self.replication.role)
+        self.api = api.PegAPI(self.ledger, control, busy_wait=cfg.busy_wait,
                               exec_api=self.exec_api, network=cfg.net)
         self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
-        self.server.register_many(self.api.methods())
+        methods = self.api.methods()
+        if self.replication is not None:
+            methods = role.guard_api(methods, self.replication.role, self.api.password.check)
+        self.server.register_many(methods)
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
-                                   "pegx.checkpoint": self.checkpoint})
+                                   "pegx.checkpoint": self.checkpoint,
+                                   "pegx.digest": self.digest, "pegx.promote": self.promote})
         self.backups = BackupJobs(self.store, cfg.path)
         self.server.register_many({"pegx.backup": self.backup,
                                    "pegx.backup_progress": self.backup_progress,
@@ -204,13 +226,18 @@ class App:
             except ChainRejected as exc:  # the lever's arguments name something impossible
                 raise ValueError(str(exc)) from None
 
-        self.server.register_many({
+        methods = {
             "devnet.reorg": reorg, "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
             "devnet.info": d.info, "devnet.balance": d.balance,
             "devnet.new_address": d.new_address, "devnet.drop": d.drop,
             "devnet.malleate_next": d.malleate_next,
             "devnet.reject_next_broadcast": d.reject_next_broadcast,
-        })
+        }
+        if self.replication is not None:  # a standby's devnet only follows the primary's
+            from pegx.replication import role
+
+            methods = role.guard_devnet(methods, self.replication.role)
+        self.server.register_many(methods)
 
     # ---------------------------------------------------------------- pegx.* calls
     # Every pegx.* call but noop takes the API password as its trailing passw argument, as the
@@ -230,6 +257,49 @@ class App:
             return self.ledger.checkpoint()
         except EngineError as exc:
             raise CallError(str(exc)) from None
+
+    def digest(self, passw=""):
+        """pegx.digest(passw='') -> {seq, digest}: the SHA-256 of the whole ledger state at op
+        seq (equal on a primary and a standby that hold the same records)."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
+        seq, digest = self.ledger.digest_at()
+        return {"seq": seq, "digest": digest}
+
+    def promote(self, passw=""):
+        """pegx.promote(passw='') -> {epoch, seq}: make this standby the primary (a new epoch
+        that fences the old primary); the exchange starts."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
+        if self.replication is None:
+            raise CallError("this pegx has no replication configured: it is not a standby")
+        from pegx.replication.node import PromoteError
+
+        try:
+            return self.replication.promote(self._check_chain_once, self._activate)
+        except PromoteError as exc:
+            raise CallError(str(exc)) from None
+
+    def _check_chain_once(self) -> None:
+        if self.cfg.chain == "devnet":
+            from pegx.chain.devnet.log import LOG_NAME
+
+            chainguard.require_devnet(self.ledger, self.cfg.devnet_path, LOG_NAME)
+        chainguard.check(self.ledger, self.chain)
+
+    def _activate(self) -> None:
+        """A promoted standby takes over: its chain and the exchange start."""
+        start = getattr(self.chain, "start", None)
+        if start is not None:
+            start()
+        self.cycle.start()
+
+    def _fenced(self, reason: str) -> None:
+        """A newer primary exists: stop the exchange (no withdraw may go out from here) and
+        shut down; the datadir refuses to serve as a primary from now on."""
+        self.exit_code = 3
+        threading.Thread(target=self.cycle.stop, name="fenced-stop", daemon=True).start()
+        self.request_shutdown()
 
     def backup(self, dest, passw=""):
         """pegx.backup(dest, passw='') -> {id, dest, total}: start an online backup of the
@@ -272,7 +342,7 @@ class App:
         pipe = pipeline(self.ledger, time.time())  # one pass under the lock, little copied
         desk = self.cycle.desk
         follower = self.cycle.follower.state()
-        return {
+        report = {
             # the last reorganisation that replaced a final block ({}: never), shown first
             "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
             "reorgs": int(follower.get("reorgs", 0)),
@@ -293,7 +363,13 @@ class App:
             "calls_served": self.server.calls_served, "exec_enabled": self.exec_api.active,
             "pipeline": pipe,
             **self.health.report(),  # problems, node, tip_age, stall_seconds
+            "replication": {"role": "primary", "state": "off", "problem": ""},
         }
+        if self.replication is not None:  # its problem (and a standby's exchange is idle)
+            report["replication"] = self.replication.status()
+            report["problems"] = self.replication.problems(report["problems"],
+                                                           report["replication"])
+        return report
 
     # ---------------------------------------------------------------- lifecycle
     def request_shutdown(self) -> None:
@@ -304,16 +380,20 @@ class App:
         """Run in the foreground until ShutDown / SIGTERM / SIGINT; returns the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._shutdown.set())
+        standby = self.replication is not None and self.replication.standby
+        if self.replication is not None:  # before any call: a sync standby sees every record
+            self.replication.start(self.chain)
         start = getattr(self.chain, "start", None)
-        if start is not None:
+        if start is not None and not standby:
             start()
         self.server.serve_in_thread()
         if self.metrics is not None:
             self.metrics.start()
         host, port = self.server.address
-        log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s)", __version__, host,
-                 port, self.cfg.chain, self.cfg.path)
-        if self.cfg.autostart:
+        log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s%s)", __version__, host,
+                 port, self.cfg.chain, self.cfg.path,
+                 f", standby of {self.cfg.standby_of}" if standby else "")
+        if self.cfg.autostart and not standby:
             self.cycle.start()
         self.watchdog.status = f"serving on http://{host}:{port} (chain {self.cfg.chain})"
         self.notifier.notify("READY=1", f"STATUS={self.watchdog.status}")
@@ -323,7 +403,7 @@ class App:
                 break
             self.watchdog.tick()
         self.close()
-        return 0 if self.ledger.failed is None else 1
+        return self.exit_code if self.ledger.failed is None else 1
 
     def close(self) -> None:
         """Stop taking calls, finish in-flight work, checkpoint, close (idempotent)."""
@@ -338,10 +418,16 @@ class App:
         self.server.stop()
         self.server.wait_idle(5.0)
         self.cycle.stop(timeout=5.0)
+        if self.replication is not None:  # before the ledger closes: it reads the op log
+            self.replication.close()
         self.backups.wait(60.0)  # a backup reads the ledger's snapshot until it is done
         try:
             self.chain.close()
         finally:
-            self.ledger.close()
+            try:
+                self.ledger.close()
+            except NotAcknowledged as exc:  # strict sync standby gone: the log keeps them
+                log.warning("ledger closed without its last checkpoint (%s); the next start "
+                            "replays the op log", exc)
             self.notifier.close()
         log.info("ledger checkpointed and closed; bye")

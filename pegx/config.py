@@ -103,6 +103,25 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log_format", str, "text", "text (for people) or json (one object a line, for log "
             "shippers)", flag=True, choices=("text", "json")),
+    # replication (pegx.replication; README "Real-time backup: a standby")
+    Setting("replication_key_file", str, "", "shared replication key (`pegx replication-key "
+            "generate FILE`, mode 0600, the same file on both machines); turns replication on: a "
+            "primary listens for a standby, with standby_of this daemon is one", flag=True),
+    Setting("replication_host", str, "", "address the replication listener binds (a "
+            "primary's; a standby's once promoted; empty = host)", flag=True),
+    Setting("replication_port", int, 55780, "replication listener port", flag=True),
+    Setting("standby_of", str, "", "run as a read-only standby of the primary whose "
+            "replication listener is at HOST:PORT; `pegx promote` makes it the primary",
+            flag=True),
+    Setting("sync_standby", bool, False, "a state change answers only once the standby has its "
+            "record on disk", flag=True),
+    Setting("standby_fallback", str, "strict", "with sync_standby and no standby: strict (stop "
+            "acknowledging) or async (go on alone, shown in status and metrics)", flag=True,
+            choices=("strict", "async")),
+    Setting("standby_timeout", float, 10.0, "seconds of silence before a replication peer is "
+            "dropped (async fallback: the longest wait for an acknowledgement)"),
+    Setting("replication_retain", int, 2_000_000, "op-log records kept at most beyond the "
+            "checkpoint for a standby that is behind (0 = no limit)"),
 )}
 
 
@@ -218,7 +237,29 @@ def _validate(cfg: Config) -> Config:
         bad("checkpoint_ops", "must be >= 1")
     if not cfg.datadir:
         bad("datadir", "must not be empty")
+    _validate_replication(cfg, bad)
     return cfg
+
+
+def _validate_replication(cfg: Config, bad) -> None:
+    if not 0 <= cfg.replication_port <= 65535:
+        bad("replication_port", "must be 0..65535")
+    if not cfg.standby_timeout > 0:
+        bad("standby_timeout", "must be > 0")
+    if cfg.replication_retain < 0:
+        bad("replication_retain", "must be >= 0 (0 = no limit)")
+    if not cfg.replication_key_file:
+        for name in ("standby_of", "sync_standby"):
+            if getattr(cfg, name):
+                bad(name, "needs replication_key_file (pegx replication-key generate FILE, "
+                          "then the same file on both machines)")
+    if cfg.standby_of:
+        from pegx.replication.standby import parse_address
+
+        try:
+            parse_address(cfg.standby_of)
+        except ValueError as exc:
+            bad("standby_of", str(exc))
 
 
 def load_with_sources(flags: dict | None = None, *, config_file: str | None = None,

@@ -166,7 +166,7 @@ def _summaries(*group: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^  (\S+)\s+(.*)$", listing, re.MULTILINE)}
 
 
-@pytest.mark.parametrize("group", [(), ("devnet",), ("api-key",)])
+@pytest.mark.parametrize("group", [(), ("devnet",), ("api-key",), ("replication-key",)])
 def test_help_summaries_are_whole_sentences(group):
     """`pegx --help` cut `call`'s summary mid-sentence ("Call any API method, e.g.") and
     others with "..."."""

@@ -135,6 +135,8 @@ def pegx_calls(dest: Path, job: str) -> dict:
         "pegx.backup": lambda x, *pw: x.pegx.backup(str(dest), *pw),
         "pegx.backup_progress": lambda x, *pw: x.pegx.backup_progress(job, *pw),
         "pegx.audit": lambda x, *pw: x.pegx.audit(*pw),
+        "pegx.digest": lambda x, *pw: x.pegx.digest(*pw),
+        "pegx.promote": lambda x, *pw: x.pegx.promote(*pw),
     }
 
 
@@ -169,6 +171,9 @@ def test_pegx_calls_need_the_password_directly_and_in_a_multicall(guarded, tmp_p
     assert type(x.pegx.checkpoint(RIGHT)) is int
     assert x.pegx.backup_progress(job["id"], RIGHT)["error"] in ("", None)
     assert x.pegx.audit(RIGHT)["ok"] is True
+    assert len(x.pegx.digest(RIGHT)["digest"]) == 64
+    with pytest.raises(xmlrpc.client.Fault, match="not a standby"):
+        x.pegx.promote(RIGHT)
     assert x.system.multicall([{"methodName": "pegx.status", "params": [RIGHT]}])[0][0]["pid"] \
         == guarded.proc.pid
 

@@ -84,12 +84,15 @@ def serve(config_file, **flags) -> None:
     from pegx.chain.devnet.log import DevnetLogError
     from pegx.exchange.chainguard import WrongChain
     from pegx.ledger.store import StoreError
+    from pegx.replication import epoch, keys, wire
 
     try:
         app = App(cfg, notifier=service.Notifier.from_environ(os.environ))
-    except (WrongChain, service.DatadirError) as exc:
+    except (WrongChain, service.DatadirError, epoch.Fenced) as exc:
         fail(f"refusing to serve: {exc}")
-    except (StoreError, DevnetLogError) as exc:
+    except wire.Refused as exc:
+        fail(f"the primary {cfg.standby_of} refused this standby: {exc}")
+    except (StoreError, DevnetLogError, keys.KeyError_) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot start: {exc}")
@@ -171,7 +174,21 @@ def _figures(st: dict) -> list[str]:
     ]
     if st.get("wallet"):  # e.g. "wallet locked: call ExchangePassword"
         lines.append(f"wallet     {st['wallet']}")
+    rep = st.get("replication", {})
+    if rep.get("state") != "off" and rep:
+        lines.append(replication_line(rep))
     return lines
+
+
+def replication_line(rep: dict) -> str:
+    """One line for pegx status: role, epoch, the other side and the lag."""
+    lag = f"lag {rep.get('lag_records', 0):,d} records / {rep.get('lag_seconds', 0):.1f} s"
+    if rep["role"] == "standby":
+        return (f"replica    standby (epoch {rep['epoch']}) of {rep['primary']}, "
+                f"{rep['state']}, op {rep['seq']:,d} of {rep['primary_seq']:,d}, {lag}")
+    other = f"standby {rep['standby']}" if rep.get("standby") else "no standby"
+    return (f"replica    {rep['role']} (epoch {rep['epoch']}), {rep['state']}, {other}, "
+            f"acked op {rep.get('acked_seq', -1):,d}, {lag}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True},

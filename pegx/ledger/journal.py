@@ -27,6 +27,12 @@
   e.g. a standby) joins parts and leaves such a torn tail out, and the engine deletes it on
   open. Records are still ``(seq, bytes)``; ``wait(seq)`` of a group's last seq returns once
   every part is on disk.
+* Replication (pegx.replication) hooks in at one point: a :class:`Sink` set on the journal.
+  The group-commit leader hands it the seq of every batch it has fsynced (``committed``);
+  a synchronous sink returns only once the standby has that record on disk, and only then
+  does ``wait`` return, so one round trip to the standby is shared by the whole batch. The
+  sink also sets how far checkpoints may delete the log (``floor``): records a standby has
+  not acknowledged stay, so a standby that is behind can catch up from the log.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from pegx.ledger import schema
 from pegx.ledger.store import Store
@@ -51,6 +58,22 @@ class JournalFailed(RuntimeError):
     """A log or checkpoint write failed: memory is ahead of disk and the daemon must stop."""
 
 
+class NotAcknowledged(JournalFailed):
+    """The record is on this disk but the sink (a synchronous standby) did not confirm it: the
+    call must not answer success. The journal itself is fine and goes on."""
+
+
+class Sink(Protocol):
+    """Where the journal's durable records go next (pegx.replication.primary.Replicator)."""
+
+    def committed(self, seq: int) -> None:
+        """Records up to ``seq`` are fsynced here. Returns once they may be acknowledged (a
+        synchronous standby holds them); raises NotAcknowledged if they may not."""
+
+    def floor(self, seq: int) -> int:
+        """The highest seq <= ``seq`` whose log records a checkpoint may delete."""
+
+
 class Journal:
     """Group-committed op log on top of a Store."""
 
@@ -61,7 +84,8 @@ class Journal:
         self._pending: list[tuple[int, bytes]] = []
         self._writing = False
         self._failed: BaseException | None = None
-        self.durable_seq = last_seq
+        self.durable_seq = last_seq  # acknowledgeable: fsynced here (and by a sync standby)
+        self.local_seq = last_seq  # fsynced here
         self.appended_seq = last_seq
         self.commits = 0  # fsynced batches written (for metrics: records / commits = group size)
         self.checkpoint_seq = checkpoint_seq  # the seq of the state record on disk
@@ -70,22 +94,35 @@ class Journal:
         # thread while other waiters wait for it, so it must be quick: a histogram observe
         self.on_fsync: Callable[[float], None] | None = None
         self.on_checkpoint: Callable[[float], None] | None = None
+        self.sink: Sink | None = None
+        # every log record up to here is deleted; the ones above stay until a checkpoint covers
+        # them and the sink's floor lets them go (a checkpoint before replication kept them)
+        first = next(store.scan(schema.OPLOG), None)
+        first_seq = schema.unpack_seq(first[0]) if first is not None else checkpoint_seq + 1
+        self.deleted_seq = min(checkpoint_seq, first_seq - 1)
 
     def append(self, seq: int, ops: list[dict]) -> int:
         """Queue the group ``ops`` as record ``seq`` (or records seq.. if it is long: see the
         module docstring); returns the seq of its last record. Call in seq order, under the
         engine lock."""
         records = encode(ops)
+        return self.append_raw([(seq + k, data) for k, data in enumerate(records)])
+
+    def append_raw(self, records: list[tuple[int, bytes]]) -> int:
+        """Queue ``(seq, bytes)`` records as encoded (a standby logs the primary's bytes as
+        sent), all at once: a group's records go to the group commit together, so the
+        journal's durable seq is always the end of a group. Returns the last seq."""
         with self._mu:
-            if seq != self.appended_seq + 1:
-                raise JournalFailed(f"op log out of order: {seq} after {self.appended_seq}")
-            for k, data in enumerate(records):
-                self._pending.append((seq + k, data))
-            self.appended_seq = seq + len(records) - 1
+            for seq, _ in records:
+                if seq != self.appended_seq + 1:
+                    raise JournalFailed(f"op log out of order: {seq} after {self.appended_seq}")
+                self.appended_seq = seq
+            self._pending += records
             return self.appended_seq
 
     def wait(self, seq: int) -> None:
-        """Block until record ``seq`` (and every earlier one) is fsynced."""
+        """Block until record ``seq`` (and every earlier one) may be acknowledged: fsynced,
+        and with a synchronous sink, confirmed by it (NotAcknowledged if it will not)."""
         with self._mu:
             while self.durable_seq < seq:
                 if self._failed is not None:
@@ -94,6 +131,8 @@ class Journal:
                     self._cond.wait()
                     continue
                 batch, self._pending = self._pending, []
+                top = batch[-1][0] if batch else self.local_seq
+                sink = self.sink
                 self._writing = True
                 self._mu.release()
                 t0 = time.perf_counter()
@@ -111,11 +150,21 @@ class Journal:
                     raise JournalFailed(f"ledger write failed: {exc}") from exc
                 if batch and self.on_fsync is not None:
                     self.on_fsync(time.perf_counter() - t0)
+                try:
+                    with self._mu:
+                        self.local_seq = top
+                        if batch:
+                            self.commits += 1
+                    if sink is not None:
+                        sink.committed(top)  # a sync standby: returns once it holds them
+                except BaseException:
+                    self._mu.acquire()
+                    self._writing = False
+                    self._cond.notify_all()
+                    raise
                 self._mu.acquire()
                 self._writing = False
-                if batch:
-                    self.durable_seq = batch[-1][0]
-                    self.commits += 1
+                self.durable_seq = max(self.durable_seq, top)
                 self._cond.notify_all()
 
     def flush(self) -> None:
@@ -158,18 +207,33 @@ class Journal:
                         wb.delete(k)
                     for k, v in puts:
                         wb.put(k, v)
-                    for s in range(prev + 1, seq + 1):
+                    upto = seq if self.sink is None else self._group_end(
+                        min(seq, self.sink.floor(seq)))
+                    for s in range(self.deleted_seq + 1, upto + 1):
                         wb.delete(schema.pack_seq(s))
                     wb.put(schema.STATE, Store.state_value(seq, files))
             except BaseException as exc:
                 self._fail(exc, "checkpoint write failed")
                 raise JournalFailed(f"checkpoint write failed: {exc}") from exc
             self.checkpoint_seq = seq
+            self.deleted_seq = max(self.deleted_seq, upto)
             if self.on_checkpoint is not None:
                 self.on_checkpoint(time.perf_counter() - t0)
 
+    def _group_end(self, upto: int) -> int:
+        """``upto``, or the end of the group before it if it is inside a long group (a
+        retention floor may be, ``retain`` records back): the log keeps whole groups, which
+        is all a standby can be sent (it holds a group's end, pegx.ledger.replicated)."""
+        while upto > self.deleted_seq:
+            data = self.store.get(schema.pack_seq(upto))
+            if data is None or not is_part(data):
+                return upto
+            upto -= 1
+        return upto
+
     def fail(self, exc: BaseException, what: str) -> None:
-        """Stop the journal: every later write and checkpoint is refused."""
+        """Stop the journal: memory can no longer be trusted to match the log (every later
+        wait and checkpoint is refused, so no close writes that memory over the disk)."""
         self._fail(exc, what)
 
     def _fail(self, exc: BaseException, what: str) -> None:
@@ -195,6 +259,11 @@ def encode(ops: list[dict]) -> list[bytes]:
     return records
 
 
+def is_part(data: bytes) -> bool:
+    """Whether a raw record is one of the first records of a group (not its last)."""
+    return data[:1] == PART
+
+
 def _batches(records: list[tuple[int, bytes]]):
     """``records`` cut into synced writes of about BATCH_BYTES each."""
     part, size = [], 0
@@ -215,7 +284,7 @@ def groups(records, torn: list[int] | None = None):
     parts: list[int] = []
     ops: list = []
     for seq, raw in records:
-        if raw[:1] == PART:
+        if is_part(raw):
             parts.append(seq)
             ops.extend(json.loads(raw[1:]))
             continue
@@ -230,6 +299,12 @@ def groups(records, torn: list[int] | None = None):
 
 def read_log(store: Store, after: int, torn: list[int] | None = None):
     """Yield (seq, ops) for every logged group whose last record has seq > ``after``, in
-    order (see :func:`groups` for ``torn``)."""
-    raw = ((schema.unpack_seq(k), v) for k, v in store.scan(schema.OPLOG))
-    yield from groups(((s, v) for s, v in raw if s > after), torn)
+    order (``after`` is the end of a group; see :func:`groups` for ``torn``)."""
+    yield from groups(read_raw(store, after), torn)
+
+
+def read_raw(store: Store, after: int, snapshot=None):
+    """Yield (seq, bytes) for every logged record with seq > ``after``, in order (records
+    kept for a standby below ``after`` are skipped by seeking, not read)."""
+    for k, v in store.scan(schema.OPLOG, start=schema.pack_seq(after + 1), snapshot=snapshot):
+        yield schema.unpack_seq(k), v

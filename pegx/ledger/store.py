@@ -218,10 +218,15 @@ class Store:
         """One value, or None."""
         return self.db.get(key)
 
-    def scan(self, prefix: bytes, *, snapshot=None) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) under ``prefix``, in key order."""
+    def scan(self, prefix: bytes, *, start: bytes | None = None,
+             snapshot=None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under ``prefix`` (from key ``start`` on, if given), in key order."""
         src = snapshot if snapshot is not None else self.db
-        return src.iterator(prefix=prefix)
+        if start is None:
+            return src.iterator(prefix=prefix)
+        # plyvel takes prefix or start/stop, not both: stop at the first key past the prefix
+        stop = prefix[:-1] + bytes([prefix[-1] + 1])
+        return src.iterator(start=max(start, prefix), stop=stop)
 
     @contextlib.contextmanager
     def batch(self):

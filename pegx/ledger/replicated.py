@@ -1,0 +1,77 @@
+"""The ledger's side of replication (pegx.replication): the only door it goes through.
+
+A primary hands its journal a :class:`pegx.ledger.journal.Sink` (every durable group goes to
+the standby; in sync mode ``wait`` returns only once the standby holds it) and reads its own
+op log back as stored, to ship it. A standby applies the primary's records with the replay
+path and logs them under the same seq as the same bytes, so both ledgers stay equal
+(``digest_at``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pegx.ledger.core import Ledger
+from pegx.ledger.journal import Sink, groups, is_part, read_raw
+from pegx.ledger.rules import EngineError
+
+
+class Replicated(Ledger):
+    """Replication's narrow view of the ledger (part of the Exchange façade)."""
+
+    def replicate_to(self, sink: Sink | None) -> None:
+        """Give every durable group to ``sink`` from now on (None: to nobody)."""
+        self.journal.sink = sink
+
+    def log_bounds(self) -> tuple[int, int]:
+        """(the last seq fsynced here, the last seq whose log record was deleted): the log
+        holds every record in between."""
+        return self.journal.local_seq, self.journal.deleted_seq
+
+    def log_records(self, after: int) -> Iterator[tuple[int, bytes]]:
+        """The op-log records after seq ``after``, in order, as the bytes stored."""
+        return read_raw(self.store, after)
+
+    def apply_replicated(self, records: list[tuple[int, bytes]]) -> int:
+        """A standby's path: apply records received from the primary and log them as they
+        were sent; returns the last seq, durable when this returns.
+
+        Each group is applied exactly as a replay at start-up applies it (no checks: the
+        primary checked it before logging it) and logged under the same seqs, so this ledger
+        stays equal to the primary's. Whole groups only: the first records of a long group
+        (marked '+', pegx.ledger.journal) are held in memory until its last record arrives,
+        then the group is applied and all its records logged together; a group cut short by
+        a lost connection is dropped, and the primary sends it again from this ledger's seq
+        (always the end of a group). A record out of order or one that fails to apply stops
+        the journal: memory may then hold a partial group, which no checkpoint may write.
+        """
+        with self._lock:
+            parts = self.__dict__.setdefault("_replicated_parts", [])
+            try:
+                for seq, data in records:
+                    if seq == self.seq + 1:
+                        parts.clear()  # a new group (after a reconnect: sent again)
+                    elif seq != self.seq + 1 + len(parts):
+                        raise EngineError(f"replicated record {seq:,d} does not follow "
+                                          f"{self.seq + len(parts):,d}")
+                    parts.append((seq, data))
+                    if is_part(data):
+                        continue
+                    [(_, group)] = groups(parts)  # its parts, then its last record
+                    self._state.apply_group(group)
+                    self.journal.append_raw(list(parts))
+                    self.seq = seq
+                    parts.clear()
+            except Exception as exc:
+                self.journal.fail(exc, "a replicated record could not be applied")
+                raise
+            last = self.seq
+        self.journal.wait(last)
+        self._checkpoints.maybe()
+        return last
+
+    def digest_at(self) -> tuple[int, str]:
+        """(seq, digest()) of one consistent view: equal on a primary and a standby that hold
+        the same records."""
+        with self._lock:
+            return self.seq, self.digest()
