@@ -331,6 +331,47 @@ def test_deduction_is_exact_bounded_and_proportional(src, supply, style, data):
         peg.deduction(src, total + 1, style, supply)
 
 
+def deduction_by_steps(src: np.ndarray, amount: int, style: str, supply: int) -> list[int]:
+    """The original's rule step by step in Python ints (ORIGINAL §3.1): floor proportional
+    shares of the style's steps, then 1-unit remainders from its highest step down in passes,
+    then the other style the same way."""
+    s, out = src.tolist(), [0] * peg.PEG_SIZE
+
+    def take(lo: int, hi: int, left: int) -> int:
+        total = sum(s[lo:hi])
+        if hi <= lo or left <= 0 or total <= 0:
+            return left
+        part = min(left, total)
+        for i in range(lo, hi):
+            out[i] = s[i] * part // total
+            left -= out[i]
+        moved = True
+        while left > 0 and moved:
+            moved = False
+            for i in range(hi - 1, lo - 1, -1):
+                if left and out[i] < s[i]:
+                    out[i] += 1
+                    left -= 1
+                    moved = True
+        return left
+
+    liquid = style == peg.LIQUID
+    first, second = ((supply, peg.PEG_SIZE), (0, supply))[::1 if liquid else -1]
+    take(*second, take(*first, amount))
+    return out
+
+
+@given(src=any_vectors(), supply=st.integers(0, SUPPLY_MAX), style=st.sampled_from(peg.STYLES),
+       data=st.data())
+def test_deduction_is_the_step_by_step_rule(src, supply, style, data):
+    """peg.deduction's fast paths (all shares 0; no second pass; the style taken whole) give
+    exactly what the rule gives."""
+    total = int(src.sum())
+    amount = data.draw(st.one_of(st.integers(1, min(10, total)), st.integers(1, total)))
+    assert peg.deduction(src, amount, style, supply).tolist() == \
+        deduction_by_steps(src, amount, style, supply)
+
+
 @given(rows=st.lists(any_vectors(), min_size=1, max_size=8), supply=st.integers(0, SUPPLY_MAX),
        data=st.data())
 def test_assign_balances_is_order_free_and_within_budget(rows, supply, data):
