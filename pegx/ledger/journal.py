@@ -32,7 +32,10 @@
   a synchronous sink returns only once the standby has that record on disk, and only then
   does ``wait`` return, so one round trip to the standby is shared by the whole batch. The
   sink also sets how far checkpoints may delete the log (``floor``): records a standby has
-  not acknowledged stay, so a standby that is behind can catch up from the log.
+  not acknowledged stay, so a standby that is behind can catch up from the log. A group's
+  records are queued together (:meth:`Journal.append_raw`), so the seq handed to the sink is
+  always a group's end; a floor inside a long group is moved back to the end of the group
+  before it, so the log always starts at a group (pegx.ledger.replicated applies whole groups).
 """
 
 from __future__ import annotations
