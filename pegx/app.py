@@ -21,11 +21,13 @@ from pegx import __version__
 from pegx.admin import audit
 from pegx.admin.backup import BackupJobs
 from pegx.admin.offline import ToolError
+from pegx.chain import factory as chain_factory
 from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.pipeline import pipeline
+from pegx.exchange.session import Session
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
 from pegx.ledger.rules import EngineError, coerce_amount
@@ -39,22 +41,6 @@ log = logging.getLogger(__name__)
 
 PUBLIC_KEY_FILE = "api_public_key"
 CHAIN_RETRY_SECONDS = 2.0  # pause between start-up chain checks while the node is unavailable
-
-
-def build_chain(cfg: Config):
-    """The configured chain backend (devnet by default)."""
-    if cfg.chain == "devnet":
-        from pegx.chain.devnet import Devnet
-
-        # Devnet keeps its files in <datadir>/devnet (cfg.devnet_path) itself
-        return Devnet(cfg.path, block_seconds=cfg.block_seconds,
-                      initial_supply=cfg.initial_supply,
-                      walk_seed=None if cfg.devnet_walk < 0 else cfg.devnet_walk,
-                      seed=cfg.devnet_seed, network=cfg.net)
-    from pegx.chain.bitbayd import Bitbayd
-
-    return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
-                   retry=True, network=cfg.net)
 
 
 def read_public_key(datadir: Path) -> str | None:
@@ -84,20 +70,20 @@ class App:
         try:
             self.ledger = engine.Exchange(self.store, checkpoint_ops=cfg.checkpoint_ops,
                                           checkpoint_seconds=cfg.checkpoint_seconds)
-            if cfg.chain == "devnet":
-                from pegx.chain.devnet.log import LOG_NAME
-
-                chainguard.require_devnet(self.ledger, cfg.devnet_path, LOG_NAME)
-            self.chain = build_chain(cfg)
+            fresh = chain_factory.creates_chain(cfg)
+            if fresh is not None:
+                chainguard.refuse_new_chain(self.ledger, fresh)
+            self.chain = chain_factory.build(cfg)
             self._check_chain()
         except BaseException:
             if self.chain is not None:
                 self.chain.close()
             self.store.close()
             raise
-        desk = WithdrawDesk(self.ledger, self.chain)
-        self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=cfg.poll_seconds,
-                                   on_shutdown=self.request_shutdown, desk=desk,
+        self.desk = WithdrawDesk(self.ledger, self.chain)
+        self.session = Session(self.ledger, self.chain, on_shutdown=self.request_shutdown)
+        self.cycle = ExchangeCycle(self.ledger, self.chain, self.session,
+                                   poll_seconds=cfg.poll_seconds, desk=self.desk,
                                    final_depth=cfg.final_depth)
         pub = read_public_key(cfg.path)
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
@@ -107,7 +93,7 @@ class App:
         if cfg.allow_exec and pub is None:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
-        self.api = api.PegAPI(self.ledger, self.cycle, busy_wait=cfg.busy_wait,
+        self.api = api.PegAPI(self.ledger, self.session, busy_wait=cfg.busy_wait,
                               exec_api=self.exec_api, network=cfg.net)
         self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
         self.server.register_many(self.api.methods())
@@ -119,9 +105,8 @@ class App:
                                    "pegx.audit": self.audit})
         if cfg.chain == "devnet":
             self._register_devnet()
-        self.health = health.Health(self.chain, self.cycle, probe_chain=self._probe_chain(),
+        self.health = health.Health(self.chain, self.session, self.cycle,
                                     stall_seconds=health.stall_threshold(cfg),
-                                    block_clock=cfg.chain == "bitbayd",
                                     started_at=self.started_at)
         self.metrics = self._metrics() if cfg.metrics_port else None
 
@@ -137,14 +122,6 @@ class App:
                             "answers, retrying in %.0f s", exc, CHAIN_RETRY_SECONDS)
                 time.sleep(CHAIN_RETRY_SECONDS)
 
-    def _probe_chain(self):
-        """The chain view health probes call: for bitbayd one that fails fast (no retries,
-        a deadline of seconds), so pegx status says at once that the node is gone."""
-        if self.cfg.chain != "bitbayd":
-            return self.chain
-        return self.chain.with_options(retry=False, timeout=health.PROBE_TIMEOUT,
-                                       deadline=health.PROBE_DEADLINE)
-
     def _metrics(self):
         """The metrics port (--metrics-port): the registry, its hooks, the HTTP server."""
         from pegx.ops.metrics import Metrics, MetricsServer, StateCollector
@@ -156,8 +133,7 @@ class App:
         self.server.on_call = m.on_call
         self.ledger.observe(fsync=m.fsync.observe, checkpoint=m.checkpoint.observe)
         self.cycle.on_recompute = m.recompute.observe
-        node_errors = self.chain.rpc_errors if self.cfg.chain == "bitbayd" else (lambda: 0)
-        m.registry.register(StateCollector(self.state, node_errors))
+        m.registry.register(StateCollector(self.state, self.chain.rpc_errors))
         if not self.cfg.is_loopback:
             log.warning("metrics port listening on %r, not loopback: anyone who can reach it "
                         "sees the exchange's totals and state", self.cfg.host)
@@ -171,7 +147,7 @@ class App:
 
     def _exec_namespace(self) -> dict:
         return {"api": self.api, "engine": self.ledger, "ledger": self.ledger,
-                "chain": self.chain, "cycle": self.cycle}
+                "chain": self.chain, "cycle": self.cycle, "session": self.session}
 
     def _register_devnet(self) -> None:
         d = self.chain
@@ -262,19 +238,19 @@ class App:
         the problems first (pegx.ops.health), then the figures."""
         tip = self.cycle.tip
         pipe = pipeline(self.ledger, time.time())  # one pass under the lock, little copied
-        desk = self.cycle.desk
         follower = self.cycle.follower.state()
+        session = self.session
         return {
             # the last reorganisation that replaced a final block ({}: never), shown first
             "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
             "reorgs": int(follower.get("reorgs", 0)),
             "final_depth": self.cycle.final_depth(),
             # why pending withdraws cannot go out ('' if nothing stands in their way)
-            "withdraws_not_batchable": desk.not_batchable() if desk is not None else "",
+            "withdraws_not_batchable": self.desk.not_batchable(),
             "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,
-            "network": self.cfg.network, "wallet": self.cycle.wallet_note,
-            "datadir": str(self.cfg.path), "running": True, "started": self.cycle.started(),
-            "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
+            "network": self.cfg.network, "wallet": session.wallet_note,
+            "datadir": str(self.cfg.path), "running": True, "started": session.started(),
+            "loaded": session.loaded(), "cycle_thread_alive": self.cycle.running,
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
             "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
             "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.users()),
@@ -296,9 +272,7 @@ class App:
         """Run in the foreground until ShutDown / SIGTERM / SIGINT; returns the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._shutdown.set())
-        start = getattr(self.chain, "start", None)
-        if start is not None:
-            start()
+        self.chain.start()
         self.server.serve_in_thread()
         if self.metrics is not None:
             self.metrics.start()
@@ -306,7 +280,7 @@ class App:
         log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s)", __version__, host,
                  port, self.cfg.chain, self.cfg.path)
         if self.cfg.autostart:
-            self.cycle.start()
+            self.session.start()
         while not self._shutdown.wait(0.5):
             if self.ledger.failed is not None:
                 log.critical("ledger writes failed: shutting down to protect balances")

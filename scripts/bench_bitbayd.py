@@ -35,6 +35,7 @@ from daemon import free_port
 from pegx import crypto
 from pegx.chain.bitbayd import Bitbayd
 from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.session import Session
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
 
@@ -121,10 +122,12 @@ def main() -> int:
         ledger = Exchange(Store(store_dir))
         try:
             ledger.put_many([("addresses", a, {"imported": 1}) for a in addresses])
-            cycle = ExchangeCycle(ledger, chain.with_retry(600), poll_seconds=0.5)
+            view = chain.with_retry(600)
+            session = Session(ledger, view)
+            cycle = ExchangeCycle(ledger, view, session, poll_seconds=0.5)
             cold = timed(cycle.step, 1)
             warm = timed(cycle.step, 5)
-            spendable = list(cycle.spendable())
+            spendable = list(session.spendable())
             ledger.put_many([("claims", k, {"name": f"user{i:05d}"})
                              for i, k in enumerate(spendable)])
             register = timed(cycle.step, 1)

@@ -116,7 +116,7 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
                  if u.txid == batch["final_txid"] and u.vout not in batch["house_vouts"]]
         assert len(payee) == 1 and payee[0].address == rig.acct0 and payee[0].frozen_until
         key = payee[0].key
-        assert key not in rig.cycle.spendable() and rig.ledger.record("claims", key) is None
+        assert key not in rig.session.spendable() and rig.ledger.record("claims", key) is None
         c = commission(2 * 10**10, COMM)
         assert int(rig.ledger.row(rules.HOUSE).sum()) == house0 + c - estimated_fees(1)
         # 30 days of freeze and the 12 h grace, in 64 s blocks
@@ -125,7 +125,7 @@ def test_reserve_withdraw_to_a_watched_address_is_claimable_once_unfrozen(tmp_pa
             rig.chain.mine(min(blocks, 10_000))
             blocks -= 10_000
         rig.step()
-        entry = rig.cycle.spendable()[key]
+        entry = rig.session.spendable()[key]
         assert "change" not in entry and rig.ledger.record("claims", key) is None
         assert int(entry["amount"]) == 2 * 10**10 - c
         rig.ledger.claim_deposits("carol", [key])  # what Deposit("carol", [key]) does

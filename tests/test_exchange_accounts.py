@@ -20,6 +20,7 @@ from pegx import crypto
 from pegx.chain.bitbayd import Bitbayd
 from pegx.cli import main
 from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.session import Session
 from pegx.exchange.withdraws import NO_RETURN_ADDRESS
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
@@ -123,10 +124,11 @@ def test_exchange_settings_on_bitbayd_asks_validateaddress(ledger):
     own, foreign = outside_address(), outside_address()
     st["mine"] = {own: "02" + "11" * 32}
     chain = Bitbayd(node.url, timeout=2.0, deadline=5.0)
-    cycle = ExchangeCycle(ledger, chain, poll_seconds=3600)
-    api = PegAPI(ledger, cycle)
+    session = Session(ledger, chain)
+    cycle = ExchangeCycle(ledger, chain, session, poll_seconds=3600)
+    api = PegAPI(ledger, session)
     try:
-        cycle.start()  # ExchangeSettings needs a started exchange
+        session.start()  # ExchangeSettings needs a started exchange
         # then the thread idles (an hour's poll, no block notifications on bitbayd), so the
         # scripted fault below meets our call, not one of its passes
         wait_until(lambda: cycle.passes >= 1 or cycle.last_error, 10, what="the first pass")

@@ -18,6 +18,7 @@ from holdstore import HoldingStore
 from pegx import crypto
 from pegx.chain.devnet import Devnet
 from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.session import Session
 from pegx.ledger.engine import Exchange
 from pegx.rpc.api import PegAPI
 
@@ -32,10 +33,11 @@ class Stack:
         self.store = HoldingStore(tmp_path / "ledger")
         self.ledger = Exchange(self.store)
         self.chain = Devnet(tmp_path, block_seconds=0)
-        self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=0.05)
-        self.api = PegAPI(self.ledger, self.cycle, busy_wait=5.0)
-        self.cycle.start()
-        wait_until(self.cycle.loaded, 30, what="the exchange to load")
+        self.session = Session(self.ledger, self.chain)
+        self.cycle = ExchangeCycle(self.ledger, self.chain, self.session, poll_seconds=0.05)
+        self.api = PegAPI(self.ledger, self.session, busy_wait=5.0)
+        self.session.start()
+        wait_until(self.session.loaded, 30, what="the exchange to load")
 
     def deposit_output(self, amount: int) -> str:
         """A confirmed, spendable payment to a new deposit address; returns its outpoint."""

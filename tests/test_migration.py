@@ -24,6 +24,7 @@ from pegx.admin.audit import audit
 from pegx.chain.devnet import Devnet
 from pegx.cli import main
 from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.session import Session
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import schema
 from pegx.ledger.engine import Exchange
@@ -126,7 +127,7 @@ def test_the_upgraded_ledger_goes_on_exchanging(old):
     ledger = Exchange(Store(datadir / "ledger"))
     try:
         desk = WithdrawDesk(ledger, chain)
-        cycle = ExchangeCycle(ledger, chain, desk=desk)
+        cycle = ExchangeCycle(ledger, chain, Session(ledger, chain), desk=desk)
         pending = ["w5", "w6", "w7"]
         for _ in range(450):
             cycle.step()

@@ -25,6 +25,7 @@ from pegx.admin.audit import audit
 from pegx.admin.offline import ToolError
 from pegx.admin.recover import recover
 from pegx.chain.base import Utxo
+from pegx.chain.devnet import files as devnet_files
 from pegx.cli import main
 from pegx.crypto import wif_to_address
 from pegx.ledger import schema
@@ -298,7 +299,7 @@ def test_a_restore_killed_between_its_copies_leaves_nothing_and_can_be_rerun(tmp
         info = x.devnet.info()
     code, out = cli("backup", str(dest), "--datadir", str(src))
     assert code == 0, out
-    devnet_log = dest / offline.DEVNET_DIR / "actions.jsonl"
+    devnet_log = devnet_files.log_path(dest)
     others = [p.stat().st_size for p in dest.rglob("*") if p.is_file() and p != devnet_log]
     limit = max(others) + 1  # every other file fits; the devnet log (copied last) does not
     assert devnet_log.stat().st_size > limit + 10_000

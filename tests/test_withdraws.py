@@ -15,6 +15,7 @@ from pegx.chain.devnet import Devnet
 from pegx.chain.devnet.peg import apply_peg_rules
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
+from pegx.exchange.session import Session
 from pegx.exchange.withdraws import WithdrawDesk, task_spacing, window_task
 from pegx.ledger import rules
 from pegx.ledger.engine import Exchange
@@ -39,7 +40,8 @@ class Rig:
     def open(self) -> None:
         self.ledger = Exchange(Store(self.path / "ledger"))
         self.desk = WithdrawDesk(self.ledger, self.chain)
-        self.cycle = ExchangeCycle(self.ledger, self.chain, desk=self.desk)
+        self.session = Session(self.ledger, self.chain)
+        self.cycle = ExchangeCycle(self.ledger, self.chain, self.session, desk=self.desk)
         self.step()
 
     def close(self) -> None:
@@ -52,7 +54,7 @@ class Rig:
         # the cycle's change flag and the desk's registration agree: change (confirmed long
         # after its batch settled) is the house's; nothing else is
         claims = self.ledger.records("claims")
-        for key, entry in self.cycle.spendable().items():
+        for key, entry in self.session.spendable().items():
             house = claims.get(key, {}).get("name") == rules.HOUSE
             assert bool(entry.get("change")) == house, (key, entry, claims.get(key))
         return law
@@ -330,7 +332,7 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
                 rig.chain.vote("deflate", 2)
             if height == 300:
                 rig.chain.vote("inflate", 3)
-            spendable = rig.cycle.spendable()
+            spendable = rig.session.spendable()
             for op in [k for k in deposits if k in spendable]:
                 rig.ledger.claim_deposits(deposits.pop(op), [op])
             for _ in range(3):

@@ -35,6 +35,7 @@ import numpy as np
 from pegx import crypto
 from pegx.chain.base import (
     CYCLE_BLOCKS,
+    Chain,
     ChainRejected,
     SignedTx,
     Tip,
@@ -102,7 +103,7 @@ class _Shared(Shared):
         self.unlocked: tuple[bytes, float] | None = None  # (sha256 of passphrase, trusted until)
 
 
-class Bitbayd(JsonRpcClient):
+class Bitbayd(JsonRpcClient, Chain):
     """JSON-RPC client of a BitBay node implementing :class:`pegx.chain.base.Chain`.
 
     ``url`` is ``http://[user:password@]host[:port][/path]`` (port 19915 by default).
@@ -128,6 +129,11 @@ class Bitbayd(JsonRpcClient):
 
     def _new_shared(self) -> _Shared:
         return _Shared(self.url)
+
+    def quick(self, timeout: float, deadline: float) -> Bitbayd:
+        """The fail-fast view health probes use: no retries, ``timeout`` per request and
+        ``deadline`` per call, on the same connections."""
+        return self.with_options(retry=False, timeout=timeout, deadline=deadline)
 
     def __repr__(self) -> str:
         return f"Bitbayd({self.url!r}, retry={self.retry}, deadline={self.deadline:g})"

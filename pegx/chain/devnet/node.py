@@ -5,9 +5,10 @@ node, and it has levers for tests and demos (mine, outside payments, supply vote
 malleating transactions, rejecting a broadcast, reorganising the chain), exposed over XML-RPC as
 ``devnet.*``.
 
-Layout: ``devnet_ledger.Ledger`` is the deterministic state machine, ``devnet_peg`` the peg
-rules for spends, ``devnet_tx`` the raw format and signatures, ``devnet_log`` the durable
-action log under ``<datadir>/devnet``. This class adds one RLock, the log and the block timer.
+Layout: ``ledger.Ledger`` is the deterministic state machine, ``peg`` the peg rules for
+spends, ``tx`` the raw format and signatures, ``log`` the durable action log, ``files`` where
+it lives in a datadir (``<datadir>/devnet``). This class adds one RLock, the log and the block
+timer.
 
 State is a pure function of (``seed``, ``initial_supply``, ``walk_seed``) and the ordered
 actions applied; nothing reads the wall clock. Every state-changing call is validated first,
@@ -43,12 +44,12 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from pegx import crypto
 from pegx.chain.base import (
+    Chain,
     ChainRejected,
     ChainUnavailable,
     SignedTx,
@@ -60,6 +61,7 @@ from pegx.chain.base import (
     outpoint,
     split_outpoint,
 )
+from pegx.chain.devnet import files
 from pegx.chain.devnet import tx as dtx
 from pegx.chain.devnet.ledger import DIRECTIONS, Ledger, LedgerTx, block_time
 from pegx.chain.devnet.log import ActionLog
@@ -95,10 +97,11 @@ REORG_FEE = 10_000  # what the spend reorg() signs for an outpoint pays (one inp
 MAX_REORG = 1_000
 
 
-class Devnet:
+class Devnet(Chain):
     """The embedded simulated chain; see the module docstring. Thread-safe."""
 
     name = "devnet"
+    real_block_times = False  # a fixed spacing from a fixed genesis
 
     def __init__(
         self,
@@ -127,7 +130,7 @@ class Devnet:
         self.cycle_blocks = network.cycle_blocks  # testnet: 20
         self.seed, self.initial_supply, self.walk_seed = int(seed), int(initial_supply), walk_seed
         self._log: ActionLog | None = ActionLog(
-            Path(datadir) / "devnet",
+            files.directory(datadir),
             {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed,
              "network": network.name},
             created={"id": os.urandom(16).hex()},
@@ -332,6 +335,11 @@ class Devnet:
         """Txid of the mined or mempool transaction spending ``key`` (devnet extra)."""
         with self._lock:
             return self._ledger.spent.get(key)
+
+    def spenders(self, key: str) -> list[str]:
+        """The one transaction spending ``key``, if any: the devnet indexes every spend."""
+        txid = self.spender(key)
+        return [] if txid is None else [txid]
 
     def import_key(self, wif: str, passphrase: str = "") -> str:
         """Add a WIF key to the wallet (no rescan needed: the devnet indexes every address).
