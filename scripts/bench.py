@@ -315,7 +315,7 @@ def bench_rpc(clients: int, quick: bool) -> list[Row]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import xmlrpc.client
 
-    from daemon import Daemon
+    from harness.daemon import Daemon
 
     per = 300 if quick else 1_500
     root = tmp_ledger().parent

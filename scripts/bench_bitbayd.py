@@ -3,7 +3,7 @@
     python scripts/bench_bitbayd.py                  # 1,000 deposit addresses and outputs
     python scripts/bench_bitbayd.py --addresses 200  # smaller
 
-It makes a private regtest chain with the kit (../shared/bitbayd, see tests/realnode.py; the
+It makes a private regtest chain with the kit (../shared/bitbayd, see tests/harness/realnode.py; the
 binary from PEGX_BITBAYD or build.sh), encrypts its wallet, imports ``--addresses`` deposit
 keys through pegx's bitbayd client, pays each one output (100 outputs per transaction), and
 measures with the client pegx uses (one keep-alive connection):
@@ -29,9 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-import realnode  # tests/realnode.py: the kit's node, shared with the tests
-from daemon import free_port
-
+from harness import free_port, realnode
 from pegx import crypto
 from pegx.chain.bitbayd import Bitbayd
 from pegx.exchange.cycle import ExchangeCycle

@@ -5,7 +5,7 @@ vector) and the outputs (address or OP_RETURN data, value), :func:`verdict` says
 node at bitbay-core 3d39e0a says: a rejection with the node's cause text, or every output's
 fractions, its ``NOTARY_F`` (frozen) flag and the fee's fractions. The devnet applies it to
 every spend; the withdraw builder can check a plan with it before broadcasting.
-``tests/test_pegstd_vectors.py`` holds it to the node's answers on 3,000 golden transactions
+``tests/chain/test_pegstd_vectors.py`` holds it to the node's answers on 3,000 golden transactions
 (``shared/reference/vectors``, whose README names the node's steps referred to below).
 
 Written from reading the node (``src/peg/pegstd.cpp``, ``CFractions`` in
