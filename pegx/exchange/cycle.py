@@ -212,12 +212,17 @@ class ExchangeCycle:
         made the house's (a cancel it adopted and settled in this pass, say), so Spendable
         never shows them unflagged."""
         session = self.session
-        self.desk.run(tip, now, DeskPass(final=final, cycle=self.cycle(),
-                                         spendable=tuple(sorted(session.spendable())),
-                                         passphrase=session.passphrase))
+        self.desk.run(tip, now, self.desk_pass(final))
         if self.desk.wallet_locked:  # pegx.status shows it until ExchangePassword
             session.wallet_note = self.desk.wallet_locked
         session.reflag_change(self.house())
+
+    def desk_pass(self, final: int | None = None) -> DeskPass:
+        """What the desk is handed for a pass: the final depth, the cycle, the Spendable
+        view's outpoints and the wallet passphrase."""
+        return DeskPass(final=self.final_depth() if final is None else final,
+                        cycle=self.cycle(), spendable=tuple(sorted(self.session.spendable())),
+                        passphrase=self.session.passphrase)
 
     def _rewind(self, reorg: follow.Reorg, tip: Tip) -> None:
         """Log a reorganisation and, when it replaced final blocks, find what it changed among
@@ -240,7 +245,13 @@ class ExchangeCycle:
                 where = fw.tx_status(b.get("final_txid"))
                 line = (f"{b['kind']} batch {master} (withdraws {', '.join(b['ids']) or '-'}) was "
                         f"Complete; its tx {b.get('final_txid')} is now {where}")
+                why = ""
                 if tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
+                    # checked with the node's rule first, as every broadcast (pegx.exchange.withdraws)
+                    why = self.desk.check_batch(b) if self.desk is not None else ""
+                if why:
+                    line += f": not broadcast again, the node's rule would refuse it ({why})"
+                elif tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
                     try:
                         self.chain.broadcast(b["raw"])
                         line += ": broadcast again (the ledger already paid it)"

@@ -8,8 +8,8 @@ transaction it sent until it is ``Complete`` (the coins leave the ledger) or ``F
 its audit (:mod:`pegx.ledger.audit`). The desk decides and talks to the chain; every record
 it leaves is written by the ledger's lifecycle methods (:mod:`pegx.ledger.withdrawals`), which
 also square the house account and the drift when a batch ends (:mod:`pegx.ledger.lifecycle`).
-This module is ~580 lines: batching, tracking and endings follow one batch record through its
-life and are kept together until the planner's pre-broadcast check has landed (issue #11).
+This module is ~650 lines: batching, tracking and endings follow one batch record through its
+life, and every broadcast among them goes through the node-exact check below.
 
 What must stay true:
 * Everything about a batch (signed raw tx, inputs, withdraws, its lifecycle record) is committed
@@ -23,6 +23,17 @@ What must stay true:
   out a withdraw it cannot pay or fund rather than fail the batch.
 * A cancel is found like a batch, by the transaction that spends its input, so a malleated
   cancel settles like the original (input spent, output registered).
+* Nothing is broadcast that the node's rule refuses: before every broadcast (a batch, a
+  maintenance, a cancel, every rebroadcast, a Complete batch sent again after a deep
+  reorganisation: :meth:`WithdrawDesk.check_batch`) the transaction is checked with
+  :func:`pegx.exchange.planner.check_plan` (pegstd, the node's ``CalculateStandardFractions``
+  and ``GetMinFee``) on the chain's own fractions of its inputs at the chain's current supply.
+  A transaction that fails is logged with the reason and not sent: a new batch is not even
+  recorded (its withdraws stay pending), a rebroadcast counts as a refusal.
+* A withdraw a batch task leaves pending for a reason (no valid transaction can pay it now,
+  the batch is full, its commission leaves nothing) gets the reason in the ledger
+  (``note_waiting``), which ``CheckWithdraw`` shows as a ``Pending`` record until it is
+  batched or expires.
 
 Who pays the exchange's own transactions (exact; the house account is ``exchange``):
 * A withdraw batch that completes pays its miner fee and dust from its commissions; the
@@ -60,11 +71,13 @@ from pegx.chain.base import (
     TxOut,
     WalletLocked,
     outpoint,
+    split_outpoint,
 )
 from pegx.exchange.planner import (
     Candidate,
     Plan,
     accepted_commission,
+    check_plan,
     plan_batch,
     plan_maintenance,
     split_cost,
@@ -117,6 +130,20 @@ class DeskPass:
     passphrase: str = ""  # the wallet passphrase (ExchangePassword), for signing
 
 
+def out_to_record(out: TxOut) -> list:
+    """A planned output for the batch record: [value, address or None, data hex or None]."""
+    return [out.value, out.address, None if out.data is None else out.data.hex()]
+
+
+def batch_plan(b: dict) -> Plan:
+    """The plan of a recorded batch (its inputs and outputs), to check it again before a
+    rebroadcast."""
+    outs = [TxOut(v, address=a, data=None if d is None else bytes.fromhex(d))
+            for v, a, d in b["outs"]]
+    return Plan(list(b["ins"]), outs, list(b["house_vouts"]), int(b["fee"]),
+                style=b.get("style", ""), payees=list(b.get("payees", [])))
+
+
 class DeskError(RuntimeError):
     """A batch that cannot be settled without breaking the ledger's law (nothing committed)."""
 
@@ -142,6 +169,7 @@ class WithdrawDesk:
         self.last_result = ""
         # the last window task found the wallet locked: why (the cycle shows it in pegx status)
         self.wallet_locked = ""
+        self.waiting_note = ""  # the last batch task left withdraws out: why (pegx status)
         # confirmations that make a block final (pegx.exchange.follow); set by each pass
         self.final = CONFIRMATIONS
 
@@ -156,6 +184,7 @@ class WithdrawDesk:
             return
         task = window_task(tip.height, tip.interval)
         self.wallet_locked = ""
+        self.waiting_note = ""
         result = self._run_task(task, tip, ctx)
         self.last_result = str(result)
         if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.withdraw_count():
@@ -166,10 +195,10 @@ class WithdrawDesk:
         # sent, even one whose broadcast failed (tracking resends it), clears it
         blocked = dict(state.get("blocked", {}))
         if task in (peg.LIQUID, peg.RESERVE):
-            if result in ("Success", "Transaction declined"):
+            if result in ("Success", "Transaction declined") and not self.waiting_note:
                 blocked.pop(task, None)
             else:
-                blocked[task] = self.last_result
+                blocked[task] = self.waiting_note or self.last_result
         self.ledger.put("meta", "desk", {"last_task_height": tip.height, "task": task,
                                          "result": self.last_result, "blocked": blocked})
 
@@ -235,12 +264,46 @@ class WithdrawDesk:
         plan = plan_batch(style, pending, self._candidates(ctx), tip.supply,
                           settings["exchangeaccounts"][0], settings["exchangefeeaccount"],
                           settings["commission"], master)
+        self._wait(plan.waiting, tip)
         if not isinstance(plan, Plan):
-            if plan != "Success":
-                log.warning("%s withdraws not batched at height %s: %s", style,
-                            f"{tip.height:,d}", plan)
-            return plan
-        return self._send(style, plan, master, tip, ctx)
+            log.warning("%s withdraws not batched at height %s: %s", style,
+                        f"{tip.height:,d}", plan.reason)
+            return plan.reason
+        result = self._send(style, plan, master, tip, ctx)
+        if plan.waiting and result in ("Success", "Transaction declined"):
+            n = len(plan.waiting)
+            why = next(iter(plan.waiting.values()))
+            self.waiting_note = (f"{n} {style} withdraw{'s' if n > 1 else ''} left out of the "
+                                 f"last batch, e.g.: {why}")
+        return result
+
+    def _wait(self, waiting: dict[str, str], tip: Tip) -> None:
+        """Keep why each withdraw in ``waiting`` waits (CheckWithdraw shows it as Pending)."""
+        for wid, why in self.ledger.note_waiting(waiting, height=tip.height).items():
+            log.info("withdraw %s: Pending (%s)", wid, why)
+
+    def _node_check(self, plan: Plan) -> str:
+        """'' if the node's rule (pegstd) accepts ``plan``'s transaction with the chain's own
+        fractions of its inputs at the chain's supply now, and its payees get exactly their
+        style; else why not (see planner.check_plan)."""
+        supply = self.chain.tip().supply
+        inputs = []
+        for key in plan.inputs:
+            rec = self.ledger.input(key)
+            address = rec["address"] if rec is not None else None
+            if address is None:  # spent in the ledger (a batch sent again after a reorg)
+                txid, vout = split_outpoint(key)
+                tx = self.chain.get_transaction(txid)
+                if tx is None or vout >= len(tx.outputs):
+                    return f"input {key} is not known to the chain"
+                address = tx.outputs[vout].address
+            inputs.append((address, self.chain.get_fractions(key)))
+        return check_plan(plan, inputs, supply)
+
+    def check_batch(self, b: dict) -> str:
+        """:meth:`_node_check` of a recorded batch ('' for one recorded before its outputs
+        were kept, which cannot be checked)."""
+        return self._node_check(batch_plan(b)) if "outs" in b else ""
 
     def maintenance(self, tip: Tip, ctx: DeskPass) -> str:
         """Account maintenance (ORIGINAL §3.6), paid by the house account."""
@@ -275,10 +338,18 @@ class WithdrawDesk:
         return max(0, have - held), held
 
     def _send(self, kind: str, plan: Plan, master: str, tip: Tip, ctx: DeskPass) -> str:
+        why = self._node_check(plan)
+        if why:  # nothing signed, nothing recorded: the withdraws stay pending
+            result = f"{kind} transaction not sent: the node's rule would refuse it: {why}"
+            log.error("%s (height %s)", result, f"{tip.height:,d}")
+            self._wait({wid: result for wid in plan.ids}, tip)
+            return result
         signed = self.chain.create_transaction(plan.inputs, plan.outputs, ctx.passphrase)
         batch = {"kind": kind, "ids": plan.ids, "ins": plan.inputs, "txid": signed.txid,
                  "raw": signed.raw, "house_vouts": plan.house_vouts, "fee": plan.fee,
-                 "total": plan.total, "commission": plan.commission, "height": tip.height}
+                 "total": plan.total, "commission": plan.commission, "height": tip.height,
+                 "style": plan.style, "payees": plan.payees,
+                 "outs": [out_to_record(o) for o in plan.outputs]}
         self.ledger.mark_batched(master, batch)  # durable before the tx can exist anywhere
         log.info("%s batch %s: tx %s, %d withdraws, %s out, commission %s, miner fee %s, "
                  "%d inputs", kind, master, signed.txid, len(plan.ids), _fmt(plan.total),
@@ -423,6 +494,14 @@ class WithdrawDesk:
         b.update(new)
 
     def _rebroadcast(self, master: str, b: dict, tip: Tip, ctx: DeskPass) -> None:
+        why = self.check_batch(b)  # (one recorded before its outputs were kept: unchecked)
+        if why:  # e.g. the supply moved: the node would refuse it now, so it is not sent
+            b = self._bump(master, tip.height)
+            log.warning("batch %s: rebroadcast not sent (%d/%d): the node's rule would refuse "
+                        "it: %s", master, b["refusals"], MAX_REFUSALS, why)
+            if b["refusals"] >= MAX_REFUSALS:
+                self._start_cancel(master, b, tip, ctx)
+            return
         try:
             self.chain.broadcast(b["raw"])
             self.ledger.update_batch(master, last_try=tip.height)
@@ -476,9 +555,13 @@ class WithdrawDesk:
         """Spend one batch input back to its own address so the batch can never confirm."""
         ins = {k: self.ledger.input(k) for k in b["ins"]}
         key = max(b["ins"], key=lambda k: (ins[k]["value"], k))
-        rec = ins[key]
-        signed = self.chain.create_transaction(
-            [key], [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])], ctx.passphrase)
+        cancel = self._cancel_plan(key)
+        why = self._node_check(cancel)
+        if why:  # the batch stays in flight; the next block tries again
+            log.error("batch %s: cancel not sent: the node's rule would refuse it: %s", master,
+                      why)
+            return
+        signed = self.chain.create_transaction([key], cancel.outputs, ctx.passphrase)
         b = self.ledger.update_batch(master, state="cancelling", last_try=tip.height,
                                      cancel={"txid": signed.txid, "raw": signed.raw, "in": key})
         log.warning("batch %s: refused %d times; cancelling it with tx %s (spends %s)", master,
@@ -487,6 +570,12 @@ class WithdrawDesk:
             self.chain.broadcast(signed.raw)
         except ChainError as exc:
             log.warning("batch %s: cancel broadcast failed: %s", master, exc)
+
+    def _cancel_plan(self, key: str) -> Plan:
+        """The cancel of a batch: its input ``key`` back to its own address less CANCEL_FEE."""
+        rec = self.ledger.input(key)
+        return Plan([key], [TxOut(rec["value"] - CANCEL_FEE, address=rec["address"])], [0],
+                    CANCEL_FEE)
 
     def _track_cancel(self, master: str, b: dict, tip: Tip, now: int) -> None:
         c = b["cancel"]
@@ -516,6 +605,11 @@ class WithdrawDesk:
             return
         if tip.height > b["last_try"]:
             self.ledger.update_batch(master, last_try=tip.height)
+            why = self._node_check(self._cancel_plan(c["in"]))
+            if why:
+                log.error("batch %s: cancel rebroadcast not sent: the node's rule would "
+                          "refuse it: %s", master, why)
+                return
             try:
                 self.chain.broadcast(c["raw"])
             except ChainError as exc:
@@ -530,8 +624,9 @@ class WithdrawDesk:
 
     def _complete(self, master: str, b: dict, tx: Tx, now: int) -> None:
         outputs = [self._output(tx, v) for v in b["house_vouts"]]
-        # the raw stays in the record: if a reorganisation deeper than the final depth drops
-        # the transaction, it is broadcast again (ExchangeCycle._final_items)
+        # the raw (and the outputs, for the check) stay in the record: if a reorganisation
+        # deeper than the final depth drops the transaction, it is broadcast again
+        # (ExchangeCycle._final_items)
         ids = self.ledger.complete_batch(master, Mined(tx.txid, tx.height, tx.confirmations),
                                          outputs, now=now)
         log.info("%s batch %s: Complete in block %s (tx %s)", b["kind"], master,

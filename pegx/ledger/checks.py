@@ -206,6 +206,13 @@ def _batch(state: State, op: dict) -> None:
                           "'unconfirmed'")
     for field in ("fee", "total", "commission", "height"):
         _int(rec[field], field)
+    if "outs" in rec and not (
+            isinstance(rec["style"], str) and isinstance(rec["payees"], list)
+            and all(isinstance(v, int) for v in rec["payees"]) and isinstance(rec["outs"], list)
+            and all(isinstance(o, list) and len(o) == 3 and isinstance(o[0], int)
+                    for o in rec["outs"])):
+        raise EngineError(f"batch {master}: style is a string, payees integers, outs "
+                          "[value, address, data] lists")
     if not all(isinstance(rec[f], str) for f in ("txid", "raw")) or \
             not all(isinstance(v, int) for v in rec["house_vouts"]):
         raise EngineError(f"batch {master}: txid and raw are strings, house_vouts integers")
@@ -267,6 +274,23 @@ def _expire(state: State, op: dict) -> None:
     _int(op["block"], "block")
 
 
+MAX_REASON = 1000  # characters of a waiting withdraw's reason
+
+
+def _wait(state: State, op: dict) -> None:
+    reasons = op["ids"]
+    if not isinstance(reasons, dict) or not reasons:
+        raise EngineError("a wait names some withdraws, each with a reason")
+    check_pending(state, list(reasons))
+    for wid, why in reasons.items():
+        if "batch" in state.tables["withdraws"][wid]:
+            raise EngineError(f"withdraw {wid} is in a batch: it waits no more")
+        if not isinstance(why, str) or not 0 < len(why) <= MAX_REASON:
+            raise EngineError(f"withdraw {wid}: a reason is a string of 1 to {MAX_REASON} "
+                              "characters")
+    _int(op["block"], "block")
+
+
 def _forget(state: State, op: dict) -> None:
     rec = lifecycle.status(state.tables, op["id"]) if isinstance(op["id"], str) else None
     if rec is None or rec["status"] not in lifecycle.FINISHED:
@@ -289,4 +313,5 @@ def _put(state: State, op: dict) -> None:
 _CHECKS = {"trade": _trade, "withdraw": _withdraw, "refund": _refund, "burn": _burn,
            "credit": _credit, "spend": _spend, "recompute": _recompute, "adjust": _adjust,
            "drift": _drift, "claim": _claim, "batch": _batch, "batch_update": _batch_update,
-           "batch_end": _batch_end, "expire": _expire, "forget": _forget, "put": _put}
+           "batch_end": _batch_end, "expire": _expire, "forget": _forget, "wait": _wait,
+           "put": _put}

@@ -13,9 +13,13 @@ Records (table: key -> value):
   height), ``cancel`` {txid, in[, raw (one the desk signed), txid2, cost, house_paid]},
   ``withheld``, ``final_txid`` and ``final_height`` (``raw`` is kept: a reorganisation past
   the final depth may need it broadcast again), ``reason``, ``cleared`` (CheckWithdraw(clear=1)
-  on the master id).
+  on the master id); from the planner, ``style``, ``payees`` (the payee output indices) and
+  ``outs`` (every output, [value, address, data hex]: the desk checks the transaction with the
+  node's rule again before it sends it again; dropped with ``raw``).
 * ``batch_of``: withdraw id -> the master id of the batch it went out in.
 * ``expired``: withdraw id -> {block}: refunded because no batch took it in time.
+* ``waiting``: withdraw id -> {block, reason}: a pending withdraw a batch task left out, and
+  why (CheckWithdraw shows it as ``Pending``); removed when a batch takes it or it expires.
 
 A batched withdraw and the inputs of a batch in flight carry ``batch: <master id>`` in their
 own records; only the ledger's operations set and clear it. The op groups that move a batch
@@ -38,6 +42,7 @@ KINDS = ("liquid", "reserve", "maintenance")
 ENDINGS = {"Complete": "done", "Failed/Declined": "failed"}  # status -> state
 PLAN_FIELDS = ("kind", "ids", "ins", "txid", "raw", "house_vouts", "fee", "total", "commission",
                "height")
+PLAN_CHECK_FIELDS = ("style", "payees", "outs")  # all or none (batches recorded before: none)
 # what update_batch may change while a batch is in flight, with the values it may take, and
 # what it may remove
 UPDATES = {"last_try": int, "refusals": int, "txid2": str, "cancel": dict, "confirmations": int,
@@ -103,6 +108,8 @@ def house_outpoints(batch: dict) -> set[str]:
 def new_record(plan: dict) -> dict:
     """The lifecycle record of a batch about to be broadcast (``plan``: PLAN_FIELDS)."""
     rec = {k: plan[k] for k in PLAN_FIELDS if k != "height"}
+    if "outs" in plan:
+        rec.update({k: plan[k] for k in PLAN_CHECK_FIELDS})
     rec.update(state="sent", height=plan["height"], refusals=0, last_try=plan["height"],
                status="unconfirmed", confirmations=0)
     return rec
@@ -125,7 +132,8 @@ def answer(batches: dict, master: str) -> dict | None:
 
 def status(tables: dict, ident: str) -> dict | None:
     """CheckWithdraw's record for a withdraw id (followed to its batch's master id), a master
-    id, or an expired withdraw id; None for a pending or unknown id."""
+    id, an expired withdraw id, or a pending one a batch task left out (``Pending``, with the
+    reason); None for another pending or an unknown id."""
     master = tables["batch_of"].get(ident)
     if master is not None:
         return answer(tables["batches"], master)
@@ -133,6 +141,10 @@ def status(tables: dict, ident: str) -> dict | None:
     if expired is not None:
         return {"status": "Expired", "txid": "", "ID": ident, "block": expired["block"],
                 "in0": ""}
+    waiting = tables["waiting"].get(ident)
+    if waiting is not None:
+        return {"status": "Pending", "txid": "", "ID": ident, "block": waiting["block"],
+                "in0": "", "reason": waiting["reason"]}
     return answer(tables["batches"], ident)
 
 

@@ -17,7 +17,7 @@ from pegx import peg
 
 # each has a check in pegx.ledger.checks and an apply function in pegx.ledger.state
 KINDS = ("trade", "withdraw", "refund", "burn", "credit", "spend", "recompute", "adjust", "drift",
-         "claim", "batch", "batch_update", "batch_end", "expire", "forget", "put")
+         "claim", "batch", "batch_update", "batch_end", "expire", "forget", "wait", "put")
 
 
 def encode_vec(vec: np.ndarray) -> str:
@@ -111,6 +111,12 @@ def batch_end(master: str, status: str, fields: dict) -> dict:
 def expire(wid: str, block: int) -> dict:
     """A pending withdraw no batch took in time is refunded, recorded as Expired at ``block``."""
     return {"op": "expire", "id": wid, "block": int(block)}
+
+
+def wait(reasons: dict[str, str], block: int) -> dict:
+    """Pending withdraws a batch task at ``block`` left out, each with why it waits (what
+    CheckWithdraw shows until a batch takes it or it expires)."""
+    return {"op": "wait", "ids": dict(reasons), "block": int(block)}
 
 
 def forget(ident: str) -> dict:

@@ -28,7 +28,8 @@ BALANCE = b"B"
 
 # Key: b"T" + table name (ascii) + b"\x00" + record key (utf-8) / Value: JSON /
 # "small structured state: deposit claims, inputs, withdraws, batches (one lifecycle record per
-# withdraw batch), batch_of (withdraw id -> master id), expired, settings, addresses, exec
+# withdraw batch), batch_of (withdraw id -> master id), expired, waiting (why a pending
+# withdraw waits), settings, addresses, exec
 # replay hashes, meta; the table names are pegx.ledger.state.TABLES (format 1 also had
 # history, which pegx.ledger.migrate removes)".
 TABLE = b"T"

@@ -25,7 +25,7 @@ from pegx.ledger.rules import FROZEN_GRACE, WITHDRAWS
 from pegx.ledger.savepoint import Savepoint
 
 TABLES = ("claims", "inputs", "withdraws", "settings", "addresses", "exec", "meta", "batches",
-          "batch_of", "expired")
+          "batch_of", "expired", "waiting")
 LEGACY_TABLES = ("history",)  # older layouts (pegx.ledger.migrate); replayed ops may write them
 FIGURE_CHUNK = 2048  # input vectors stacked per vectorised figures() call
 NO_TOTALS = {"liquid": 0, "reserve": 0, "subpremium": 0, "frozen": 0}
@@ -302,6 +302,8 @@ class State:
         for wid in rec["ids"]:
             self._mark("withdraws", wid, master)
             self.put("batch_of", wid, master)
+            if wid in self.tables["waiting"]:  # it waits no more
+                self.put("waiting", wid, None)
         for key in rec["ins"]:
             self._mark("inputs", key, master)
 
@@ -316,6 +318,7 @@ class State:
         rec = {**b, **op["set"], "state": ENDINGS[op["status"]], "status": op["status"]}
         if op["status"] != "Complete":  # a Complete one keeps it for a deep reorganisation
             rec.pop("raw", None)
+            rec.pop("outs", None)
         self.put("batches", master, rec)
         for key in b["ins"]:  # spent ones left the input set; the others are free again
             if self.tables["inputs"].get(key, {}).get("batch") == master:
@@ -324,6 +327,12 @@ class State:
     def _apply_expire(self, op: dict) -> None:
         self._apply_refund(op)
         self.put("expired", op["id"], {"block": op["block"]})
+        if op["id"] in self.tables["waiting"]:
+            self.put("waiting", op["id"], None)
+
+    def _apply_wait(self, op: dict) -> None:
+        for wid, reason in op["ids"].items():
+            self.put("waiting", wid, {"block": op["block"], "reason": reason})
 
     def _apply_forget(self, op: dict) -> None:
         ident = op["id"]

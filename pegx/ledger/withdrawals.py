@@ -4,8 +4,8 @@ them (:mod:`pegx.ledger.lifecycle` has the records and the settlement rules).
 The withdraw desk (:mod:`pegx.exchange.withdraws`) decides what to batch and follows the
 chain; every record it leaves behind is written here, by one operation group per step:
 ``mark_batched`` before the broadcast, ``update_batch`` as it is tracked, ``complete_batch``
-or ``decline_batch`` at its end, ``expire`` for a withdraw no batch took in time, and
-``withdraw_status`` for CheckWithdraw. A mixin of :class:`pegx.ledger.engine.Exchange`.
+or ``decline_batch`` at its end, ``expire`` for a withdraw no batch took in time,
+``note_waiting`` for why a pending withdraw waits, and ``withdraw_status`` for CheckWithdraw. A mixin of :class:`pegx.ledger.engine.Exchange`.
 """
 
 from __future__ import annotations
@@ -193,6 +193,19 @@ class Withdrawals(Ledger):
             self.commit(lifecycle.decline(self._state, master, reason, cancel),
                         supply=self._state.supply, now=now)
         return ids
+
+    def note_waiting(self, reasons: dict[str, str], *, height: int) -> dict[str, str]:
+        """Keep why each of ``reasons``' withdraws waits (a batch task at ``height`` left it
+        out), for CheckWithdraw's ``Pending`` record. Withdraws no longer pending or already
+        in a batch are skipped, and so are unchanged reasons; returns what was recorded."""
+        with self.locked():
+            pending, waiting = self._state.tables["withdraws"], self._state.tables["waiting"]
+            new = {w: why[:checks.MAX_REASON] for w, why in reasons.items()
+                   if w in pending and "batch" not in pending[w] and why
+                   and (waiting.get(w) or {}).get("reason") != why[:checks.MAX_REASON]}
+            if new:
+                self.commit([ops.wait(new, height)])
+        return new
 
     def expire(self, before_cycle: int, *, height: int, now: int) -> list[tuple[str, dict]]:
         """Refund every unbatched withdraw requested in a cycle before ``before_cycle``,

@@ -257,11 +257,8 @@ def test_exchange_flow_on_the_real_node(node, tmp_path):
 
 def test_reserve_withdraw_from_one_address(node, tmp_path):
     """A reserve withdraw whose inputs all sit at ONE exchange address, to Complete: the payee
-    output is frozen (flags F, a lock time) and holds reserve only.
-
-    The version with inputs at three or more addresses depends on the builder's `**F**`
-    rules for several input addresses (issue #13, later); it belongs next to this test and can
-    reuse every helper here."""
+    output is frozen (flags F, a lock time) and holds reserve only (inputs at three addresses:
+    the next test)."""
     d = start_pegx(tmp_path, node)
     try:
         x = d.proxy()
@@ -296,6 +293,54 @@ def test_reserve_withdraw_from_one_address(node, tmp_path):
         assert Decimal(out["liquidity"]) == 0
         frozen = node.call("getfractions", f"{txid}:{out['n']}")
         assert frozen["flags"] == "F" and frozen["reserve"] == frozen["total"] == 49 * COIN
+        assert status(x)["last_error"] == ""
+        audit_clean(d)
+    finally:
+        d.stop()
+
+
+def test_reserve_withdraw_from_three_addresses(node, tmp_path):
+    """A reserve withdraw bigger than the reserve of any two of the exchange's addresses, so
+    its inputs sit at three (issue #12: the builder's one shared `**F**` notary, payee first):
+    the real node accepts it, and the payee output is frozen and holds exactly the amount less
+    the commission, all reserve. (The builder before issue #12 put one notary per input ahead
+    of the payee; the node refuses that shape for inputs at two or more addresses.)"""
+    d = start_pegx(tmp_path, node)
+    try:
+        x = d.proxy()
+        open_exchange(x, node)
+        users = ("gina", "hank", "iris")
+        ops = deposit(x, node, {u: 10_000 * COIN for u in users})
+        cycle = x.GetCycle(PW)
+        to_position(x, node, 1, "deflate")  # the boundary raises the peg: reserve appears
+        wait_for(lambda: x.GetCycle(PW) == cycle + 1, SYNC, "GetCycle to move")
+        chain_reserve = sorted((int(node.call("getfractions", op)["reserve"])
+                                for op in ops.values()), reverse=True)
+        # hank and iris hand gina all their reserve but 1 BAY
+        for user in ("hank", "iris"):
+            give = int(x.GetBalance(user, PW)["reserve"]) - COIN
+            assert x.Trade(user, str(give), "gina", "reserve", PW) is True
+        amount = int(x.GetBalance("gina", PW)["reserve"]) - COIN
+        c = 10**9 if amount // 1000 > 10**9 else max(10**8, amount // 1000)
+        assert amount - c > chain_reserve[0] + chain_reserve[1], (amount, chain_reserve)
+        payee = new_address(NET)
+        ok, wid = x.Withdraw("gina", str(amount), payee, "reserve", PW)
+        assert ok is True, wid
+        to_position(x, node, 76)
+        advance(x, node, lambda: withdraw_status(x, wid) == "Complete", "the reserve withdraw")
+        rec = withdraw_record(x, wid)
+        txid = rec.get("txid2") or rec["txid"]
+        tx = node.call("getrawtransaction", txid, 1)
+        addresses = set()
+        for vin in tx["vin"]:
+            prev = node.call("getrawtransaction", vin["txid"], 1)["vout"][vin["vout"]]
+            addresses.update(prev["scriptPubKey"]["addresses"])
+        assert len(addresses) >= 3, addresses
+        out = paid_output(node, txid, payee)
+        frozen = node.call("getfractions", f"{txid}:{out['n']}")
+        assert out.get("flags") == "F" and out["lock"] > out["blocktime"]
+        assert frozen["flags"] == "F" and frozen["reserve"] == frozen["total"] == amount - c
+        assert Decimal(out["liquidity"]) == 0
         assert status(x)["last_error"] == ""
         audit_clean(d)
     finally:

@@ -237,7 +237,6 @@ def test_trades_and_withdraws_while_the_withdraw_windows_run(exchange):
     acked, lock = Counter(), threading.Lock()
     traders = [Trader(exchange.url, 100 + seed, acked, lock) for seed in range(8)]
     withdrawn: list[tuple[str, int, str]] = []
-    styles: dict[str, str] = {}
     refused: Counter = Counter()
 
     def withdrawer(seed: int) -> None:
@@ -245,12 +244,10 @@ def test_trades_and_withdraws_while_the_withdraw_windows_run(exchange):
         for _ in range(6):
             user, amount = r.choice(USERS), r.randint(2 * BAY, 20 * BAY)
             to = crypto.wif_to_address(crypto.generate_deposit_key())
-            style = r.choice(("liquid", "reserve"))
-            got = proxy.Withdraw(user, str(amount), to, style)
+            got = proxy.Withdraw(user, str(amount), to, r.choice(("liquid", "reserve")))
             if got[0] is True:
                 with lock:
                     withdrawn.append((user, amount, got[1]))
-                    styles[got[1]] = style
             else:
                 refused[got[0]] += 1
 
@@ -262,8 +259,8 @@ def test_trades_and_withdraws_while_the_withdraw_windows_run(exchange):
         settled(x)
         done = not any(t.is_alive() for t in workers)
         if done and x.pegx.status()["withdraws"].get("pending", 0) == 0 and all(
-                isinstance(s := x.CheckWithdraw(w), dict)
-                and s["status"] in ("Complete", "Failed/Declined") for _, _, w in withdrawn):
+                isinstance(s := x.CheckWithdraw(w), dict) and s["status"] == "Complete"
+                for _, _, w in withdrawn):
             break
     for t in workers:
         t.join(60)
@@ -271,21 +268,13 @@ def test_trades_and_withdraws_while_the_withdraw_windows_run(exchange):
     assert len(withdrawn) >= 10, (withdrawn, refused)
     assert set(refused) <= {"Insufficient liquid balance", "Insufficient reserve balance",
                             RESERVE_LIMIT}, refused
-    status = {w: x.CheckWithdraw(w)["status"] for _, _, w in withdrawn}
-    liquid = Counter(s for w, s in status.items() if styles[w] == "liquid")
-    assert liquid == {"Complete": sum(liquid.values())}, liquid
-    # ISSUE-12-PLANNER: the devnet now refuses, as the node does, many reserve batches with
-    # inputs at two or more addresses that the planner builds; the desk cancels and refunds
-    # them (Failed/Declined). Once the planner follows pegstd, every reserve withdraw must be
-    # Complete again (the liquid check above, for all withdraws).
-    reserve = Counter(s for w, s in status.items() if styles[w] == "reserve")
-    assert set(reserve) <= {"Complete", "Failed/Declined"}, reserve
+    statuses = Counter(x.CheckWithdraw(w)["status"] for _, _, w in withdrawn)
+    assert statuses == {"Complete": len(withdrawn)}, statuses
     deltas: Counter = Counter()
     for t in traders:
         deltas.update(t.deltas)
-    for user, amount, w in withdrawn:
-        if status[w] == "Complete":  # a Failed/Declined withdraw was refunded
-            deltas[user] -= amount
+    for user, amount, _ in withdrawn:
+        deltas[user] -= amount
     final = balances(x, names)
     for name in names:
         expected = initial[name]["liquid"] + initial[name]["reserve"] + deltas[name]

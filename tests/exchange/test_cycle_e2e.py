@@ -77,19 +77,12 @@ def test_withdraws_complete_malleate_and_drop(tmp_path):
         c = 10**8  # 0.1 % of 1e10 is below the minimum commission
         assert x.devnet.balance(payee1)["liquid"] == 10**10 - c
         assert x.devnet.balance(fee)["amount"] == c - EST_FEES
-        advance(x, lambda: status_of(x, w2) in ("Complete", "Failed/Declined"))
+        advance(x, lambda: status_of(x, w2) == "Complete")
         bal = x.devnet.balance(payee2)
-        if status_of(x, w2) == "Complete":
-            assert bal["reserve"] == bal["frozen"] == 2 * 10**10 - c
-            assert x.devnet.balance(fee)["amount"] == 2 * (c - EST_FEES)
-        else:
-            # ISSUE-12-PLANNER: the devnet now refuses, as the node does, a reserve batch with
-            # inputs at two addresses that the planner builds (depending on how the random
-            # addresses sort); it is cancelled and refunded. Once the planner follows pegstd,
-            # only the branch above may happen.
-            assert bal["amount"] == 0
-            after = x.GetBalance("bobby")
-            assert after["liquid"] + after["reserve"] == bobby["liquid"] + bobby["reserve"]
+        assert bal["reserve"] == bal["frozen"] == bal["amount"] == 2 * 10**10 - c
+        assert x.devnet.balance(fee)["amount"] == 2 * (c - EST_FEES)
+        after = x.GetBalance("bobby")
+        assert after["liquid"] + after["reserve"] == bobby["liquid"] + bobby["reserve"] - 2 * 10**10
 
         # malleated: the next mined transaction (our batch) gets another txid
         x.devnet.malleate_next()

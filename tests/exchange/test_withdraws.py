@@ -4,18 +4,24 @@ every single pass."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
 import pytest
 
 from harness import COMM, SUPPLY, new_address
+from harness.fakenode import FakeNode
 from harness.rig import Rig
 from pegx import crypto, peg
+from pegx.chain.base import CYCLE_BLOCKS, ChainRejected, Tip, split_outpoint
+from pegx.chain.bitbayd import Bitbayd
 from pegx.chain.devnet.peg import apply_peg_rules
+from pegx.chain.txbuild import op_return_script, parse_tx, serialize_tx
 from pegx.exchange.planner import NO_FEES, Plan, commission, plan_batch, split_cost
-from pegx.exchange.withdraws import task_spacing, window_task
-from pegx.ledger import rules
+from pegx.exchange.withdraws import DeskPass, WithdrawDesk, task_spacing, window_task
+from pegx.ledger import ops, rules
+from pegx.ledger.rules import EngineError
 
 
 # ------------------------------------------------------------------------ pure parts
@@ -58,7 +64,8 @@ def test_plans_satisfy_the_peg_rules_with_the_planned_fee(seed):
            for i in range(rng.randint(1, 6))]
     plan = plan_batch(style, wds, cands, supply, acct0, fee, COMM, "ab" * 16)
     if not isinstance(plan, Plan):
-        assert plan in ("Not enough funds", NO_FEES)
+        assert plan.reason.startswith(("Not enough funds", NO_FEES))
+        assert set(plan.waiting) == {w for w, _ in wds}  # each withdraw says why it waits
         return
     by_key = {k: (a, v) for k, a, v in cands}
     res = apply_peg_rules([by_key[k] for k in plan.inputs], plan.outputs, supply)
@@ -77,9 +84,22 @@ def test_plans_satisfy_the_peg_rules_with_the_planned_fee(seed):
             assert part == out.value  # all reserve (frozen) or all liquid
     assert want == {}
     assert plan.outputs[-1].data == b"ab" * 16
-    assert [o.address for o in plan.outputs[:-1] if o.address] == sorted(
-        o.address for o in plan.outputs if o.address in {w[1]["address"] for w in wds}) + \
-        sorted(o.address for i, o in enumerate(plan.outputs) if i in plan.house_vouts)
+    # the shape (planner docstring): liquid = exchange outputs, payees, id; reserve = payees
+    # with one **F** notary among them, exchange outputs, id; exchange outputs to the input
+    # addresses first, each group and the payees by address
+    payees = [plan.outputs[i].address for i in plan.payees]
+    assert payees == sorted(payees)
+    house = [plan.outputs[i].address for i in plan.house_vouts]
+    at_inputs = {by_key[k][0] for k in plan.inputs}
+    assert house == sorted(house, key=lambda a: (a not in at_inputs, a))
+    notaries = [i for i, o in enumerate(plan.outputs[:-1]) if o.data is not None]
+    if style == peg.LIQUID:
+        assert notaries == [] and plan.house_vouts == list(range(len(house)))
+        assert plan.payees == list(range(len(house), len(house) + len(payees)))
+    else:
+        assert len(notaries) == 1 and notaries[0] == min(len(payees), len(plan.inputs) - 1)
+        assert sorted(plan.payees + notaries) == list(range(len(payees) + 1))
+        assert plan.house_vouts == list(range(len(payees) + 1, len(plan.outputs) - 1))
 
 
 # ------------------------------------------------------------------------ lifecycle
@@ -110,6 +130,144 @@ def test_liquid_and_reserve_withdraws_complete_with_exact_amounts(rig):
     assert rig.ledger.balance("bobby") == {"liquid": rig.ledger.balance("bobby")["liquid"],
                                            "reserve": 5 * 10**10 - 2 * 10**10
                                            - rig.ledger.balance("bobby")["liquid"]}
+
+
+def test_a_batch_the_node_would_refuse_is_logged_and_not_sent(rig, caplog):
+    """Before every broadcast the desk checks its transaction with the node's rule (pegstd) on
+    the chain's own fractions at the chain's supply now. A reserve task run with a tip whose
+    supply the chain has left (as a pass that read the tip just before a new cycle would)
+    plans a batch the node refuses: the desk logs why and sends nothing (nothing signed or
+    recorded); the withdraw stays pending with the reason in its ``Pending`` record
+    (CheckWithdraw) and in ``not_batchable`` (pegx status); the next window sends it.
+    (Before the check, the desk recorded and broadcast it, the node refused it, and after
+    three refusals it was cancelled and refunded.)"""
+    rig.setup()
+    rig.fund("alice", 10**11)
+    rig.fund("bobby", 10**11)
+    payee = new_address()
+    rig.ledger.request_withdraw("w1", "alice", 2 * 10**10, "reserve", payee, rig.cycle.cycle())
+    last = rig.ledger.record("meta", "desk")["last_task_height"]
+    tip = rig.chain.tip()
+    target = tip.height + 1
+    while window_task(target) != peg.RESERVE or target - last < 25:
+        target += 1
+    rig.chain.mine(target - tip.height)  # the cycle has not seen these blocks yet
+    tip = rig.chain.tip()
+    assert tip.cycle == target // CYCLE_BLOCKS and tip.supply == SUPPLY
+    stale = Tip(tip.height, tip.cycle, SUPPLY - 40, tip.time)
+    # what the check keeps from the node: that very plan, signed and broadcast, is refused
+    plan = plan_batch(peg.RESERVE, [("w1", rig.ledger.record("withdraws", "w1"))],
+                      rig.desk._candidates(rig.cycle.desk_pass()), stale.supply, rig.acct0, rig.fee, COMM,
+                      "ab" * 16)
+    assert isinstance(plan, Plan)
+    signed = rig.chain.create_transaction(plan.inputs, plan.outputs)
+    with pytest.raises(ChainRejected, match="no liquidity left"):
+        rig.chain.broadcast(signed.raw)
+    caplog.set_level("INFO", logger="pegx.exchange.withdraws")
+    rig.desk.run(stale, tip.time, rig.cycle.desk_pass())
+    why = rig.ledger.record("meta", "desk")["result"]
+    assert why.startswith("reserve transaction not sent: the node's rule would refuse it: "
+                          "output "), why
+    assert "no liquidity left" in why and "[node: P-G-3: Total mismatch on fee" in why, why
+    assert any(r.levelname == "ERROR" and "not sent" in r.getMessage() for r in caplog.records)
+    assert rig.chain.info()["mempool"] == 0 and rig.ledger.records("batches") == {}
+    assert "batch" not in rig.ledger.record("withdraws", "w1")
+    assert rig.status("w1") == {"status": "Pending", "txid": "", "ID": "w1",
+                                "block": tip.height, "in0": "", "reason": why}
+    assert rig.desk.not_batchable() == why
+    rig.step()
+    rec = rig.until_status("w1", "Complete")
+    assert rec["ID"] != "w1"
+    bal = rig.chain.balance(payee)
+    assert bal["reserve"] == bal["frozen"] == bal["amount"] == 2 * 10**10 - commission(
+        2 * 10**10, COMM)
+    assert rig.desk.not_batchable() == ""
+
+
+def test_a_waiting_withdraws_reason_is_the_ledgers_until_a_batch_takes_it(rig):
+    """note_waiting keeps why a pending withdraw waits (op "wait", table "waiting"): CheckWithdraw
+    shows it Pending, it survives a restart (replayed from the log), only pending unbatched
+    withdraws can wait, and the batch that takes the withdraw removes it."""
+    rig.fund("alice", 10**11)
+    rig.ledger.request_withdraw("w1", "alice", 10**10, "liquid", new_address(),
+                                rig.cycle.cycle())
+    assert rig.status("w1") is None  # pending, no reason yet: "ID not found"
+    assert rig.ledger.note_waiting({"w1": "no exchange account yet", "w9": "unknown"},
+                                   height=7) == {"w1": "no exchange account yet"}
+    assert rig.ledger.note_waiting({"w1": "no exchange account yet"}, height=8) == {}
+    want = {"status": "Pending", "txid": "", "ID": "w1", "block": 7, "in0": "",
+            "reason": "no exchange account yet"}
+    assert rig.status("w1") == want
+    with pytest.raises(EngineError, match="no pending withdraw w9"):
+        rig.ledger.commit([ops.wait({"w9": "x"}, 7)])
+    rig.close()
+    rig.open()
+    assert rig.status("w1") == want
+    rig.setup()
+    rec = rig.until_status("w1", "Complete")
+    assert rec["ID"] != "w1" and rig.ledger.records("waiting") == {}
+    with pytest.raises(EngineError, match="no pending withdraw w1"):
+        rig.ledger.commit([ops.wait({"w1": "x"}, 9)])
+
+
+def test_on_bitbayd_the_desk_checks_with_the_nodes_supply_and_fractions(ledger):
+    """The same check on a bitbayd chain (a fake node answering in the real node's shapes):
+    the desk asks the node for the supply (getpeginfo) and every input's fractions
+    (getfractions). A plan the node's rule refuses is neither signed nor sent and its withdraw
+    stays pending with the reason; the plan it accepts is signed and sent as planned."""
+    supply, height, btime = 100, 1080, 1_700_000_000
+    node = FakeNode()
+    st = node.state
+    st["blockcount"] = height
+    st["peginfo"].update(cycle=height // CYCLE_BLOCKS, peg=supply, pegnext=supply,
+                         pegnextnext=supply)
+    st["blockhashes"] = {height: "b" * 64}
+    st["blocks"] = {"b" * 64: {"hash": "b" * 64, "height": height, "time": btime}}
+    cands = []
+    for i, vec in enumerate([peg.std_spread(5 * 10**10), np.roll(peg.std_spread(4 * 10**10), 30)]):
+        key = f"{hashlib.sha256(bytes([i])).hexdigest()}:{i}"
+        st["fractions"][key] = {"total": int(vec.sum()), "reserve": 0, "liquidity": 0,
+                                "peg": supply, "lock": 0, "flags": "", "values": vec.tolist()}
+        cands.append((key, new_address(), vec))
+    ledger.commit([ops.credit(k, int(v.sum()), v, owner="alice", address=a,
+                              height=height - 20) for k, a, v in cands],
+                  supply=supply, now=btime)
+    c = commission(2 * 10**10, COMM)
+    ledger.request_withdraw("w1", "alice", 2 * 10**10, "reserve", new_address(),
+                            height // CYCLE_BLOCKS, commission=c)
+    acct0, fee = new_address(), new_address()
+    chain = Bitbayd(node.url, timeout=2.0, deadline=5.0)
+    try:
+        desk = WithdrawDesk(ledger, chain)
+        ctx = DeskPass()  # no passphrase (a wallet without one)
+        tip = chain.tip()
+        assert tip.supply == supply
+        wds = [("w1", ledger.record("withdraws", "w1"))]
+        stale = plan_batch(peg.RESERVE, wds, cands, supply - 40, acct0, fee, COMM, "ab" * 16)
+        assert isinstance(stale, Plan)
+        node.calls.clear()
+        why = desk._send(peg.RESERVE, stale, "ab" * 16, tip, ctx)
+        assert why.startswith("reserve transaction not sent: the node's rule would refuse it: ")
+        assert "no liquidity left" in why, why
+        called = [m for m, _ in node.calls]
+        assert "getpeginfo" in called and "signrawtransaction" not in called
+        assert [p for m, p in node.calls if m == "getfractions"] == [[k] for k in stale.inputs]
+        assert st["sent"] == [] and ledger.records("batches") == {}
+        assert ledger.withdraw_status("w1")["reason"] == why
+        plan = plan_batch(peg.RESERVE, wds, cands, supply, acct0, fee, COMM, "cd" * 16)
+        assert isinstance(plan, Plan)
+        scripts = [(o.value, op_return_script(o.data) if o.data is not None
+                    else crypto.address_to_script(o.address)) for o in plan.outputs]
+        unsigned = serialize_tx([split_outpoint(k) for k in plan.inputs], scripts, btime).hex()
+        st["signatures"][unsigned] = unsigned  # the fake "signs" by echoing the bytes
+        assert desk._send(peg.RESERVE, plan, "cd" * 16, tip, ctx) == "Success"
+        assert st["sent"] == [unsigned]
+        assert [v for v, _ in parse_tx(bytes.fromhex(st["sent"][0])).outputs] == [
+            o.value for o in plan.outputs]
+        assert ledger.withdraw_status("w1")["status"] == "unconfirmed"  # batched
+    finally:
+        chain.close()
+        node.close()
 
 
 def test_malleated_withdraw_completes_and_records_txid2(rig):
@@ -277,12 +435,9 @@ def test_long_run_random_exchange_keeps_the_law_at_every_block(tmp_path):
         rig.until(lambda: not rig.ledger.records("withdraws") and not rig.desk.active(), 450)
         statuses = [rig.status(f"w{i}") for i in range(1, wid + 1)]
         assert wid >= 10
-        liquid = [s for i, s in enumerate(statuses, 1) if styles[f"w{i}"] == peg.LIQUID]
-        assert sum(s["status"] == "Complete" for s in liquid) >= len(liquid) // 2
-        # ISSUE-12-PLANNER: the devnet now refuses, as the node does, many of the planner's
-        # reserve batches with inputs at two or more addresses (they are cancelled and refunded).
-        # Once the planner follows pegstd, the bar above applies to all withdraws again:
-        # sum(s["status"] == "Complete" for s in statuses) >= wid // 2
+        assert sum(s["status"] == "Complete" for s in statuses) >= wid // 2
+        reserve = [s for i, s in enumerate(statuses, 1) if styles[f"w{i}"] == peg.RESERVE]
+        assert sum(s["status"] == "Complete" for s in reserve) >= len(reserve) // 2
         assert rig.chain.tip().cycle >= 3
         assert {s["status"] for s in statuses} == {"Complete", "Failed/Declined"}
         assert any("txid2" in s for s in statuses)
@@ -333,10 +488,12 @@ def test_no_withdraw_ever_builds_a_negative_output(seed):
     payable = {w for w, r in wds if r["amount"] - r.get("commission", commission(r["amount"],
                                                                                cfg)) > 10000}
     if not isinstance(plan, Plan):
-        assert plan in ("Success", NO_FEES, "Not enough funds")
-        assert plan != "Success" or not payable
+        assert plan.reason.startswith(("a commission of", NO_FEES, "Not enough funds"))
+        assert not plan.reason.startswith("a commission of") or not payable
+        assert set(plan.waiting) == {w for w, _ in wds}
         return
     assert set(plan.ids) == payable
+    assert set(plan.waiting) == {w for w, _ in wds} - payable
     assert all(o.value >= 0 for o in plan.outputs)
     paid = {o.address: o.value for o in plan.outputs if o.address}
     for wid, rec in wds:

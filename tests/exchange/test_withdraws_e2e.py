@@ -133,7 +133,8 @@ def test_raised_minimum_commission_keeps_the_accepted_one(tmp_path):
 def test_a_withdraw_the_inputs_cannot_fund_does_not_hold_back_the_others(tmp_path):
     """Alice's liquid sits in 120 small deposits; a liquid batch spends at most 100 inputs, so
     her withdraw of nearly all of it cannot be funded. Bobby's withdraw in the same window is
-    paid anyway; alice's waits, expires and is refunded exactly."""
+    paid anyway; alice's waits, CheckWithdraw and `pegx status` say why, then it expires and is
+    refunded exactly. (Before the builder of issue #12, CheckWithdraw said "ID not found".)"""
     d, x, _, _ = start(tmp_path)
     try:
         key, ok = x.GenerateDepositAddress()
@@ -158,7 +159,17 @@ def test_a_withdraw_the_inputs_cannot_fund_does_not_hold_back_the_others(tmp_pat
         assert ok is True
         advance_to(x, wb, "Complete")
         assert x.devnet.balance(payee_b)["liquid"] == 10**9 - COMM["min"]
-        assert x.CheckWithdraw(wa) == "ID not found"  # still pending
+        rec = x.CheckWithdraw(wa)  # still pending, with the reason
+        assert rec["status"] == "Pending" and rec["ID"] == wa and rec["txid"] == ""
+        assert rec["reason"].startswith("waits for a later batch: Not enough funds: the batch "
+                                        "needs "), rec
+        assert "the exchange's 100 best spendable inputs hold" in rec["reason"], rec
+        assert x.CheckWithdraw(wa, 1) == rec  # clear=1 leaves a pending withdraw alone
+        st = x.pegx.status()
+        assert st["withdraws_not_batchable"].startswith(
+            "1 liquid withdraw left out of the last batch, e.g.: waits for a later batch: "
+            "Not enough funds"), st["withdraws_not_batchable"]
+        assert st["withdraws"]["pending"] == 1 and "Pending" not in st["withdraws"]
         advance_to(x, wa, "Expired")
         assert x.devnet.balance(payee_a)["amount"] == 0
         assert total(x.GetBalance("alice")) == total(alice)
