@@ -78,6 +78,7 @@ def served(tmp_path_factory):
         during = load.done - before
         load.halt.set()
         load.join(10)
+        assert not load.is_alive(), "the trade load did not stop"
         assert code == 0 and "backup written" in out, out
         assert not load.errors, load.errors
         assert during > 0, "no trade ran while the backup was taken"

@@ -215,6 +215,7 @@ def test_sixteen_concurrent_claims_of_one_deposit_credit_exactly_one_user(exchan
         t.start()
     for t in threads:
         t.join(60)
+        assert not t.is_alive(), f"{t.name} is stuck"
     winners = [u for u, a in answers.items() if a is True]
     assert len(winners) == 1, answers
     losers = {a for u, a in answers.items() if u not in winners}
@@ -264,6 +265,7 @@ def test_trades_and_withdraws_while_the_withdraw_windows_run(exchange):
             break
     for t in workers:
         t.join(60)
+        assert not t.is_alive(), f"{t.name} is stuck"
         assert getattr(t, "error", None) is None, t.error
     assert len(withdrawn) >= 10, (withdrawn, refused)
     assert set(refused) <= {"Insufficient liquid balance", "Insufficient reserve balance",
