@@ -118,12 +118,22 @@ def mine_across_boundary(x, vote: str, steps: int) -> None:
         settled(x)
 
 
+OPTIONS = {"extra": ["--initial-supply", str(SUPPLY)], "env": {"PEGX_POLL_SECONDS": "0.1"}}
+
+
 @pytest.fixture(scope="module")
-def exchange(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("concurrency") / "d",
-               extra=["--initial-supply", str(SUPPLY)], env={"PEGX_POLL_SECONDS": "0.1"})
+def funded_datadir(tmp_path_factory):
+    """A stopped exchange: every user holds DEPOSIT."""
+    d = Daemon(tmp_path_factory.mktemp("concurrency") / "d", **OPTIONS)
     with d:
         d.fund_many(dict.fromkeys(USERS, DEPOSIT))
+    return d.datadir
+
+
+@pytest.fixture
+def exchange(funded_datadir, tmp_path):
+    """That exchange running on a copy of its own (each test starts from the same state)."""
+    with Daemon.clone(funded_datadir, tmp_path / "d", **OPTIONS) as d:
         yield d
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +45,14 @@ class Daemon:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.datadir.parent / f"{self.datadir.name}-daemon.log"
+
+    @classmethod
+    def clone(cls, template: str | os.PathLike, datadir: str | os.PathLike, **kw) -> Daemon:
+        """A daemon on a copy of the stopped datadir ``template``: each test that starts one
+        gets the template's state, whatever other tests did to theirs (start it with the
+        template's options, ``kw``)."""
+        shutil.copytree(template, datadir)
+        return cls(datadir, **kw)
 
     def start(self, wait_loaded: bool = True) -> Daemon:
         self.datadir.mkdir(parents=True, exist_ok=True)
