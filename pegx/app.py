@@ -1,11 +1,13 @@
 """The controller: builds and wires every part, owns start-up and shutdown order (STYLE §8).
 
-Start-up: open the ledger (and check it) -> connect the chain and check it is the ledger's
+Start-up: check that the port is free and the datadir private (pegx.service; before anything
+is written) -> open the ledger (and check it) -> connect the chain and check it is the ledger's
 (pegx.exchange.chainguard: another chain, one behind the ledger or one lacking registered
 inputs is refused, and `pegx serve` exits non-zero) -> build the cycle thread, API and XML-RPC
-server -> accept calls -> (autostart) start the exchange.
-Shutdown (ShutDown call, SIGTERM, SIGINT): stop taking calls, let in-flight calls and the cycle
-thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
+server -> accept calls -> (autostart) start the exchange -> READY=1 to systemd; the main loop
+then pings its watchdog while the cycle thread makes progress (pegx.service).
+Shutdown (ShutDown call, SIGTERM, SIGINT): STOPPING=1, stop taking calls, let in-flight calls
+and the cycle thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from pegx import __version__
+from pegx import __version__, service
 from pegx.admin import audit
 from pegx.admin.backup import BackupJobs
 from pegx.admin.offline import ToolError
@@ -30,12 +32,13 @@ from pegx.exchange.pipeline import pipeline
 from pegx.exchange.session import Session
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
+from pegx.ledger.journal import NotAcknowledged
 from pegx.ledger.rules import EngineError, coerce_amount
 from pegx.ledger.store import Store
 from pegx.ops import health
 from pegx.rpc import api
 from pegx.rpc.execapi import ExecAPI
-from pegx.rpc.server import CallError, RPCServer
+from pegx.rpc.server import CallError, RPCServer, check_can_listen
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +62,37 @@ def _amount(value) -> int:
 class App:
     """One daemon: ledger + chain + cycle + API + server."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, notifier: service.Notifier | None = None):
         self.cfg = cfg
         self.started_at = time.time()
         self._shutdown = threading.Event()
         self._closed = False
-        cfg.path.mkdir(parents=True, exist_ok=True)
+        self.exit_code = 0
+        self.notifier = notifier or service.Notifier()
+        # refused before the datadir is touched: a port in use, a datadir others can read
+        check_can_listen(cfg.host, cfg.port)
+        check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
+        if cfg.replication_key_file and not cfg.standby_of:
+            check_can_listen(cfg.replication_host or cfg.host, cfg.replication_port,
+                             "replication_port")
+        service.make_datadir(cfg.path)
         self.store = Store(cfg.ledger_path)
         self.chain = None
+        self.replication = None
         try:
             self.ledger = engine.Exchange(self.store, checkpoint_ops=cfg.checkpoint_ops,
                                           checkpoint_seconds=cfg.checkpoint_seconds)
-            fresh = chain_factory.creates_chain(cfg)
-            if fresh is not None:
-                chainguard.refuse_new_chain(self.ledger, fresh)
+            if cfg.replication_key_file:  # a standby, or a primary that takes one
+                from pegx.replication.node import Replication
+
+                self.replication = Replication(cfg, self.ledger, on_fenced=self._fenced)
+            if cfg.standby_of:  # its chain follows the primary's; checked at promotion
+                self.replication.prepare_standby()
+            else:
+                self._refuse_new_chain()
             self.chain = chain_factory.build(cfg)
-            self._check_chain()
+            if not cfg.standby_of:
+                self._check_chain()
         except BaseException:
             if self.chain is not None:
                 self.chain.close()
@@ -93,12 +111,22 @@ class App:
         if cfg.allow_exec and pub is None:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
-        self.api = api.PegAPI(self.ledger, self.session, busy_wait=cfg.busy_wait,
+        control: api.Control = self.session
+        if self.replication is not None:
+            from pegx.replication import role
+
+            control = role.RoleControl(self.session, self.replication.role,
+                                       refresh_spendable=self.cycle.refresh_spendable)
+        self.api = api.PegAPI(self.ledger, control, busy_wait=cfg.busy_wait,
                               exec_api=self.exec_api, network=cfg.net)
         self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
-        self.server.register_many(self.api.methods())
+        methods = self.api.methods()
+        if self.replication is not None:
+            methods = role.guard_api(methods, self.replication.role, self.api.password.check)
+        self.server.register_many(methods)
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
-                                   "pegx.checkpoint": self.checkpoint})
+                                   "pegx.checkpoint": self.checkpoint,
+                                   "pegx.digest": self.digest, "pegx.promote": self.promote})
         self.backups = BackupJobs(self.store, cfg.path)
         self.server.register_many({"pegx.backup": self.backup,
                                    "pegx.backup_progress": self.backup_progress,
@@ -109,6 +137,14 @@ class App:
                                     stall_seconds=health.stall_threshold(cfg),
                                     started_at=self.started_at)
         self.metrics = self._metrics() if cfg.metrics_port else None
+        self.watchdog = service.Watchdog(
+            self.notifier, service.CycleHealth(self.session, self.cycle, cfg.cycle_stall_seconds))
+
+    def _refuse_new_chain(self) -> None:
+        """A new devnet is created only with a new ledger (pegx.exchange.chainguard)."""
+        fresh = chain_factory.creates_chain(self.cfg)
+        if fresh is not None:
+            chainguard.refuse_new_chain(self.ledger, fresh)
 
     def _check_chain(self) -> None:
         """The chain must be the ledger's before any call is taken (WrongChain otherwise); an
@@ -172,13 +208,18 @@ class App:
             except ChainRejected as exc:  # the lever's arguments name something impossible
                 raise ValueError(str(exc)) from None
 
-        self.server.register_many({
+        methods = {
             "devnet.reorg": reorg, "devnet.mine": mine, "devnet.send": send, "devnet.vote": vote,
             "devnet.info": d.info, "devnet.balance": d.balance,
             "devnet.new_address": d.new_address, "devnet.drop": d.drop,
             "devnet.malleate_next": d.malleate_next,
             "devnet.reject_next_broadcast": d.reject_next_broadcast,
-        })
+        }
+        if self.replication is not None:  # a standby's devnet only follows the primary's
+            from pegx.replication import role
+
+            methods = role.guard_devnet(methods, self.replication.role)
+        self.server.register_many(methods)
 
     # ---------------------------------------------------------------- pegx.* calls
     # Every pegx.* call but noop takes the API password as its trailing passw argument, as the
@@ -198,6 +239,44 @@ class App:
             return self.ledger.checkpoint()
         except EngineError as exc:
             raise CallError(str(exc)) from None
+
+    def digest(self, passw=""):
+        """pegx.digest(passw='') -> {seq, digest}: the SHA-256 of the whole ledger state at op
+        seq (equal on a primary and a standby that hold the same records)."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
+        seq, digest = self.ledger.digest_at()
+        return {"seq": seq, "digest": digest}
+
+    def promote(self, passw=""):
+        """pegx.promote(passw='') -> {epoch, seq}: make this standby the primary (a new epoch
+        that fences the old primary); the exchange starts."""
+        if not self.api.password.check(passw):
+            return api.WRONG_PASSWORD
+        if self.replication is None:
+            raise CallError("this pegx has no replication configured: it is not a standby")
+        from pegx.replication.node import PromoteError
+
+        try:
+            return self.replication.promote(self._check_chain_once, self._activate)
+        except PromoteError as exc:
+            raise CallError(str(exc)) from None
+
+    def _check_chain_once(self) -> None:
+        self._refuse_new_chain()
+        chainguard.check(self.ledger, self.chain)
+
+    def _activate(self) -> None:
+        """A promoted standby takes over: its chain and the exchange start."""
+        self.chain.start()
+        self.session.start()
+
+    def _fenced(self, reason: str) -> None:
+        """A newer primary exists: stop the exchange (no withdraw may go out from here) and
+        shut down; the datadir refuses to serve as a primary from now on."""
+        self.exit_code = 3
+        threading.Thread(target=self.session.stop, name="fenced-stop", daemon=True).start()
+        self.request_shutdown()
 
     def backup(self, dest, passw=""):
         """pegx.backup(dest, passw='') -> {id, dest, total}: start an online backup of the
@@ -240,7 +319,7 @@ class App:
         pipe = pipeline(self.ledger, time.time())  # one pass under the lock, little copied
         follower = self.cycle.follower.state()
         session = self.session
-        return {
+        report = {
             # the last reorganisation that replaced a final block ({}: never), shown first
             "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
             "reorgs": int(follower.get("reorgs", 0)),
@@ -261,7 +340,13 @@ class App:
             "calls_served": self.server.calls_served, "exec_enabled": self.exec_api.active,
             "pipeline": pipe,
             **self.health.report(),  # problems, node, tip_age, stall_seconds
+            "replication": {"role": "primary", "state": "off", "problem": ""},
         }
+        if self.replication is not None:  # its problem (and a standby's exchange is idle)
+            report["replication"] = self.replication.status()
+            report["problems"] = self.replication.problems(report["problems"],
+                                                           report["replication"])
+        return report
 
     # ---------------------------------------------------------------- lifecycle
     def request_shutdown(self) -> None:
@@ -272,21 +357,29 @@ class App:
         """Run in the foreground until ShutDown / SIGTERM / SIGINT; returns the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._shutdown.set())
-        self.chain.start()
+        standby = self.replication is not None and self.replication.standby
+        if self.replication is not None:  # before any call: a sync standby sees every record
+            self.replication.start(self.chain)
+        if not standby:
+            self.chain.start()
         self.server.serve_in_thread()
         if self.metrics is not None:
             self.metrics.start()
         host, port = self.server.address
-        log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s)", __version__, host,
-                 port, self.cfg.chain, self.cfg.path)
-        if self.cfg.autostart:
+        log.info("pegx %s serving on http://%s:%d (chain %s, datadir %s%s)", __version__, host,
+                 port, self.cfg.chain, self.cfg.path,
+                 f", standby of {self.cfg.standby_of}" if standby else "")
+        if self.cfg.autostart and not standby:
             self.session.start()
-        while not self._shutdown.wait(0.5):
+        self.watchdog.status = f"serving on http://{host}:{port} (chain {self.cfg.chain})"
+        self.notifier.notify("READY=1", f"STATUS={self.watchdog.status}")
+        while not self._shutdown.wait(self.watchdog.tick_seconds):
             if self.ledger.failed is not None:
                 log.critical("ledger writes failed: shutting down to protect balances")
                 break
+            self.watchdog.tick()
         self.close()
-        return 0 if self.ledger.failed is None else 1
+        return self.exit_code if self.ledger.failed is None else 1
 
     def close(self) -> None:
         """Stop taking calls, finish in-flight work, checkpoint, close (idempotent)."""
@@ -294,15 +387,23 @@ class App:
             return
         self._closed = True
         log.info("shutting down: no new calls")
+        self.notifier.notify("STOPPING=1", "STATUS=shutting down")
         time.sleep(0.1)  # let the ShutDown reply leave
         if self.metrics is not None:
             self.metrics.stop()
         self.server.stop()
         self.server.wait_idle(5.0)
         self.cycle.stop(timeout=5.0)
+        if self.replication is not None:  # before the ledger closes: it reads the op log
+            self.replication.close()
         self.backups.wait(60.0)  # a backup reads the ledger's snapshot until it is done
         try:
             self.chain.close()
         finally:
-            self.ledger.close()
+            try:
+                self.ledger.close()
+            except NotAcknowledged as exc:  # strict sync standby gone: the log keeps them
+                log.warning("ledger closed without its last checkpoint (%s); the next start "
+                            "replays the op log", exc)
+            self.notifier.close()
         log.info("ledger checkpointed and closed; bye")

@@ -1,8 +1,11 @@
 """Config precedence (defaults < pegx.toml < PEGX_* env < flags) and validation."""
 
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
-from pegx.config import ConfigError, load
+from pegx.config import DEFAULT_PORT, SETTINGS, ConfigError, load
 
 
 def test_defaults(tmp_path):
@@ -60,3 +63,24 @@ def test_bad_settings_name_the_setting(tmp_path, flags, env, toml, match):
 def test_missing_explicit_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load({"datadir": str(tmp_path)}, config_file=str(tmp_path / "nope.toml"), environ={})
+
+
+def test_config_is_built_from_the_one_settings_table():
+    """Issue 11: every default was written twice (SETTINGS and the dataclass)."""
+    cfg = load({}, environ={})
+    assert [f.name for f in fields(cfg)] == list(SETTINGS)
+    assert all(getattr(cfg, s.name) == s.default for s in SETTINGS.values())
+
+
+PEGX = Path(__file__).resolve().parent.parent / "pegx"
+
+
+def test_the_port_and_the_ledger_lock_live_in_one_module_each():
+    """Issue 11: port 55779 was spelled in four modules, and cli_tools re-implemented the
+    store's lock protocol."""
+    def holding(text: str) -> list[str]:
+        return sorted(str(p.relative_to(PEGX)) for p in PEGX.rglob("*.py") if text in p.read_text())
+
+    assert holding(str(DEFAULT_PORT)) == ["config.py"]
+    # the store's lock protocol, and the devnet action log's own lock on its file
+    assert holding("flock") == ["chain/devnet/log.py", "ledger/store.py"]

@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 import time
-import xmlrpc.client
 from pathlib import Path
 
 import click
@@ -23,98 +22,52 @@ from pegx.admin import audit, backup, offline, recover
 from pegx.admin.offline import ToolError
 from pegx.chain.devnet import files as devnet_files
 from pegx.chain.devnet.log import DevnetLogError
+from pegx.cli.client import Client, client_options, fail
 from pegx.config import ConfigError, load
 from pegx.ledger.audit import MAX_LISTED
 from pegx.ledger.store import LedgerLocked, Store, StoreError
-from pegx.rpc.api import WRONG_PASSWORD
+from pegx.ledger.store import in_use as ledger_in_use
 from pegx.rpc.execapi import SENT_PREVIOUSLY, SIGNATURE_FAILED
 
-DEFAULT_URL = "http://127.0.0.1:55779"
 PUBLIC_KEY_FILE = "api_public_key"  # the name pegx.app reads at start-up
 TRACEBACK = "Traceback (most recent call last)"
 
-url_option = click.option("--url", default=DEFAULT_URL, show_default=True, envvar="PEGX_URL",
-                          help="XML-RPC address of the daemon.")
-datadir_option = click.option("--datadir", help="The daemon's datadir [default: ~/.pegx].")
-password_option = click.option("--password", default="", envvar="PEGX_PASSWORD",
-                               help="API password (or $PEGX_PASSWORD); blank if none is set.")
-
-
-def _fail(message: str, code: int = 1):
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+datadir_option = click.option("--datadir", help="The datadir [default: $PEGX_DATADIR or "
+                              "~/.pegx].")
 
 
 def _config(datadir: str | None):
     try:
         return load({"datadir": datadir})
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
-def _daemon(url: str) -> xmlrpc.client.ServerProxy | None:
-    """A proxy to the daemon at ``url``, or None if nothing answers there."""
-    proxy = xmlrpc.client.ServerProxy(url, allow_none=True)
-    try:
-        proxy.pegx.noop()
-    except (OSError, xmlrpc.client.ProtocolError):
-        return None
-    return proxy
+def _route(client: Client):
+    """("rpc", client) when a daemon serves the datadir, else ("local", cfg).
 
-
-def _rpc(proxy, method: str, *args):
-    try:
-        result = getattr(proxy, method)(*args)
-    except xmlrpc.client.Fault as exc:
-        _fail(f"{method}: {exc.faultString}", 2)
-    except (OSError, xmlrpc.client.ProtocolError) as exc:
-        _fail(f"{method}: {exc}")
-    if isinstance(result, str) and method != "API":  # the API's password answer
-        _fail(f"{method}: {result} (give the API password with --password or $PEGX_PASSWORD)"
-              if result == WRONG_PASSWORD else result)
-    return result
-
-
-def _route(url: str, datadir: str | None, password: str):
-    """("rpc", proxy) when a daemon serves the datadir, else ("local", cfg).
-
-    With --datadir, the datadir is opened directly unless its ledger is locked, in which case
-    the daemon at --url must be the one serving it. Without --datadir, the daemon at --url is
-    used if it answers, else the default datadir is opened.
+    With --datadir, the datadir is opened directly unless its ledger is in use, in which case
+    the daemon the client options find (the datadir's pegx.toml gives its port) must be the
+    one serving it. Without --datadir, that daemon is used if it answers, else the datadir
+    ($PEGX_DATADIR or ~/.pegx) is opened.
     """
-    cfg = _config(datadir)
-    if datadir is None:
-        proxy = _daemon(url)
-        return ("rpc", proxy) if proxy is not None else ("local", cfg)
-    lock = cfg.ledger_path.with_name(cfg.ledger_path.name + ".lock")
-    if not _locked(lock):
+    cfg = client.config()
+    if client.datadir is None:
+        return ("rpc", client) if client.answers() else ("local", cfg)
+    if not ledger_in_use(cfg.ledger_path):
         return "local", cfg
-    proxy = _daemon(url)
-    if proxy is None:
-        _fail(f"the ledger in {cfg.path} is in use, but no pegx daemon answers at {url} "
-              f"(pass the daemon's --url)")
-    served = Path(_rpc(proxy, "pegx.status", password)["datadir"]).resolve()
+    if not client.answers():
+        fail(f"the ledger in {cfg.path} is in use, but no pegx daemon answers at {client.url} "
+             f"(pass the daemon's --url or --port)")
+    served = Path(client.call("pegx.status", client.password, strict=True)["datadir"]).resolve()
     if served != cfg.path.resolve():
-        _fail(f"the daemon at {url} serves {served}, not {cfg.path}; pass its --url")
-    return "rpc", proxy
-
-
-def _locked(lock_path: Path) -> bool:
-    import fcntl
-
-    if not lock_path.exists():
-        return False
-    with open(lock_path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+        fail(f"the daemon at {client.url} serves {served}, not {cfg.path}; pass its --url or "
+             f"--port")
+    return "rpc", client
 
 
 # ------------------------------------------------------------------------------- api keys
-@click.group("api-key")
+@click.group("api-key", short_help="Manage the key that enables the signed exec call.")
 def api_key() -> None:
     """Manage the public key that enables the signed API(command) exec call.
 
@@ -124,7 +77,7 @@ def api_key() -> None:
     """
 
 
-@api_key.command("generate")
+@api_key.command("generate", short_help="Make a new key pair (private key mode 0600).")
 @click.option("--out", "out", default="pegx-api.key", show_default=True,
               type=click.Path(dir_okay=False), help="Where to write the private key (0600).")
 @click.option("--print-private", is_flag=True, help="Also print the private key (hex).")
@@ -135,7 +88,7 @@ def key_generate(out: str, print_private: bool) -> None:
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        _fail(f"{out} exists; refusing to overwrite a key")
+        fail(f"{out} exists; refusing to overwrite a key")
     with os.fdopen(fd, "w") as fh:
         # line 1 the private key, line 2 its public key (the original's key files had the
         # public key on the second line)
@@ -148,7 +101,7 @@ def key_generate(out: str, print_private: bool) -> None:
                f"with --allow-exec")
 
 
-@api_key.command("install")
+@api_key.command("install", short_help="Install PUBHEX as the exec public key.")
 @click.argument("pubhex")
 @datadir_option
 def key_install(pubhex: str, datadir: str | None) -> None:
@@ -156,9 +109,9 @@ def key_install(pubhex: str, datadir: str | None) -> None:
     try:
         crypto.parse_public_key(pubhex)
     except crypto.CryptoError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     cfg = _config(datadir)
-    cfg.path.mkdir(parents=True, exist_ok=True)
+    cfg.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # as `pegx serve` makes it
     path = cfg.path / PUBLIC_KEY_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(pubhex.strip().lower() + "\n")
@@ -173,7 +126,7 @@ def key_show(datadir: str | None) -> None:
     """Print the installed exec public key (exit 1 if none)."""
     path = _config(datadir).path / PUBLIC_KEY_FILE
     if not path.is_file() or not path.read_text().strip():
-        _fail(f"no exec public key installed in {path.parent}")
+        fail(f"no exec public key installed in {path.parent}")
     click.echo(path.read_text().strip())
 
 
@@ -183,7 +136,7 @@ def key_remove(datadir: str | None) -> None:
     """Remove the exec public key (exec stays off from the next start)."""
     path = _config(datadir).path / PUBLIC_KEY_FILE
     if not path.exists():
-        _fail(f"no exec public key installed in {path.parent}")
+        fail(f"no exec public key installed in {path.parent}")
     path.unlink()
     click.echo(f"removed {path}; exec is disabled from the next start")
 
@@ -197,7 +150,7 @@ def _private_key(path: str) -> bytes:
             return bytes.fromhex(text)
         return crypto.wif_to_private_key(text)[0]
     except (ValueError, crypto.CryptoError) as exc:
-        _fail(f"{path}: not a private key (64 hex digits or WIF): {exc}")
+        fail(f"{path}: not a private key (64 hex digits or WIF): {exc}")
 
 
 def sign_command(code: str, priv: bytes) -> dict:
@@ -206,29 +159,29 @@ def sign_command(code: str, priv: bytes) -> dict:
     return {"sig": base64.b64encode(sig).decode("ascii"), "exec": code}
 
 
-@click.command("exec")
-@url_option
+@click.command("exec", short_help="Sign CODE and run it with the API(command) call.")
+@client_options(password=False)
 @click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The private key file (from `pegx api-key generate`).")
 @click.option("--file", "code_file", type=click.File("r"), help="Read the code from a file.")
 @click.option("--nonce", type=int, help="Nonce for the added first line [default: time in ns].")
 @click.argument("code", required=False)
-def exec_cmd(url: str, key_file: str, code_file, nonce: int | None, code: str | None) -> None:
+def exec_cmd(client: Client, key_file: str, code_file, nonce: int | None,
+             code: str | None) -> None:
     """Sign CODE (or --file) with a nonce line, send it to API(command), print the result.
 
     The code reports back by setting `result`; it sees `api`, `ledger`, `chain` and `cycle`.
     """
     if (code is None) == (code_file is None):
-        _fail("give the code either as an argument or with --file")
+        fail("give the code either as an argument or with --file")
     body = code if code is not None else code_file.read()
     nonce = time.time_ns() if nonce is None else nonce
     command = sign_command(f"nonce={nonce}\n{body}", _private_key(key_file))
-    proxy = xmlrpc.client.ServerProxy(url, allow_none=True)
-    result = _rpc(proxy, "API", command)
+    result = client.call("API", command)  # API answers strings: its results, not refusals
     if result is False:
-        _fail("exec is disabled on this daemon (pegx api-key install, then --allow-exec)")
+        fail("exec is disabled on this daemon (pegx api-key install, then --allow-exec)")
     if result in (SIGNATURE_FAILED, SENT_PREVIOUSLY):
-        _fail(result)
+        fail(result)
     if isinstance(result, str) and result.startswith(TRACEBACK):
         click.echo(result, err=True)
         sys.exit(1)
@@ -236,21 +189,20 @@ def exec_cmd(url: str, key_file: str, code_file, nonce: int | None, code: str | 
 
 
 # ------------------------------------------------------------------------------- backups
-@click.command("backup")
+@click.command("backup", short_help="Write a consistent copy of the ledger to DEST.")
 @click.argument("dest", type=click.Path(file_okay=False))
-@url_option
-@datadir_option
-@password_option
-def backup_cmd(dest: str, url: str, datadir: str | None, password: str) -> None:
+@client_options
+def backup_cmd(dest: str, client: Client) -> None:
     """Write a consistent copy of the ledger (and devnet chain) to DEST, even while serving."""
     dest = str(Path(dest).resolve())
-    how, target = _route(url, datadir, password)
+    how, target = _route(client)
     if how == "rpc":
-        job = _rpc(target, "pegx.backup", dest, password)
+        job = target.call("pegx.backup", dest, target.password, strict=True)
         with click.progressbar(length=max(job["total"], 1), label="backup") as bar:
             shown = 0
             while True:
-                job = _rpc(target, "pegx.backup_progress", job["id"], password)
+                job = target.call("pegx.backup_progress", job["id"], target.password,
+                                  strict=True)
                 done = min(job["copied"], bar.length)
                 bar.update(done - shown)
                 shown = done
@@ -259,7 +211,7 @@ def backup_cmd(dest: str, url: str, datadir: str | None, password: str) -> None:
                     break
                 time.sleep(0.1)
         if job["error"]:
-            _fail(job["error"])
+            fail(job["error"])
         manifest = job["result"]
     else:
         try:
@@ -269,7 +221,7 @@ def backup_cmd(dest: str, url: str, datadir: str | None, password: str) -> None:
                 manifest = backup.backup(store, target.path, dest,
                                         lambda n: bar.update(min(n, bar.length)))
         except (StoreError, ToolError, OSError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
     click.echo(f"backup written to {dest}: {manifest['ledger_records']:,d} ledger records, "
                f"{manifest['ledger_bytes']:,d} bytes"
                + (f", devnet {manifest['devnet']['lines']:,d} actions"
@@ -285,12 +237,12 @@ def restore_cmd(src: str, datadir: str | None) -> None:
     try:
         backup.restore(src, cfg.path)
     except (ToolError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"restored {src} into {cfg.path}; check it with `pegx audit --datadir "
                f"{cfg.path}`, then start it with `pegx serve --datadir {cfg.path}`")
 
 
-@click.command("verify-backup")
+@click.command("verify-backup", short_help="Open a backup read-only and audit it.")
 @click.argument("dest", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the state and audit as JSON.")
 def verify_backup_cmd(dest: str, as_json: bool) -> None:
@@ -309,7 +261,7 @@ def verify_backup_cmd(dest: str, as_json: bool) -> None:
                 if chain is not None:
                     chain.close()
     except (StoreError, ToolError, OSError, ValueError) as exc:
-        _fail(f"{dest}: {exc}")
+        fail(f"{dest}: {exc}")
     if as_json:
         click.echo(json.dumps({"manifest": manifest, "state": state, "audit": report},
                               indent=2, sort_keys=True))
@@ -355,16 +307,14 @@ def _print_audit(report: dict) -> None:
         click.echo(f"  - {text}")
 
 
-@click.command("audit")
-@url_option
-@datadir_option
-@password_option
+@click.command("audit", short_help="Check the ledger against the chain; exit 1 on a problem.")
+@client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-def audit_cmd(url: str, datadir: str | None, password: str, as_json: bool) -> None:
+def audit_cmd(client: Client, as_json: bool) -> None:
     """Check conservation and every ledger invariant against the chain; exit 1 on any problem."""
-    how, target = _route(url, datadir, password)
+    how, target = _route(client)
     if how == "rpc":
-        report = _rpc(target, "pegx.audit", password)
+        report = target.call("pegx.audit", target.password, strict=True)
     else:
         try:
             chain = offline.open_chain(target)
@@ -375,9 +325,9 @@ def audit_cmd(url: str, datadir: str | None, password: str, as_json: bool) -> No
                 if chain is not None:
                     chain.close()
         except LedgerLocked as exc:
-            _fail(f"{exc} (or run `pegx audit --url` against that daemon)")
+            fail(f"{exc} (or run `pegx audit --url` against that daemon)")
         except (StoreError, DevnetLogError, ToolError, OSError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -386,7 +336,7 @@ def audit_cmd(url: str, datadir: str | None, password: str, as_json: bool) -> No
 
 
 # ------------------------------------------------------------------------------- recover
-@click.command("recover")
+@click.command("recover", short_help="Rebuild a lost ledger from a CSV of balances.")
 @click.argument("csv_file", metavar="CSV", type=click.Path(exists=True, dir_okay=False))
 @datadir_option
 @click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
@@ -403,13 +353,13 @@ def recover_cmd(csv_file: str, datadir: str | None, dry_run: bool) -> None:
         targets, owners = recover.read_balances_csv(csv_file)
         chain = offline.open_chain(cfg)
         if chain is None:
-            _fail(f"no chain data in {cfg.path} to rebuild the ledger from")
+            fail(f"no chain data in {cfg.path} to rebuild the ledger from")
         try:
             plan = recover.recover(cfg.path, chain, targets, owners, dry_run=dry_run)
         finally:
             chain.close()
     except (StoreError, DevnetLogError, ToolError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"chain height {plan['height']:,d}, cycle {plan['cycle']}, supply "
                f"{plan['supply']}: {plan['outputs']:,d} wallet outputs to register")
     for key in plan["deposits_missing"]:

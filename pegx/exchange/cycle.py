@@ -318,6 +318,12 @@ class ExchangeCycle:
         batch records alone: no chain lookup, nothing cached between passes."""
         return self.ledger.house_outpoints()
 
+    def refresh_spendable(self) -> None:
+        """Recompute the Spendable view from the chain now, without a pass and without a
+        write (a standby runs no pass but answers GetSpendable from its own chain)."""
+        settings = self.ledger.exchange_settings()
+        self._refresh_spendable(self.chain.tip(), settings, self.final_depth(settings))
+
     def _refresh_spendable(self, tip: Tip, settings: dict, final: int) -> None:
         watched = self.watched(settings)
         # an output is spendable (and a deposit is credited) only once its block is final

@@ -16,8 +16,9 @@ Invariants (checked by tests/ledger/test_engine_properties.py and :mod:`pegx.led
 from __future__ import annotations
 
 from pegx.ledger.accounts import Accounts
+from pegx.ledger.replicated import Replicated
 from pegx.ledger.withdrawals import Withdrawals
 
 
-class Exchange(Accounts, Withdrawals):
+class Exchange(Accounts, Withdrawals, Replicated):
     """The ledger state machine with durable operations (see the module docstring)."""

@@ -15,6 +15,12 @@
   record on disk, refuses a checkpoint older than it (writing it would put stale rows over newer
   ones and move the seq back) and deletes exactly the log records between that seq and the new
   one: every record after the state on disk stays until a state covering it has landed.
+* Replication (pegx.replication) hooks in at one point: a :class:`Sink` set on the journal.
+  The group-commit leader hands it the seq of every batch it has fsynced (``committed``);
+  a synchronous sink returns only once the standby has that record on disk, and only then
+  does ``wait`` return, so one round trip to the standby is shared by the whole batch. The
+  sink also sets how far checkpoints may delete the log (``floor``): records a standby has
+  not acknowledged stay, so a standby that is behind can catch up from the log.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from pegx.ledger import schema
 from pegx.ledger.store import Store
@@ -33,6 +40,22 @@ log = logging.getLogger(__name__)
 
 class JournalFailed(RuntimeError):
     """A log or checkpoint write failed: memory is ahead of disk and the daemon must stop."""
+
+
+class NotAcknowledged(JournalFailed):
+    """The record is on this disk but the sink (a synchronous standby) did not confirm it: the
+    call must not answer success. The journal itself is fine and goes on."""
+
+
+class Sink(Protocol):
+    """Where the journal's durable records go next (pegx.replication.primary.Replicator)."""
+
+    def committed(self, seq: int) -> None:
+        """Records up to ``seq`` are fsynced here. Returns once they may be acknowledged (a
+        synchronous standby holds them); raises NotAcknowledged if they may not."""
+
+    def floor(self, seq: int) -> int:
+        """The highest seq <= ``seq`` whose log records a checkpoint may delete."""
 
 
 class Journal:
@@ -45,7 +68,8 @@ class Journal:
         self._pending: list[tuple[int, bytes]] = []
         self._writing = False
         self._failed: BaseException | None = None
-        self.durable_seq = last_seq
+        self.durable_seq = last_seq  # acknowledgeable: fsynced here (and by a sync standby)
+        self.local_seq = last_seq  # fsynced here
         self.appended_seq = last_seq
         self.commits = 0  # fsynced batches written (for metrics: records / commits = group size)
         self.checkpoint_seq = checkpoint_seq  # the seq of the state record on disk
@@ -54,10 +78,19 @@ class Journal:
         # thread while other waiters wait for it, so it must be quick: a histogram observe
         self.on_fsync: Callable[[float], None] | None = None
         self.on_checkpoint: Callable[[float], None] | None = None
+        self.sink: Sink | None = None
+        # every log record up to here is deleted; the ones above stay until a checkpoint covers
+        # them and the sink's floor lets them go (a checkpoint before replication kept them)
+        first = next(store.scan(schema.OPLOG), None)
+        first_seq = schema.unpack_seq(first[0]) if first is not None else checkpoint_seq + 1
+        self.deleted_seq = min(checkpoint_seq, first_seq - 1)
 
     def append(self, seq: int, ops: list[dict]) -> None:
         """Queue record ``seq`` (call in seq order, under the engine lock)."""
-        data = json.dumps(ops, separators=(",", ":")).encode()
+        self.append_raw(seq, json.dumps(ops, separators=(",", ":")).encode())
+
+    def append_raw(self, seq: int, data: bytes) -> None:
+        """Queue record ``seq`` as encoded bytes (a standby logs the primary's bytes as sent)."""
         with self._mu:
             if seq != self.appended_seq + 1:
                 raise JournalFailed(f"op log out of order: {seq} after {self.appended_seq}")
@@ -65,7 +98,8 @@ class Journal:
             self.appended_seq = seq
 
     def wait(self, seq: int) -> None:
-        """Block until record ``seq`` (and every earlier one) is fsynced."""
+        """Block until record ``seq`` (and every earlier one) may be acknowledged: fsynced,
+        and with a synchronous sink, confirmed by it (NotAcknowledged if it will not)."""
         with self._mu:
             while self.durable_seq < seq:
                 if self._failed is not None:
@@ -74,13 +108,16 @@ class Journal:
                     self._cond.wait()
                     continue
                 batch, self._pending = self._pending, []
+                top = batch[-1][0] if batch else self.local_seq
+                sink = self.sink
                 self._writing = True
                 self._mu.release()
                 t0 = time.perf_counter()
                 try:
-                    with self.store.batch() as wb:
-                        for s, data in batch:
-                            wb.put(schema.pack_seq(s), data)
+                    if batch:
+                        with self.store.batch() as wb:
+                            for s, data in batch:
+                                wb.put(schema.pack_seq(s), data)
                 except BaseException as exc:  # memory is ahead of disk: nothing may ack now
                     self._mu.acquire()
                     self._failed = exc
@@ -90,11 +127,21 @@ class Journal:
                     raise JournalFailed(f"ledger write failed: {exc}") from exc
                 if batch and self.on_fsync is not None:
                     self.on_fsync(time.perf_counter() - t0)
+                try:
+                    with self._mu:
+                        self.local_seq = top
+                        if batch:
+                            self.commits += 1
+                    if sink is not None:
+                        sink.committed(top)  # a sync standby: returns once it holds them
+                except BaseException:
+                    self._mu.acquire()
+                    self._writing = False
+                    self._cond.notify_all()
+                    raise
                 self._mu.acquire()
                 self._writing = False
-                if batch:
-                    self.durable_seq = batch[-1][0]
-                    self.commits += 1
+                self.durable_seq = max(self.durable_seq, top)
                 self._cond.notify_all()
 
     def flush(self) -> None:
@@ -132,15 +179,22 @@ class Journal:
                         wb.delete(k)
                     for k, v in puts:
                         wb.put(k, v)
-                    for s in range(prev + 1, seq + 1):
+                    upto = seq if self.sink is None else min(seq, self.sink.floor(seq))
+                    for s in range(self.deleted_seq + 1, upto + 1):
                         wb.delete(schema.pack_seq(s))
                     wb.put(schema.STATE, Store.state_value(seq))
             except BaseException as exc:
                 self._fail(exc, "checkpoint write failed")
                 raise JournalFailed(f"checkpoint write failed: {exc}") from exc
             self.checkpoint_seq = seq
+            self.deleted_seq = max(self.deleted_seq, upto)
             if self.on_checkpoint is not None:
                 self.on_checkpoint(time.perf_counter() - t0)
+
+    def fail(self, exc: BaseException, what: str) -> None:
+        """Stop the journal: memory can no longer be trusted to match the log (every later
+        wait and checkpoint is refused, so no close writes that memory over the disk)."""
+        self._fail(exc, what)
 
     def _fail(self, exc: BaseException, what: str) -> None:
         with self._mu:
@@ -152,7 +206,12 @@ class Journal:
 
 def read_log(store: Store, after: int):
     """Yield (seq, ops) for every logged record with seq > ``after``, in order."""
-    for k, v in store.scan(schema.OPLOG):
-        seq = schema.unpack_seq(k)
-        if seq > after:
-            yield seq, json.loads(v)
+    for seq, data in read_raw(store, after):
+        yield seq, json.loads(data)
+
+
+def read_raw(store: Store, after: int, snapshot=None):
+    """Yield (seq, bytes) for every logged record with seq > ``after``, in order (records
+    kept for a standby below ``after`` are skipped by seeking, not read)."""
+    for k, v in store.scan(schema.OPLOG, start=schema.pack_seq(after + 1), snapshot=snapshot):
+        yield schema.unpack_seq(k), v

@@ -49,6 +49,27 @@ class LedgerLocked(StoreError):
     """Another process (or handle) holds the ledger."""
 
 
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file that guards the ledger at ``path``."""
+    path = Path(path).resolve()
+    return path.with_name(path.name + ".lock")
+
+
+def in_use(path: str | os.PathLike) -> bool:
+    """Does a process (a running daemon, or a tool) hold the ledger at ``path``? A probe of its
+    flock, released at once; False for a ledger never opened."""
+    lock = lock_path(path)
+    if not lock.exists():
+        return False
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 class Store:
     """A LevelDB ledger at ``path`` with synced atomic batches and a state record."""
 
@@ -78,20 +99,20 @@ class Store:
 
     # -- locking ------------------------------------------------------------------------------
     def _take_lock(self, create: bool) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock = lock_path(self.path)
         if create:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fh = open(lock_path, "a+")  # noqa: SIM115 (held open: it carries the flock)
+            fh = open(lock, "a+")  # noqa: SIM115 (held open: it carries the flock)
         except OSError as exc:
-            raise StoreError(f"cannot create lock file {lock_path}: {exc}") from exc
+            raise StoreError(f"cannot create lock file {lock}: {exc}") from exc
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
             raise LedgerLocked(
                 f"ledger {self.path} is in use by another pegx process "
-                f"(lock {lock_path}); stop it first (pegx stop) or use another --datadir"
+                f"(lock {lock}); stop it first (pegx stop) or use another --datadir"
             ) from None
         fh.seek(0)
         fh.truncate()
@@ -137,10 +158,15 @@ class Store:
         """One value, or None."""
         return self.db.get(key)
 
-    def scan(self, prefix: bytes, *, snapshot=None) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) under ``prefix``, in key order."""
+    def scan(self, prefix: bytes, *, start: bytes | None = None,
+             snapshot=None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under ``prefix`` (from key ``start`` on, if given), in key order."""
         src = snapshot if snapshot is not None else self.db
-        return src.iterator(prefix=prefix)
+        if start is None:
+            return src.iterator(prefix=prefix)
+        # plyvel takes prefix or start/stop, not both: stop at the first key past the prefix
+        stop = prefix[:-1] + bytes([prefix[-1] + 1])
+        return src.iterator(start=max(start, prefix), stop=stop)
 
     @contextlib.contextmanager
     def batch(self):

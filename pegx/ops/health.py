@@ -38,7 +38,7 @@ BITBAYD_BLOCK_SECONDS = 64  # the node's block target (BITBAYD: 64 s since proto
 REORG_ALARM_SECONDS = 86_400
 
 # problem kinds, gravest first (the order of Health.problems)
-KINDS = ("deep_reorg", "node_unreachable", "node_error", "cycle_thread_dead", "exchange_stopped",
+KINDS = ("deep_reorg", "replication", "node_unreachable", "node_error", "cycle_thread_dead", "exchange_stopped",
          "wallet_locked", "chain_stalled", "cycle_failing", "withdraws_not_batchable")
 
 

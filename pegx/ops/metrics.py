@@ -192,6 +192,31 @@ class StateCollector(Collector):
         yield _gauge("pegx_accounts", "Accounts in the ledger (users and internal)", st["users"])
         yield _gauge("pegx_op_seq", "Sequence number of the last logged ledger operation",
                      st["op_seq"])
+        yield from _replication(st.get("replication") or {})
+
+
+def _replication(rep: dict):
+    """Replication gauges (pegx.replication), when it is configured."""
+    if rep.get("state", "off") == "off":
+        return
+    role = GaugeMetricFamily("pegx_replication_role", "1 for this daemon's replication role "
+                             "(primary, standby, fenced: superseded)", labels=["role"])
+    for name in ("primary", "standby", "fenced"):
+        role.add_metric([name], 1 if rep.get("role") == name else 0)
+    yield role
+    yield _gauge("pegx_replication_epoch", "Epoch of the ledger's history this daemon holds",
+                 rep.get("epoch", 0))
+    yield _gauge("pegx_replication_connected", "1 while the standby is attached (primary) or "
+                 "the primary is followed (standby)", 1 if rep.get("connected") else 0)
+    yield _gauge("pegx_replication_lag_records", "Op-log records the standby lacks",
+                 rep.get("lag_records", 0))
+    yield _gauge("pegx_replication_lag_seconds", "Seconds since the standby last held every "
+                 "record (0: it holds them all)", rep.get("lag_seconds", 0.0))
+    yield _gauge("pegx_replication_degraded", "1 while a --sync-standby primary acknowledges "
+                 "without its standby (--standby-fallback async)", 1 if rep.get("degraded") else 0)
+    yield _gauge("pegx_replication_blocked", "1 while a strict --sync-standby primary cannot "
+                 "acknowledge state changes (no standby holds them)",
+                 1 if rep.get("blocked") else 0)
 
 
 class MetricsServer:

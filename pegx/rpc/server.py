@@ -6,7 +6,7 @@ of the exchange: the controller registers an explicit list of callables by name
 
 What it fixes compared to the original (ORIGINAL §1.1, §5 items 1, 2, 4, 50):
 
-* binds ``127.0.0.1:55779`` by default and logs a warning for any non-loopback host;
+* binds ``127.0.0.1`` (port ``DEFAULT_PORT``, the original's) by default and logs a warning for any non-loopback host;
 * HTTP/1.1 keep-alive; calls run concurrently in worker threads, and all socket I/O is done by
   one selector thread (:mod:`pegx.rpc.transport`), so a slow call, a silent client or a
   client that trickles its request does not block anyone else: a request must be complete
@@ -46,10 +46,12 @@ connection, so a refused request's body is never parsed as the next request.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import io
 import ipaddress
 import logging
+import os
 import re
 import socket
 import threading
@@ -64,13 +66,12 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler
 
 import numpy as np
 
+from pegx.config import DEFAULT_HOST, DEFAULT_PORT
 from pegx.rpc.framing import body_length
 from pegx.rpc.transport import Limits, Transport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 55779
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # one call never needs more; caps memory per client
 REQUEST_DEADLINE = 10.0  # seconds from a request's first byte (or the accept) to its last
 IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may sit silent before we close it
@@ -194,6 +195,35 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # "" (every interface) or a host name we will not resolve here
         return False
+
+
+class ListenError(OSError):
+    """The server cannot listen on its address; ``str()`` is the whole message."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _listen(host: str, port: int, setting: str = "port") -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            option = "--" + setting.replace("_", "-")
+            why += (f" (another pegx, or another program, listens there: `pegx status --port "
+                    f"{port}` tells whether it is a pegx); choose another port with {option} "
+                    f"or {setting} = ... in pegx.toml")
+        raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {why}") from exc
+
+
+def check_can_listen(host: str, port: int, setting: str = "port") -> None:
+    """Raise the OSError a server would raise for ``host``:``port`` (in use, no such address),
+    naming the ``setting`` to change, before the daemon touches its datadir. The port is free
+    again when this returns; port 0 (any free port, or off) is not checked."""
+    if port != 0:
+        _listen(host, port, setting).close()
 
 
 def _plural(n: int) -> str:
@@ -348,11 +378,7 @@ class RPCServer:
         # on_call(name, outcome, seconds) after each method call (multicall's parts, not the
         # wrapper), for metrics: called in the worker thread, so it must be quick
         self.on_call: Callable[[str, Any, float], None] | None = None
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.create_server((host, port), family=family, backlog=128)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        sock = _listen(host, port)
         self._address: tuple[str, int] = sock.getsockname()[:2]
         limits = Limits(max_connections=max_connections, request_deadline=request_deadline,
                         idle_timeout=IDLE_TIMEOUT, max_body=MAX_REQUEST_BYTES)

@@ -19,26 +19,12 @@ import pytest
 
 from harness import wait_until
 from harness.daemon import Daemon
-from harness.fakenode import FakeNode
+from harness.fakenode import HEIGHT, FakeNode, std_fractions, unspent_row
 from pegx import crypto
-from pegx.peg import std_spread
 
-HEIGHT = 1625  # 25 blocks into cycle 8: 7 confirmations are enough (block 1619)
 BIG_SAT = 99_999_899_999_985_000  # prints as 999998999.99984992 BAY
 FOREIGN = "BPx4QUkBhxNQkH2hpQACcoPzuF6EpLNkgT"  # the node's own change address in replies/
 PASS = "wallet pass 1"
-
-
-def _fractions(value: int) -> dict:
-    vec = [int(v) for v in std_spread(value)]
-    return {"total": value, "reserve": sum(vec[:3]), "liquidity": sum(vec[3:]), "peg": 3,
-            "lock": 0, "flags": "", "values": vec}
-
-
-def _row(txid: str, vout: int, address: str, sat: int, conf: int) -> dict:
-    return {"txid": txid, "vout": vout, "address": address, "account": "",
-            "scriptPubKey": "76a914" + "00" * 20 + "88ac", "amount": sat / 1e8,
-            "reserve": 0.0, "liquidity": sat / 1e8, "confirmations": conf, "spendable": True}
 
 
 @pytest.fixture
@@ -71,14 +57,14 @@ def test_unreconcilable_output_does_not_stall_deposits(tmp_path, node):
     99,999,899,999,985,000 sat, not 99,999,899,999,984,992 sat") and the deposit never reached
     GetSpendable."""
     big = hashlib.sha256(b"premine change").hexdigest()
-    node.state["unspent"] = [_row(big, 1, FOREIGN, BIG_SAT, 7)]
-    node.state["fractions"][f"{big}:1"] = _fractions(BIG_SAT)
+    node.state["unspent"] = [unspent_row(big, 1, FOREIGN, BIG_SAT, 7)]
+    node.state["fractions"][f"{big}:1"] = std_fractions(BIG_SAT)
     with _daemon(tmp_path, node) as d:
         x = d.proxy()
         _, address = _deposit_address(x, node)
         dep = hashlib.sha256(b"deposit").hexdigest()
-        node.state["unspent"].append(_row(dep, 0, address, 10**11, 7))
-        node.state["fractions"][f"{dep}:0"] = _fractions(10**11)
+        node.state["unspent"].append(unspent_row(dep, 0, address, 10**11, 7))
+        node.state["fractions"][f"{dep}:0"] = std_fractions(10**11)
         key = f"{dep}:0"
         wait_until(lambda: key in x.GetSpendable(address), 20, what="the deposit in Spendable")
         assert x.Deposit("alice", [key]) is True
@@ -89,8 +75,8 @@ def test_unreconcilable_output_does_not_stall_deposits(tmp_path, node):
         assert x.pegx.status()["last_error"] == ""
         # an output that really cannot be reconciled: skipped, logged once, passes go on
         odd = hashlib.sha256(b"odd").hexdigest()
-        node.state["unspent"].append(_row(odd, 0, FOREIGN, 10**8, 7))
-        node.state["fractions"][f"{odd}:0"] = _fractions(10**8)
+        node.state["unspent"].append(unspent_row(odd, 0, FOREIGN, 10**8, 7))
+        node.state["fractions"][f"{odd}:0"] = std_fractions(10**8)
         node.state["fractions"][f"{odd}:0"]["values"][5] += 1
         passes = x.pegx.status()["height"]
         node.state["blockcount"] = HEIGHT + 1

@@ -54,11 +54,15 @@ class Daemon:
         shutil.copytree(template, datadir)
         return cls(datadir, **kw)
 
-    def start(self, wait_loaded: bool = True) -> Daemon:
-        self.datadir.mkdir(parents=True, exist_ok=True)
+    def start(self, wait_loaded: bool = True, wait_serving: bool = True) -> Daemon:
+        """Start it; wait until it answers (``wait_serving``) and has loaded (``wait_loaded``,
+        with --autostart)."""
+        self.datadir.mkdir(mode=0o700, parents=True, exist_ok=True)  # others: refused
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
+        if not wait_serving:
+            return self
         try:
             wait_until(self._answers, 20, what=f"pegx serve on {self.url} (log {self.log_path})")
             if wait_loaded and "--autostart" in self.args:

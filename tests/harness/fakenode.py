@@ -40,6 +40,7 @@ import base58
 
 from harness import TESTS
 from pegx import crypto
+from pegx.peg import std_spread
 
 WARMUP_MESSAGE = "Loading block index..."
 REPLIES = TESTS / "bitbayd_replies"
@@ -356,3 +357,21 @@ class FakeNode:
                 self._send(200, node_json({"result": result, "error": None, "id": rid}))
 
         return Handler
+
+
+# a chain the bitbayd end-to-end tests start from
+HEIGHT = 1625  # 25 blocks into cycle 8: 7 confirmations are enough (block 1619)
+
+
+def std_fractions(value: int) -> dict:
+    """The node's getfractions answer for ``value`` satoshi spread at peg 3 (STD)."""
+    vec = [int(v) for v in std_spread(value)]
+    return {"total": value, "reserve": sum(vec[:3]), "liquidity": sum(vec[3:]), "peg": 3,
+            "lock": 0, "flags": "", "values": vec}
+
+
+def unspent_row(txid: str, vout: int, address: str, sat: int, conf: int) -> dict:
+    """A listunspent row of the node for ``sat`` satoshi, all liquid."""
+    return {"txid": txid, "vout": vout, "address": address, "account": "",
+            "scriptPubKey": "76a914" + "00" * 20 + "88ac", "amount": sat / 1e8,
+            "reserve": 0.0, "liquidity": sat / 1e8, "confirmations": conf, "spendable": True}

@@ -47,7 +47,7 @@ EXEC_PRIV = bytes.fromhex("1f" * 32)
 
 def exec_daemon(datadir: Path, **kw) -> Daemon:
     """A Daemon with the signed API(command) call enabled for EXEC_PRIV."""
-    datadir.mkdir(parents=True, exist_ok=True)
+    datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pub = crypto.public_key(EXEC_PRIV, compressed=False).hex()
     (datadir / "api_public_key").write_text(pub + "\n")
     extra = ["--allow-exec", *kw.pop("extra", [])]

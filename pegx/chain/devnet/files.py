@@ -31,6 +31,12 @@ def log_path(datadir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def new_log_path(datadir: str | Path) -> Path:
+    """Where the devnet action log of ``datadir`` goes, for a log written from elsewhere (a
+    standby's copy of its primary's header)."""
+    return directory(datadir) / LOG_NAME
+
+
 def header(datadir: str | Path) -> dict:
     """The parameters a devnet's log header holds; NotADevnet without one."""
     path = directory(datadir) / LOG_NAME

@@ -40,6 +40,11 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def encode(record: dict) -> bytes:
+    """A record as its log line (the bytes a replay and a standby read back)."""
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
 class ActionLog:
     """Append-only JSON-lines log under ``directory``, locked for this process while open.
 
@@ -64,6 +69,9 @@ class ActionLog:
         self.path = self.directory / LOG_NAME
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self.broken: str | None = None
+        # called with the new end offset after every durable append (pegx.replication ships
+        # the new lines to a standby); set by the owner, None when nothing listens
+        self.on_append = None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -139,7 +147,16 @@ class ActionLog:
             raise DevnetLogError(f"devnet log {self.path} is closed")
         if self.broken is not None:
             raise DevnetLogError(f"devnet log {self.path} refuses appends: {self.broken}")
-        line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        self.append_lines(encode(record))
+
+    def append_lines(self, data: bytes) -> None:
+        """Write encoded lines as they are (a standby copies its primary's bytes) and fsync
+        them once; durable when this returns, cut back on failure as :meth:`append` is."""
+        if self._fd is None:
+            raise DevnetLogError(f"devnet log {self.path} is closed")
+        if self.broken is not None:
+            raise DevnetLogError(f"devnet log {self.path} refuses appends: {self.broken}")
+        line = data
         try:
             view = memoryview(line)
             while view:  # os.write may write less than asked (a disk filling up mid-line)
@@ -149,6 +166,13 @@ class ActionLog:
             self._cut_back(exc)
             raise
         self._end += len(line)
+        if self.on_append is not None:
+            self.on_append(self._end)
+
+    @property
+    def end(self) -> int:
+        """The offset just past the last durable line."""
+        return self._end
 
     def _cut_back(self, exc: OSError) -> None:
         """Remove what a failed append left after the last good line."""

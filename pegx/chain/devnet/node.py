@@ -44,6 +44,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -204,6 +205,47 @@ class Devnet(Chain):
         """Block until the tip reaches ``height``; False on timeout."""
         with self._height_cond:
             return self._height_cond.wait_for(lambda: self._ledger.height >= height, timeout)
+
+    # ------------------------------------------------------------------ replication
+    # pegx.replication ships the action log to a standby as bytes: the primary reads its file
+    # up to log_end() and is told of every append; the standby appends the same bytes and
+    # applies them as a replay does, so a promoted standby takes over this very chain.
+
+    def log_file(self) -> tuple[Path, int]:
+        """The action log's path and the offset just past its last durable line."""
+        with self._lock:
+            if self._log is None:
+                raise ChainUnavailable("devnet is closed")
+            return self._log.path, self._log.end
+
+    def on_log_append(self, callback: Callable[[int], None] | None) -> None:
+        """Call ``callback(end_offset)`` after every durable append (under the devnet lock:
+        it must only take note and return)."""
+        with self._lock:
+            if self._log is not None:
+                self._log.on_append = callback
+
+    def replicate(self, data: bytes) -> int:
+        """Append lines a primary's log holds (complete lines, never the header) and apply
+        them in order as a replay does; returns the new end offset. Anything that does not
+        parse is refused before a byte is written."""
+        lines = data.split(b"\n")
+        if lines[-1] != b"":
+            raise ValueError("replicated devnet data must end with a complete line")
+        recs = []
+        for line in lines[:-1]:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or rec.get("a") in (None, "header"):
+                raise ValueError(f"not a devnet action: {line[:80]!r}")
+            recs.append(rec)
+        with self._lock:
+            if self._log is None:
+                raise ChainUnavailable("devnet is closed")
+            self._log.append_lines(data)
+            for rec in recs:
+                self._apply(rec, check_signatures=False)
+            self._height_cond.notify_all()
+            return self._log.end
 
     # ------------------------------------------------------------------ action plumbing
 
