@@ -70,11 +70,7 @@ class App:
         self.exit_code = 0
         self.notifier = notifier or service.Notifier()
         # refused before the datadir is touched: a port in use, a datadir others can read
-        check_can_listen(cfg.host, cfg.port)
-        check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
-        if cfg.replication_key_file and not cfg.standby_of:
-            check_can_listen(cfg.replication_host or cfg.host, cfg.replication_port,
-                             "replication_port")
+        self._check_ports()
         service.make_datadir(cfg.path)
         self.store = Store(cfg.ledger_path)
         self.chain = None
@@ -119,9 +115,33 @@ class App:
                                        refresh_spendable=self.cycle.refresh_spendable)
         self.api = api.PegAPI(self.ledger, control, busy_wait=cfg.busy_wait,
                               exec_api=self.exec_api, network=cfg.net)
+        self._register_calls()
+        if cfg.chain == "devnet":
+            self._register_devnet()
+        self.health = health.Health(self.chain, self.session, self.cycle,
+                                    stall_seconds=health.stall_threshold(cfg),
+                                    started_at=self.started_at)
+        self.metrics = self._metrics() if cfg.metrics_port else None
+        self.watchdog = service.Watchdog(
+            self.notifier, service.CycleHealth(self.session, self.cycle, cfg.cycle_stall_seconds))
+
+    def _check_ports(self) -> None:
+        """Every port this daemon will listen on is free (ServerError otherwise)."""
+        cfg = self.cfg
+        check_can_listen(cfg.host, cfg.port)
+        check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
+        if cfg.replication_key_file and not cfg.standby_of:
+            check_can_listen(cfg.replication_host or cfg.host, cfg.replication_port,
+                             "replication_port")
+
+    def _register_calls(self) -> None:
+        """The XML-RPC server with the API (role-guarded with replication) and pegx.* calls."""
+        cfg = self.cfg
         self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
         methods = self.api.methods()
         if self.replication is not None:
+            from pegx.replication import role
+
             methods = role.guard_api(methods, self.replication.role, self.api.password.check)
         self.server.register_many(methods)
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
@@ -131,14 +151,6 @@ class App:
         self.server.register_many({"pegx.backup": self.backup,
                                    "pegx.backup_progress": self.backup_progress,
                                    "pegx.audit": self.audit})
-        if cfg.chain == "devnet":
-            self._register_devnet()
-        self.health = health.Health(self.chain, self.session, self.cycle,
-                                    stall_seconds=health.stall_threshold(cfg),
-                                    started_at=self.started_at)
-        self.metrics = self._metrics() if cfg.metrics_port else None
-        self.watchdog = service.Watchdog(
-            self.notifier, service.CycleHealth(self.session, self.cycle, cfg.cycle_stall_seconds))
 
     def _refuse_new_chain(self) -> None:
         """A new devnet is created only with a new ledger (pegx.exchange.chainguard)."""

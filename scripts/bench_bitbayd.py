@@ -58,7 +58,7 @@ def row(name: str, samples: list[float], note: str = "") -> tuple[str, str, str,
     return (name, f"{statistics.median(samples):,.2f}", f"{p95:,.2f}", f"{len(samples):,d}", note)
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915 (a script's straight-line story)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--addresses", type=int, default=1000, help="deposit addresses = outputs")
     ap.add_argument("--repeat", type=int, default=50, help="calls per RPC measured")

@@ -320,7 +320,7 @@ class Bitbayd(JsonRpcClient, Chain):
         log.warning(f"wallet output {key} skipped (logged once): {why}")
 
     @bounded
-    def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
+    def list_unspent(self, min_conf: int = 0) -> list[Utxo]:  # noqa: C901 (not split yet: issue #11 follow-up)
         """Wallet ``listunspent`` + ``listfrozen`` (frozen rows win; ``frozen_until`` from
         ``unlocktime``, else the fractions' lock, else FROZEN_UNKNOWN), each with its
         ``getfractions`` vector, valued at the vector's exact total. Outputs the node has no

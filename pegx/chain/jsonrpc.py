@@ -320,7 +320,7 @@ class JsonRpcClient:
                 return
         conn.close()
 
-    def _call(self, method: str, params: list, end: float) -> Any:
+    def _call(self, method: str, params: list, end: float) -> Any:  # noqa: C901 (not split yet: issue #11 follow-up)
         """One JSON-RPC exchange, finished by monotonic time ``end``. A connection dropped
         without a reply (typically a keep-alive socket the node closed) is retried once on a
         fresh connection; ``broadcast`` copes with the resulting duplicate send."""

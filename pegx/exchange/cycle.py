@@ -234,7 +234,7 @@ class ExchangeCycle:
             for line in reorg.items:
                 log.error("reorganisation: %s", line)
 
-    def _final_items(self, reorg: follow.Reorg) -> list[str]:
+    def _final_items(self, reorg: follow.Reorg) -> list[str]:  # noqa: C901 (not split yet: issue #11 follow-up)
         """What a reorganisation past the final depth changed in what pegx took as final."""
         items, fw = [], self.follower
         for master, b in sorted(self.ledger.batches(("done", "failed")).items()):

@@ -142,7 +142,7 @@ def _take(pools: dict[str, int], order: list[str], want: int) -> int:
     return taken
 
 
-def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: int, comm: int,
+def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: int, comm: int,  # noqa: C901, PLR0913, PLR0915 (not split yet: issue #11 follow-up)
            n_w: int, supply: int, acct0: str, fee_acct: str, master: str) -> Plan | _Short:
     """The batch transaction on inputs ``sel`` (module docstring), simulating the node's fill
     order on the pools' totals (every move is exact while the source holds enough)."""
@@ -222,7 +222,7 @@ def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: 
                 style=style, payees=payee_vouts)
 
 
-def check_plan(plan: Plan, inputs: list[tuple[str, np.ndarray]], supply: int) -> str:
+def check_plan(plan: Plan, inputs: list[tuple[str, np.ndarray]], supply: int) -> str:  # noqa: PLR0911 (not split yet: issue #11 follow-up)
     """'' when a BitBay node would take ``plan``'s transaction into its mempool and its payees
     get exactly their style (reserve: frozen, reserve steps only; liquid: liquid steps only),
     else what is wrong, for a human. ``inputs``: (address, fractions) of ``plan.inputs``."""
@@ -254,7 +254,7 @@ def accepted_commission(rec: dict, cfg: dict) -> int:
     return commission(rec["amount"], cfg) if kept is None else int(kept)
 
 
-def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[Candidate],
+def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[Candidate],  # noqa: C901, PLR0912 (not split yet: issue #11 follow-up)
                supply: int, acct0: str, fee_acct: str, cfg: dict, master: str) -> Plan | Refusal:
     """The batch transaction for pending ``withdraws`` of ``style`` (in queue order), in the
     shape of the module docstring (ORIGINAL §3.5 C-H, fixed).
@@ -340,7 +340,7 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
     return plan
 
 
-def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: list[Candidate],
+def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: list[Candidate],  # noqa: C901, PLR0912, PLR0913 (not split yet: issue #11 follow-up)
                  by_reserve: list[Candidate], lq: dict, rs: dict, supply: int, acct0: str,
                  fee_acct: str, master: str, avoid: set[str]) -> Plan | _Short:
     """Select inputs for exactly the ``chosen`` withdraws and build their transaction (the

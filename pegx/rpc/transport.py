@@ -302,7 +302,7 @@ class Transport:
         self._wake()
 
     # ----------------------------------------------------------------- the selector thread
-    def _loop(self) -> None:
+    def _loop(self) -> None:  # noqa: C901, PLR0912 (not split yet: issue #11 follow-up)
         last_expiry = time.monotonic()
         while True:
             events_ready = self._sel.select(timeout=0.1)

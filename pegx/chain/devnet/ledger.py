@@ -316,7 +316,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ reorganisation
 
-    def apply_reorg(self, depth: int, keep: bool, vote: tuple[str, int] | None,
+    def apply_reorg(self, depth: int, keep: bool, vote: tuple[str, int] | None,  # noqa: C901, PLR0912 (not split yet: issue #11 follow-up)
                     spends: list[str]) -> dict:
         """Replace the last ``depth`` blocks with as many new ones (the caller checked
         1 <= depth <= height).
