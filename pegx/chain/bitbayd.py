@@ -19,6 +19,9 @@ Without a passphrase a locked wallet raises WalletLocked ("wallet locked: call E
 Every public Chain method (``tip``, ``list_unspent``, ...) runs under one deadline for all its
 node calls (:func:`pegx.chain.jsonrpc.bounded`); ``chain.with_retry(deadline)`` returns the
 view the cycle thread uses, sharing connections and caches.
+
+Over 400 lines (~590): one adapter, the Chain protocol method by method in the node's reply
+shapes (the transport is pegx.chain.jsonrpc).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ socket operation waits at most ``min(timeout, time left)``. With ``retry=False``
 for API calls) a transient fault raises at once; with ``retry=True`` (the cycle thread) it is
 retried with capped exponential backoff 0.25 s -> 4 s until the deadline. ``with_retry``
 returns a view sharing connections, caches and health with other settings.
+
+Over 400 lines (~410): the transport, its error taxonomy and its time bounds are one contract
+(the deadline rules above hold across all of it).
 """
 
 from __future__ import annotations

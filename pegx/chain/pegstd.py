@@ -44,6 +44,9 @@ Not modelled (:func:`verdict` refuses them with cause ``pegstd: ...``; pegx neve
 them): ``**V**``, ``**L**`` and ``**C**`` notaries at an input's index (voluntary freeze,
 liquidity freeze, cold coins) and inputs carrying notary flags (frozen inputs are the caller's
 check: the devnet refuses them before this rule runs, as the node's ``P-I-4`` does).
+
+Over 400 lines (~405): one rule of the node, kept in one module so that it reads against
+the node's source step by step.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ call is acknowledged; pegx.status says so), ``async`` acknowledges alone and say
 Retention: checkpoints delete op-log records only up to what the standby acknowledged (the last
 one known, kept after it disconnects; until one ever connects after a start, nothing more is
 deleted), and never keep more than ``retain`` records beyond the checkpoint.
+
+Over 400 lines (~445): one Replicator; the listener, the shipping loop and the acknowledgement
+count share its state (the admission checks are pegx.replication.admit).
 """
 
 from __future__ import annotations
