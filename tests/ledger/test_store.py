@@ -59,17 +59,15 @@ def test_a_snapshot_does_not_see_later_writes(tmp_path):
 
 
 def test_a_ledger_is_opened_once(tmp_path):
-    with Store(tmp_path / "l"):
-        with pytest.raises(LedgerLocked):
-            Store(tmp_path / "l")
+    with Store(tmp_path / "l"), pytest.raises(LedgerLocked):
+        Store(tmp_path / "l")
     Store(tmp_path / "l").close()  # closed: it opens again
 
 
 def test_a_read_only_store_refuses_writes(tmp_path):
     Store(tmp_path / "l").close()
-    with Store(tmp_path / "l", read_only=True) as s, pytest.raises(StoreError):
-        with s.batch():
-            pass
+    with Store(tmp_path / "l", read_only=True) as s, pytest.raises(StoreError), s.batch():
+        pass
 
 
 def test_copy_to_is_a_consistent_copy_and_needs_an_empty_destination(tmp_path):
