@@ -234,41 +234,56 @@ class ExchangeCycle:
             for line in reorg.items:
                 log.error("reorganisation: %s", line)
 
-    def _final_items(self, reorg: follow.Reorg) -> list[str]:  # noqa: C901 (not split yet: issue #11 follow-up)
+    def _final_items(self, reorg: follow.Reorg) -> list[str]:
         """What a reorganisation past the final depth changed in what pegx took as final."""
-        items, fw = [], self.follower
+        items = []
         for master, b in sorted(self.ledger.batches(("done", "failed")).items()):
             if b.get("state") == "done":
-                tx = self.chain.get_transaction(b.get("final_txid") or b["txid"])
-                if tx is not None and tx.height:
-                    continue  # mined on the new branch too: the payment stands
-                where = fw.tx_status(b.get("final_txid"))
-                line = (f"{b['kind']} batch {master} (withdraws {', '.join(b['ids']) or '-'}) was "
-                        f"Complete; its tx {b.get('final_txid')} is now {where}")
-                why = ""
-                if tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
-                    # checked with the node's rule first, as every broadcast (pegx.exchange.withdraws)
-                    why = self.desk.check_batch(b) if self.desk is not None else ""
-                if why:
-                    line += f": not broadcast again, the node's rule would refuse it ({why})"
-                elif tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
-                    try:
-                        self.chain.broadcast(b["raw"])
-                        line += ": broadcast again (the ledger already paid it)"
-                    except ChainRejected as exc:
-                        line += f": broadcasting it again was refused ({exc})"
-                elif tx is None:
-                    line += ": an operator must account for its inputs (pegx audit)"
-                items.append(line)
+                items.append(self._completed_item(master, b))
             elif b.get("state") == "failed" and b.get("cancel"):
-                c = b["cancel"]
-                ctx = self.chain.get_transaction(c.get("txid2") or c["txid"])
-                if ctx is not None and ctx.height:
-                    continue
-                items.append(f"{b['kind']} batch {master} was refunded after its cancel "
-                             f"{c.get('txid2') or c['txid']}, which is now "
-                             f"{fw.tx_status(c.get('txid2') or c['txid'])}; the batch tx "
-                             f"{b['txid']} is {fw.tx_status(b['txid'])}")
+                items.append(self._refunded_item(master, b))
+        items += self._input_items(reorg)
+        return [item for item in items if item]
+
+    def _completed_item(self, master: str, b: dict) -> str:
+        """A Complete batch whose tx left the chain: broadcast again when it still can (the
+        ledger already paid it); '' when it is mined on the new branch too."""
+        tx = self.chain.get_transaction(b.get("final_txid") or b["txid"])
+        if tx is not None and tx.height:
+            return ""  # mined on the new branch too: the payment stands
+        where = self.follower.tx_status(b.get("final_txid"))
+        line = (f"{b['kind']} batch {master} (withdraws {', '.join(b['ids']) or '-'}) was "
+                f"Complete; its tx {b.get('final_txid')} is now {where}")
+        why = ""
+        if tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
+            # checked with the node's rule first, as every broadcast (pegx.exchange.withdraws)
+            why = self.desk.check_batch(b) if self.desk is not None else ""
+        if why:
+            line += f": not broadcast again, the node's rule would refuse it ({why})"
+        elif tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
+            try:
+                self.chain.broadcast(b["raw"])
+                line += ": broadcast again (the ledger already paid it)"
+            except ChainRejected as exc:
+                line += f": broadcasting it again was refused ({exc})"
+        elif tx is None:
+            line += ": an operator must account for its inputs (pegx audit)"
+        return line
+
+    def _refunded_item(self, master: str, b: dict) -> str:
+        """A batch refunded after its cancel, whose cancel left the chain ('' if mined)."""
+        c, fw = b["cancel"], self.follower
+        ctx = self.chain.get_transaction(c.get("txid2") or c["txid"])
+        if ctx is not None and ctx.height:
+            return ""
+        return (f"{b['kind']} batch {master} was refunded after its cancel "
+                f"{c.get('txid2') or c['txid']}, which is now "
+                f"{fw.tx_status(c.get('txid2') or c['txid'])}; the batch tx "
+                f"{b['txid']} is {fw.tx_status(b['txid'])}")
+
+    def _input_items(self, reorg: follow.Reorg) -> list[str]:
+        """Registered inputs since the fork whose transactions are no longer mined."""
+        items = []
         for key, rec in self.ledger.inputs_since(reorg.fork).items():
             txid = key.rpartition(":")[0]
             tx = self.chain.get_transaction(txid)
@@ -276,7 +291,7 @@ class ExchangeCycle:
                 items.append(f"registered input {key} ({rec['value']:,d} sat, "
                              f"{'change' if rec.get('change') else rec.get('owner')}) was in "
                              f"block {int(rec.get('height') or 0):,d}; it is now "
-                             f"{fw.tx_status(txid)}")
+                             f"{self.follower.tx_status(txid)}")
         return items
 
     def _stale(self, tip: Tip) -> bool:
