@@ -323,14 +323,26 @@ class Bitbayd(JsonRpcClient, Chain):
         log.warning(f"wallet output {key} skipped (logged once): {why}")
 
     @bounded
-    def list_unspent(self, min_conf: int = 0) -> list[Utxo]:  # noqa: C901 (not split yet: issue #11 follow-up)
+    def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
         """Wallet ``listunspent`` + ``listfrozen`` (frozen rows win; ``frozen_until`` from
         ``unlocktime``, else the fractions' lock, else FROZEN_UNKNOWN), each with its
         ``getfractions`` vector, valued at the vector's exact total. Outputs the node has no
         peg data for yet are left out (they appear once it has), and so are outputs whose data
         cannot be reconciled (logged once each): one odd output, at an address pegx may not
         even watch, must not stop the exchange. Fractions of confirmed outputs are cached."""
-        for _ in range(2):  # confirmations -> height needs a tip that did not move meanwhile
+        rows, height = self._wallet_rows(min_conf)
+        out = []
+        for key, (row, is_frozen) in rows.items():
+            u = self._utxo(key, row, is_frozen, height)
+            if u is not None:
+                out.append(u)
+        return out
+
+    def _wallet_rows(self, min_conf: int) -> tuple[dict[str, tuple[dict, bool]], int]:
+        """{outpoint: (row, frozen)} of listunspent + listfrozen (frozen rows win) and the
+        height they were listed at (confirmations -> height needs a tip that did not move
+        meanwhile: listed again once if it did)."""
+        for _ in range(2):
             before = self.getblockcount()
             rows = {outpoint(r["txid"], int(r["vout"])): (r, False)
                     for r in self.listunspent(min_conf)}
@@ -344,33 +356,34 @@ class Bitbayd(JsonRpcClient, Chain):
             height = self.getblockcount()
             if height == before:
                 break
-        out = []
-        for key, (row, is_frozen) in rows.items():
-            try:
-                conf = int(row.get("confirmations") or 0)
-                found = self._fractions(key, row["amount"], cache=conf > 0)
-            except NodeError as exc:
-                if exc.code != LOCAL_CHECK:
-                    raise  # the node said no: not this output's problem
-                self._skip(key, exc.message)
-                continue
-            except (KeyError, TypeError, ValueError) as exc:
-                self._skip(key, f"unreadable listunspent row: {exc!r}")
-                continue
-            if found is None:
-                log.debug(f"{key}: no peg data at the node yet, skipped")
-                continue
-            vec, lock = found
-            value = int(vec.sum())
-            until = 0
-            if is_frozen:
-                until = int(row.get("unlocktime") or 0) or lock or FROZEN_UNKNOWN
-            out.append(Utxo(
-                txid=str(row["txid"]), vout=int(row["vout"]), address=str(row.get("address", "")),
-                value=value, fractions=vec.copy(), confirmations=conf,
-                height=height - conf + 1 if conf > 0 else 0, frozen_until=until,
-            ))
-        return out
+        return rows, height
+
+    def _utxo(self, key: str, row: dict, is_frozen: bool, height: int) -> Utxo | None:
+        """One wallet row valued at its fractions' exact total; None (skipped) when the node
+        has no peg data for it yet or it cannot be reconciled (logged once)."""
+        try:
+            conf = int(row.get("confirmations") or 0)
+            found = self._fractions(key, row["amount"], cache=conf > 0)
+        except NodeError as exc:
+            if exc.code != LOCAL_CHECK:
+                raise  # the node said no: not this output's problem
+            self._skip(key, exc.message)
+            return None
+        except (KeyError, TypeError, ValueError) as exc:
+            self._skip(key, f"unreadable listunspent row: {exc!r}")
+            return None
+        if found is None:
+            log.debug(f"{key}: no peg data at the node yet, skipped")
+            return None
+        vec, lock = found
+        until = 0
+        if is_frozen:
+            until = int(row.get("unlocktime") or 0) or lock or FROZEN_UNKNOWN
+        return Utxo(
+            txid=str(row["txid"]), vout=int(row["vout"]), address=str(row.get("address", "")),
+            value=int(vec.sum()), fractions=vec.copy(), confirmations=conf,
+            height=height - conf + 1 if conf > 0 else 0, frozen_until=until,
+        )
 
     @bounded
     def get_fractions(self, key: str) -> np.ndarray:
