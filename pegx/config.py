@@ -279,7 +279,7 @@ def _validate_replication(cfg: Config, bad) -> None:
             bad("standby_of", str(exc))
 
 
-def load_with_sources(flags: dict | None = None, *, config_file: str | None = None,  # noqa: C901 (not split yet: issue #11 follow-up)
+def load_with_sources(flags: dict | None = None, *, config_file: str | None = None,
                       environ: dict | None = None) -> tuple[Config, dict[str, str]]:
     """:func:`load`, and where each value came from: ``"default"``, the file's path,
     ``"$PEGX_..."`` or ``"--option"``."""
@@ -295,17 +295,9 @@ def load_with_sources(flags: dict | None = None, *, config_file: str | None = No
     path = Path(config_file) if config_file else Path(datadir).expanduser() / "pegx.toml"
     if config_file and not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    if path.exists():
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
-        for name, value in raw.items():
-            if name not in SETTINGS:
-                raise ConfigError(f"{path}: unknown setting {name!r} "
-                                  f"(known: {', '.join(SETTINGS)})")
-            values[name] = _coerce(name, value, str(path))
-            sources[name] = str(path)
+    for name, value in _read_file(path).items():
+        values[name] = value
+        sources[name] = str(path)
     for name, value in env.items():
         values[name] = value
         sources[name] = f"${SETTINGS[name].env}"
@@ -315,6 +307,23 @@ def load_with_sources(flags: dict | None = None, *, config_file: str | None = No
         values[name] = _coerce(name, value, "the command line")
         sources[name] = SETTINGS[name].option
     return _validate(Config(**values)), sources
+
+
+def _read_file(path: Path) -> dict:
+    """The settings of the TOML file ``path``, coerced ({} when there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    values = {}
+    for name, value in raw.items():
+        if name not in SETTINGS:
+            raise ConfigError(f"{path}: unknown setting {name!r} "
+                              f"(known: {', '.join(SETTINGS)})")
+        values[name] = _coerce(name, value, str(path))
+    return values
 
 
 def load(flags: dict | None = None, *, config_file: str | None = None,
