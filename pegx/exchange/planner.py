@@ -225,7 +225,7 @@ def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: 
                 style=style, payees=payee_vouts)
 
 
-def check_plan(plan: Plan, inputs: list[tuple[str, np.ndarray]], supply: int) -> str:  # noqa: PLR0911 (not split yet: issue #11 follow-up)
+def check_plan(plan: Plan, inputs: list[tuple[str, np.ndarray]], supply: int) -> str:  # noqa: PLR0911 (one ordered list of checks; the first failure is the answer)
     """'' when a BitBay node would take ``plan``'s transaction into its mempool and its payees
     get exactly their style (reserve: frozen, reserve steps only; liquid: liquid steps only),
     else what is wrong, for a human. ``inputs``: (address, fractions) of ``plan.inputs``."""

@@ -237,7 +237,7 @@ class PegAPI:
             return spendable
         return {k: v for k, v in spendable.items() if v.get("address") == address}
 
-    def Deposit(self, name, txids, passw=""):  # noqa: PLR0911 (one ordered list of checks, the original's order and strings (ORIGINAL.md §1.3))
+    def Deposit(self, name, txids, passw=""):  # noqa: PLR0911 (one ordered list of checks in the original's order, ORIGINAL.md §1.3)
         """Deposit(name, txids, passw='') -> True: claim inputs ("txid:vout") for a user."""
         if not self.password.check(passw):
             return WRONG_PASSWORD
@@ -294,7 +294,7 @@ class PegAPI:
         rec = self.ledger.claim(txid)
         return False if rec is None else rec
 
-    def GetBalance(self, user, passw=""):  # noqa: PLR0911 (one ordered list of checks, the original's order and strings (ORIGINAL.md §1.3))
+    def GetBalance(self, user, passw=""):  # noqa: PLR0911 (one ordered list of checks in the original's order, ORIGINAL.md §1.3)
         """GetBalance(user, passw='') -> {liquid, reserve}; 'exchange' adds subpremium, frozen."""
         if not self.password.check(passw):
             return WRONG_PASSWORD

@@ -540,7 +540,7 @@ class RPCServer:
             on_call(name, outcome, time.perf_counter() - t0)
         return outcome
 
-    def _invoke(self, name: str, params: tuple[Any, ...]) -> Any:  # noqa: PLR0911 (not split yet: issue #11 follow-up)
+    def _invoke(self, name: str, params: tuple[Any, ...]) -> Any:  # noqa: PLR0911 (one ordered list: no method, arity, then the call's errors, each its Fault)
         method = self._methods.get(name)
         if method is None:
             return Fault(FAULT_NO_METHOD, f"method {name[:100]!r} is not supported")
