@@ -259,37 +259,12 @@ class Devnet(Chain):
         self._log.append(rec)
         return self._apply(rec, check_signatures=False)
 
-    def _apply(self, rec: dict, check_signatures: bool) -> object:  # noqa: C901, PLR0911, PLR0912 (not split yet: issue #11 follow-up)
-        led, kind = self._ledger, rec["a"]
-        if kind == "mine":
-            return led.apply_mine(rec["n"])
-        if kind == "send":
-            return led.apply_send(rec["address"], rec["amount"], rec.get("fractions"))
-        if kind == "tx":
-            return led.apply_tx(rec["raw"], check_signatures)
-        if kind == "vote":
-            led.votes[cycle_of(led.height, self.cycle_blocks) + 1] = (rec["direction"],
-                                                                      rec["steps"])
-        elif kind == "import":
-            return led.apply_import(rec["wif"])
-        elif kind == "newkey":
-            return led.apply_new_key()
-        elif kind == "drop":
-            led.apply_drop(rec["txid"])
-        elif kind == "malleate":
-            led.malleate = True
-        elif kind == "arm_reject":
-            led.reject_reason = rec["reason"]
-        elif kind == "rejected":
-            led.reject_reason = None
-            if isinstance(rec.get("raw"), str):
-                led.seen[dtx.txid_of(rec["raw"])] = rec["raw"]
-        elif kind == "reorg":
-            vote = tuple(rec["vote"]) if rec.get("vote") else None
-            return led.apply_reorg(rec["depth"], rec["txs"] == "keep", vote, rec["spend"])
-        else:
-            raise ValueError(f"unknown devnet log record {kind!r}")
-        return None
+    def _apply(self, rec: dict, check_signatures: bool) -> object:
+        """Apply one action-log record to the chain's state (live and in a replay alike)."""
+        apply = _APPLY.get(rec["a"])
+        if apply is None:
+            raise ValueError(f"unknown devnet log record {rec['a']!r}")
+        return apply(self._ledger, rec, self.cycle_blocks, check_signatures)
 
     # ------------------------------------------------------------------ Chain protocol
 
@@ -403,7 +378,7 @@ class Devnet(Chain):
         with self._lock:
             return isinstance(address, str) and address in self._ledger.wallet
 
-    def create_transaction(  # noqa: C901 (not split yet: issue #11 follow-up)
+    def create_transaction(
         self, inputs: list[str], outputs: list[TxOut], passphrase: str = ""
     ) -> SignedTx:
         """Sign a spend of unspent wallet ``inputs``; the peg rules are checked at broadcast.
@@ -416,32 +391,40 @@ class Devnet(Chain):
         if len(set(inputs)) != len(inputs):
             raise ChainRejected("the same input is listed twice")
         for out in outputs:
-            if not isinstance(out, TxOut):
-                raise ChainRejected(f"outputs must be TxOut, got {type(out).__name__}")
-            if isinstance(out.value, bool) or not isinstance(out.value, (int, np.integer)):
-                raise ChainRejected(f"output value must be int satoshi, got {out.value!r}")
-            if out.address is not None:
-                try:
-                    crypto.validate_address(out.address, self.network)
-                except crypto.CryptoError as exc:
-                    raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
+            self._check_output(out)
         outputs = [TxOut(int(o.value), o.address, o.data) for o in outputs]
         outs = [dtx.out_to_json(o) for o in outputs]
         message = dtx.sighash(inputs, outs)
         with self._lock:
-            led, sigs = self._ledger, []
-            for key in inputs:
-                found = led.find(key)
-                if found is None:
-                    raise ChainRejected(f"input {key} is unknown")
-                address = found[0].outputs[found[1]].address
-                if address not in led.wallet:
-                    raise ChainRejected(f"input {key} pays {address}, which is not in the wallet")
-                if key in led.spent:
-                    raise ChainRejected(f"input {key} is already spent by {led.spent[key]}")
-                sigs.append(dtx.sign(message, *led.wallet[address]))
+            sigs = [self._sign_input(key, message) for key in inputs]
         raw = dtx.encode({"v": 1, "inputs": inputs, "outputs": outs, "sigs": sigs})
         return SignedTx(dtx.txid_of(raw), raw, tuple(inputs))
+
+    def _check_output(self, out: TxOut) -> None:
+        """ChainRejected unless ``out`` is a TxOut of int satoshi to a valid address (or data)."""
+        if not isinstance(out, TxOut):
+            raise ChainRejected(f"outputs must be TxOut, got {type(out).__name__}")
+        if isinstance(out.value, bool) or not isinstance(out.value, (int, np.integer)):
+            raise ChainRejected(f"output value must be int satoshi, got {out.value!r}")
+        if out.address is not None:
+            try:
+                crypto.validate_address(out.address, self.network)
+            except crypto.CryptoError as exc:
+                raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
+
+    def _sign_input(self, key: str, message: str) -> list[str]:
+        """The wallet's signature of ``message`` for unspent wallet input ``key`` (under the
+        lock); ChainRejected when it is unknown, not the wallet's or spent."""
+        led = self._ledger
+        found = led.find(key)
+        if found is None:
+            raise ChainRejected(f"input {key} is unknown")
+        address = found[0].outputs[found[1]].address
+        if address not in led.wallet:
+            raise ChainRejected(f"input {key} pays {address}, which is not in the wallet")
+        if key in led.spent:
+            raise ChainRejected(f"input {key} is already spent by {led.spent[key]}")
+        return dtx.sign(message, *led.wallet[address])
 
     def broadcast(self, raw: str) -> str:
         """Validate a signed transaction against the peg rules and the mempool; add it.
@@ -589,7 +572,7 @@ class Devnet(Chain):
             self._record({"a": "arm_reject", "reason": reason})
         return True
 
-    def reorg(self, depth: int, txs: str = "keep", votes: str | None = None,  # noqa: C901 (not split yet: issue #11 follow-up)
+    def reorg(self, depth: int, txs: str = "keep", votes: str | None = None,
               spend: list[str] | None = None) -> dict:
         """Replace the last ``depth`` blocks (1..1000, at most the height) with as many new
         blocks, as when a competing branch wins; returns {fork, height, replaced, mined,
@@ -608,20 +591,7 @@ class Devnet(Chain):
         them is evicted. Mempool transactions stay unless the new branch makes them invalid.
         Every spend must make it into the new branch, else ChainRejected and nothing changes.
         """
-        depth = dtx.check_int("depth", depth, 1, MAX_REORG)
-        if txs not in ("keep", "drop"):
-            raise ValueError(f"txs must be 'keep' or 'drop', got {txs!r}")
-        vote = None
-        if votes is not None:
-            direction, _, steps = str(votes).partition(":")
-            if direction not in DIRECTIONS or (steps and not steps.isdigit()):
-                raise ValueError(f"votes must be inflate|deflate|nochange[:steps], got {votes!r}")
-            vote = (direction, dtx.check_int("steps", int(steps or 1), 1, 3))
-        if spend is None:
-            spend = []
-        if isinstance(spend, str) or not isinstance(spend, (list, tuple)):
-            # one error kind for every bad lever argument
-            raise ValueError("spend must be a list of txids or txid:vout outpoints")  # noqa: TRY004
+        depth, vote, spend = _reorg_args(depth, txs, votes, spend)
         with self._lock:
             led = self._ledger
             if depth > led.height:
@@ -681,3 +651,68 @@ class Devnet(Chain):
         outs = [dtx.out_to_json(TxOut(value - REORG_FEE, address=address))]
         sig = dtx.sign(dtx.sighash([item], outs), *led.wallet[address])
         return dtx.encode({"v": 1, "inputs": [item], "outputs": outs, "sigs": [sig]})
+
+
+def _reorg_args(depth, txs, votes, spend) -> tuple[int, tuple[str, int] | None, list]:
+    """devnet.reorg's arguments checked in order (ValueError, the one error kind of every bad
+    lever argument): (depth, the vote or None, the spends)."""
+    depth = dtx.check_int("depth", depth, 1, MAX_REORG)
+    if txs not in ("keep", "drop"):
+        raise ValueError(f"txs must be 'keep' or 'drop', got {txs!r}")
+    vote = None
+    if votes is not None:
+        direction, _, steps = str(votes).partition(":")
+        if direction not in DIRECTIONS or (steps and not steps.isdigit()):
+            raise ValueError(f"votes must be inflate|deflate|nochange[:steps], got {votes!r}")
+        vote = (direction, dtx.check_int("steps", int(steps or 1), 1, 3))
+    if spend is None:
+        spend = []
+    if isinstance(spend, str) or not isinstance(spend, (list, tuple)):
+        raise ValueError("spend must be a list of txids or txid:vout outpoints")  # noqa: TRY004
+    return depth, vote, spend
+
+
+# ---------------------------------------------------------------------- the log's records
+# Each applies one kind of action-log record: (ledger, record, cycle_blocks, check_signatures)
+# -> what the action returns (None for the levers).
+def _vote(led: Ledger, rec: dict, cycle_blocks: int, _check: bool) -> None:
+    led.votes[cycle_of(led.height, cycle_blocks) + 1] = (rec["direction"], rec["steps"])
+
+
+def _drop(led: Ledger, rec: dict, _cb: int, _check: bool) -> None:
+    led.apply_drop(rec["txid"])
+
+
+def _malleate(led: Ledger, _rec: dict, _cb: int, _check: bool) -> None:
+    led.malleate = True
+
+
+def _arm_reject(led: Ledger, rec: dict, _cb: int, _check: bool) -> None:
+    led.reject_reason = rec["reason"]
+
+
+def _rejected(led: Ledger, rec: dict, _cb: int, _check: bool) -> None:
+    led.reject_reason = None
+    if isinstance(rec.get("raw"), str):
+        led.seen[dtx.txid_of(rec["raw"])] = rec["raw"]
+
+
+def _reorg(led: Ledger, rec: dict, _cb: int, _check: bool):
+    vote = tuple(rec["vote"]) if rec.get("vote") else None
+    return led.apply_reorg(rec["depth"], rec["txs"] == "keep", vote, rec["spend"])
+
+
+_APPLY: dict[str, Callable[[Ledger, dict, int, bool], object]] = {
+    "mine": lambda led, rec, _cb, _check: led.apply_mine(rec["n"]),
+    "send": lambda led, rec, _cb, _check: led.apply_send(rec["address"], rec["amount"],
+                                                        rec.get("fractions")),
+    "tx": lambda led, rec, _cb, check: led.apply_tx(rec["raw"], check),
+    "vote": _vote,
+    "import": lambda led, rec, _cb, _check: led.apply_import(rec["wif"]),
+    "newkey": lambda led, _rec, _cb, _check: led.apply_new_key(),
+    "drop": _drop,
+    "malleate": _malleate,
+    "arm_reject": _arm_reject,
+    "rejected": _rejected,
+    "reorg": _reorg,
+}
