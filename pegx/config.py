@@ -271,8 +271,6 @@ def _validate_replication(cfg: Config, bad) -> None:
                 bad(name, "needs replication_key_file (pegx replication-key generate FILE, "
                           "then the same file on both machines)")
     if cfg.standby_of:
-        from pegx.replication.standby import parse_address
-
         try:
             parse_address(cfg.standby_of)
         except ValueError as exc:
@@ -391,3 +389,18 @@ def client_password(password: str | None = None, environ: dict | None = None
     if "PEGX_PASSWORD" in environ:
         return environ["PEGX_PASSWORD"], "$PEGX_PASSWORD"
     return "", ""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (or ``tcp://host:port``) of a primary's replication listener."""
+    raw = text.strip()
+    if "://" in raw:
+        scheme, _, raw = raw.partition("://")
+        if scheme != "tcp":
+            raise ValueError(f"--standby-of {text!r}: the primary's replication address is "
+                             f"host:port (or tcp://host:port), not a {scheme} URL")
+    host, sep, port = raw.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--standby-of {text!r}: expected host:port of the primary's "
+                         f"replication listener (its --replication-port)")
+    return host.strip("[]"), int(port)

@@ -21,10 +21,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pegx.config import Config
+from pegx.config import Config, parse_address
 from pegx.replication import epoch, keys, role, wire
 from pegx.replication.primary import Replicator
-from pegx.replication.standby import CONNECT_SECONDS, Receiver, parse_address
+from pegx.replication.standby import CONNECT_SECONDS, Receiver
 
 log = logging.getLogger(__name__)
 
