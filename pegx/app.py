@@ -9,7 +9,7 @@ then pings its watchdog while the cycle thread makes progress (pegx.service).
 Shutdown (ShutDown call, SIGTERM, SIGINT): STOPPING=1, stop taking calls, let in-flight calls
 and the cycle thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
 
-Over 400 lines (~420): the controller wires every part and publishes the pegx.* and devnet.*
+Over 400 lines (~425): the controller wires every part and publishes the pegx.* and devnet.*
 calls, thin wrappers over the parts it wires.
 """
 

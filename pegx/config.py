@@ -4,6 +4,9 @@ Nothing else in pegx reads ``os.environ`` or the config file (STYLE §7). Every 
 once, in SETTINGS, with its type, default and meaning: the Config dataclass, ``pegx serve``'s
 options, ``pegx settings`` and README's settings table are built from it. The client commands'
 way to find the daemon (:func:`client_url`, :func:`client_password`) lives here too.
+
+Over 400 lines (~410): the SETTINGS table is most of it, one entry per setting, with the
+loading and the validation that read it.
 """
 
 from __future__ import annotations

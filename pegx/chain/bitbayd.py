@@ -20,7 +20,7 @@ Every public Chain method (``tip``, ``list_unspent``, ...) runs under one deadli
 node calls (:func:`pegx.chain.jsonrpc.bounded`); ``chain.with_retry(deadline)`` returns the
 view the cycle thread uses, sharing connections and caches.
 
-Over 400 lines (~590): one adapter, the Chain protocol method by method in the node's reply
+Over 400 lines (~610): one adapter, the Chain protocol method by method in the node's reply
 shapes (the transport is pegx.chain.jsonrpc).
 """
 

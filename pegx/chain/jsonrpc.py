@@ -15,7 +15,7 @@ for API calls) a transient fault raises at once; with ``retry=True`` (the cycle 
 retried with capped exponential backoff 0.25 s -> 4 s until the deadline. ``with_retry``
 returns a view sharing connections, caches and health with other settings.
 
-Over 400 lines (~410): the transport, its error taxonomy and its time bounds are one contract
+Over 400 lines (~430): the transport, its error taxonomy and its time bounds are one contract
 (the deadline rules above hold across all of it).
 """
 

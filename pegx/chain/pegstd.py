@@ -230,7 +230,7 @@ def _what(pos: int, out: TxOut) -> str:
     return f"output {pos} ({dest}, {out.value:,d} sat)"
 
 
-def _input_pass(supply: int, inputs: Sequence[Input], outputs: Sequence[TxOut]):  # noqa: C901, PLR0912 (follows the node's peg input loop step by step (BITBAYD.md))
+def _input_pass(supply: int, inputs: Sequence[Input], outputs: Sequence[TxOut]):  # noqa: C901, PLR0912 (follows the node's peg input loop step by step, BITBAYD.md)
     """Pools, frozen outputs and the shared-freeze switch after the node's input pass."""
     reserves: dict[str, np.ndarray] = {}
     liquidity = _zeros()
@@ -305,7 +305,7 @@ def _take_reserves(reserves: dict[str, np.ndarray], order: Sequence[str], dst: n
     return taken
 
 
-def standard_fractions(supply: int, inputs: Sequence[Input], outputs: Sequence[TxOut]) -> Verdict:  # noqa: C901, PLR0912, PLR0915 (follows the node's STD fraction rule step by step (BITBAYD.md))
+def standard_fractions(supply: int, inputs: Sequence[Input], outputs: Sequence[TxOut]) -> Verdict:  # noqa: C901, PLR0912, PLR0915 (follows the node's STD fraction rule step by step, BITBAYD.md)
     """The node's ``CalculateStandardFractions`` alone (no minimum-fee rule): see the module doc.
 
     ``inputs``: (address, fraction vector) per input, in transaction order; ``outputs``: the

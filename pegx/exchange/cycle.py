@@ -23,6 +23,9 @@ chain does not have are republished.
 A failing pass is logged and retried with capped backoff; the thread never dies silently
 (``last_error`` shows what went wrong). What the API reads (started, loaded, busy, the
 Spendable view) is the :class:`pegx.exchange.session.Session`, which this thread writes.
+
+Over 400 lines (~410): the follower thread's one pass (follow, credit, recompute, the desk,
+the Spendable view) and its reactions to reorganisations.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ an unknown Content-Encoding, 501 for other verbs and for Transfer-Encoding; from
 request announces is read whole before any of them is sent, and every one but 404 closes the
 connection, so a refused request's body is never parsed as the next request.
 
-Over 400 lines (~630): dispatch, the argument checks and the Faults are the one boundary where
+Over 400 lines (~635): dispatch, the argument checks and the Faults are the one boundary where
 exceptions become wire errors; moving the argument checks out is an open follow-up of #11.
 """
 

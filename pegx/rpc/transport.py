@@ -27,7 +27,7 @@ served without a thread hand-off (the selector round trip halved single-client t
 Anything else (a partial send, a partial or no next request) goes back to the selector, whose
 deadlines apply again.
 
-Over 400 lines (~580): one selector thread's state machine over every connection; the
+Over 400 lines (~590): one selector thread's state machine over every connection; the
 invariants above hold across all of it.
 """
 

@@ -13,6 +13,9 @@ hash back, even when the new branch holds the same transactions. The supply inde
 (= h // 200, or h // 20 on testnet: ``cycle_blocks``) is fixed when block 200·c is mined, from
 the vote registered during cycle c-1, else (with ``walk_seed``) a seeded random vote, else
 unchanged. Keys and addresses use the versions of ``net``.
+
+Over 400 lines (~410): one deterministic state machine; its reorganisation, mining and
+mempool steps share the same state.
 """
 
 from __future__ import annotations

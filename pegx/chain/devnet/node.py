@@ -33,7 +33,7 @@ after every mining call (from the mining thread, outside the lock; one call per 
 The devnet wallet is not encrypted and imported WIF keys are stored in the action log: it is a
 simulation, never give it a key that holds real coins.
 
-Over 400 lines (~680): the Chain protocol and the levers on one lock; the state machine, peg
+Over 400 lines (~720): the Chain protocol and the levers on one lock; the state machine, peg
 rules, raw format, log and file layout are already modules of their own (above).
 """
 
