@@ -19,7 +19,7 @@ import pytest
 
 from harness import wait_until
 from harness.daemon import Daemon
-from harness.fakenode import HEIGHT, FakeNode, std_fractions, unspent_row
+from harness.fakenode import HEIGHT, node_at_height, std_fractions, unspent_row
 from pegx import crypto
 
 BIG_SAT = 99_999_899_999_985_000  # prints as 999998999.99984992 BAY
@@ -29,12 +29,7 @@ PASS = "wallet pass 1"
 
 @pytest.fixture
 def node():
-    fake = FakeNode()
-    st = fake.state
-    st["blockcount"] = HEIGHT
-    st["peginfo"].update(cycle=8, peg=3, pegnext=6, pegnextnext=9, startingblock=1000)
-    st["blockhashes"] = {HEIGHT: "a" * 64}
-    st["blocks"] = {"a" * 64: {"hash": "a" * 64, "height": HEIGHT, "time": 1_796_115_209}}
+    fake = node_at_height()
     yield fake
     fake.close()
 

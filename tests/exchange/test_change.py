@@ -9,7 +9,7 @@ beyond the wallet's current outputs.
 from __future__ import annotations
 
 from harness import COMM, new_address, wait_until
-from harness.daemon import Daemon, check_law, mine_one, status_of
+from harness.daemon import Daemon, advance, check_law, status_of
 from harness.rig import Rig
 from pegx import crypto, peg
 from pegx.chain.devnet.ledger import BLOCK_TIME
@@ -18,15 +18,6 @@ from pegx.exchange.planner import commission, estimated_fees
 from pegx.ledger import rules
 
 BAY = 10**8
-
-
-def _advance(x, pred, limit: int = 450):
-    for _ in range(limit):
-        got = pred()
-        if got:
-            return got
-        mine_one(x)
-    raise AssertionError(f"not reached within {limit} blocks")
 
 
 def _deposit_address(x, d: Daemon) -> str:
@@ -58,7 +49,7 @@ def test_withdraw_to_a_deposit_address_is_a_deposit_not_house_change(tmp_path):
         assert ok is True, w1
         ok, w2 = x.Withdraw("alice", str(50 * BAY), alice_addr)
         assert ok is True, w2
-        _advance(x, lambda: status_of(x, w1) == status_of(x, w2) == "Complete")
+        advance(x, lambda: status_of(x, w1) == status_of(x, w2) == "Complete")
         txid = x.CheckWithdraw(w1)["txid"]
         assert x.CheckWithdraw(w2)["txid"] == txid  # one batch
 
@@ -68,7 +59,7 @@ def test_withdraw_to_a_deposit_address_is_a_deposit_not_house_change(tmp_path):
             outs = {k: e for k, e in x.GetSpendable().items() if k.split(":")[0] == txid}
             return outs if len(outs) == 5 else None
 
-        mine = _advance(x, batch_outputs, 20)
+        mine = advance(x, batch_outputs, 20)
         c = commission(100 * BAY, COMM)
         to_bobby = [k for k, e in mine.items() if e["address"] == bobby_addr]
         to_alice = [k for k, e in mine.items() if e["address"] == alice_addr]

@@ -14,7 +14,7 @@ import json
 from click.testing import CliRunner
 
 from harness import COMM, SUPPLY, new_address, wait_until
-from harness.daemon import Daemon, mine_one, status_of
+from harness.daemon import Daemon, advance, status_of
 from harness.fakenode import FakeNode
 from pegx import crypto
 from pegx.chain.bitbayd import Bitbayd
@@ -33,15 +33,6 @@ STATUS_LINE = "withdraws pending but not batchable: "
 def not_mine(address: str) -> str:
     return (f"Exchange account {address!r} is not an address of the exchange's wallet: the "
             "wallet could not spend the change sent to it.")
-
-
-def advance(x, pred, limit: int = 450):
-    for _ in range(limit):
-        got = pred()
-        if got:
-            return got
-        mine_one(x)
-    raise AssertionError(f"not reached within {limit} blocks")
 
 
 def cli_status(url: str) -> list[str]:

@@ -375,3 +375,14 @@ def unspent_row(txid: str, vout: int, address: str, sat: int, conf: int) -> dict
     return {"txid": txid, "vout": vout, "address": address, "account": "",
             "scriptPubKey": "76a914" + "00" * 20 + "88ac", "amount": sat / 1e8,
             "reserve": 0.0, "liquidity": sat / 1e8, "confirmations": conf, "spendable": True}
+
+
+def node_at_height() -> FakeNode:
+    """A fake node whose chain is at HEIGHT, 25 blocks into cycle 8 at peg 3."""
+    fake = FakeNode()
+    st = fake.state
+    st["blockcount"] = HEIGHT
+    st["peginfo"].update(cycle=8, peg=3, pegnext=6, pegnextnext=9, startingblock=1000)
+    st["blockhashes"] = {HEIGHT: "a" * 64}
+    st["blocks"] = {"a" * 64: {"hash": "a" * 64, "height": HEIGHT, "time": 1_796_115_209}}
+    return fake

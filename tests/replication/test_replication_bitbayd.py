@@ -11,7 +11,7 @@ import hashlib
 import pytest
 
 from harness import wait_until
-from harness.fakenode import HEIGHT, FakeNode, std_fractions, unspent_row
+from harness.fakenode import node_at_height, std_fractions, unspent_row
 from harness.replica import (
     digest,
     make_key,
@@ -24,19 +24,9 @@ from harness.replica import (
 from pegx import crypto
 
 
-def _node() -> FakeNode:
-    fake = FakeNode()
-    st = fake.state
-    st["blockcount"] = HEIGHT
-    st["peginfo"].update(cycle=8, peg=3, pegnext=6, pegnextnext=9, startingblock=1000)
-    st["blockhashes"] = {HEIGHT: "a" * 64}
-    st["blocks"] = {"a" * 64: {"hash": "a" * 64, "height": HEIGHT, "time": 1_796_115_209}}
-    return fake
-
-
 @pytest.fixture
 def nodes():
-    a, b = _node(), _node()
+    a, b = node_at_height(), node_at_height()
     yield a, b
     a.close()
     b.close()
