@@ -8,6 +8,9 @@ server -> accept calls -> (autostart) start the exchange -> READY=1 to systemd; 
 then pings its watchdog while the cycle thread makes progress (pegx.service).
 Shutdown (ShutDown call, SIGTERM, SIGINT): STOPPING=1, stop taking calls, let in-flight calls
 and the cycle thread's current pass finish, close the chain, checkpoint the ledger, exit 0.
+
+Over 400 lines (~425): the controller wires every part and publishes the pegx.* and devnet.*
+calls, thin wrappers over the parts it wires.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from pegx import __version__, service
 from pegx.admin import audit
 from pegx.admin.backup import BackupJobs
 from pegx.admin.offline import ToolError
+from pegx.chain import factory as chain_factory
 from pegx.chain.base import ChainRejected, ChainUnavailable
 from pegx.config import Config
 from pegx.exchange import chainguard
 from pegx.exchange.cycle import ExchangeCycle
 from pegx.exchange.pipeline import pipeline
+from pegx.exchange.session import Session
 from pegx.exchange.withdraws import WithdrawDesk
 from pegx.ledger import engine
 from pegx.ledger.journal import NotAcknowledged
@@ -42,22 +47,6 @@ log = logging.getLogger(__name__)
 
 PUBLIC_KEY_FILE = "api_public_key"
 CHAIN_RETRY_SECONDS = 2.0  # pause between start-up chain checks while the node is unavailable
-
-
-def build_chain(cfg: Config):
-    """The configured chain backend (devnet by default)."""
-    if cfg.chain == "devnet":
-        from pegx.chain.devnet import Devnet
-
-        # Devnet keeps its files in <datadir>/devnet (cfg.devnet_path) itself
-        return Devnet(cfg.path, block_seconds=cfg.block_seconds,
-                      initial_supply=cfg.initial_supply,
-                      walk_seed=None if cfg.devnet_walk < 0 else cfg.devnet_walk,
-                      seed=cfg.devnet_seed, network=cfg.net)
-    from pegx.chain.bitbayd import Bitbayd
-
-    return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
-                   retry=True, network=cfg.net)
 
 
 def read_public_key(datadir: Path) -> str | None:
@@ -84,11 +73,7 @@ class App:
         self.exit_code = 0
         self.notifier = notifier or service.Notifier()
         # refused before the datadir is touched: a port in use, a datadir others can read
-        check_can_listen(cfg.host, cfg.port)
-        check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
-        if cfg.replication_key_file and not cfg.standby_of:
-            check_can_listen(cfg.replication_host or cfg.host, cfg.replication_port,
-                             "replication_port")
+        self._check_ports()
         service.make_datadir(cfg.path)
         self.store = Store(cfg.ledger_path)
         self.chain = None
@@ -102,11 +87,9 @@ class App:
                 self.replication = Replication(cfg, self.ledger, on_fenced=self._fenced)
             if cfg.standby_of:  # its chain follows the primary's; checked at promotion
                 self.replication.prepare_standby()
-            elif cfg.chain == "devnet":
-                from pegx.chain.devnet.log import LOG_NAME
-
-                chainguard.require_devnet(self.ledger, cfg.devnet_path, LOG_NAME)
-            self.chain = build_chain(cfg)
+            else:
+                self._refuse_new_chain()
+            self.chain = chain_factory.build(cfg)
             if not cfg.standby_of:
                 self._check_chain()
         except BaseException:
@@ -114,9 +97,10 @@ class App:
                 self.chain.close()
             self.store.close()
             raise
-        desk = WithdrawDesk(self.ledger, self.chain)
-        self.cycle = ExchangeCycle(self.ledger, self.chain, poll_seconds=cfg.poll_seconds,
-                                   on_shutdown=self.request_shutdown, desk=desk,
+        self.desk = WithdrawDesk(self.ledger, self.chain)
+        self.session = Session(self.ledger, self.chain, on_shutdown=self.request_shutdown)
+        self.cycle = ExchangeCycle(self.ledger, self.chain, self.session,
+                                   poll_seconds=cfg.poll_seconds, desk=self.desk,
                                    final_depth=cfg.final_depth)
         pub = read_public_key(cfg.path)
         self.exec_api = ExecAPI(pub, cfg.allow_exec,
@@ -126,16 +110,41 @@ class App:
         if cfg.allow_exec and pub is None:
             log.warning("--allow-exec is set but no public key is installed "
                         "(pegx api-key install): API() stays disabled")
-        control = self.cycle
+        control: api.Control = self.session
         if self.replication is not None:
             from pegx.replication import role
 
-            control = role.RoleControl(self.cycle, self.replication.role)
+            control = role.RoleControl(self.session, self.replication.role,
+                                       refresh_spendable=self.cycle.refresh_spendable)
         self.api = api.PegAPI(self.ledger, control, busy_wait=cfg.busy_wait,
                               exec_api=self.exec_api, network=cfg.net)
+        self._register_calls()
+        if cfg.chain == "devnet":
+            self._register_devnet()
+        self.health = health.Health(self.chain, self.session, self.cycle,
+                                    stall_seconds=health.stall_threshold(cfg),
+                                    started_at=self.started_at)
+        self.metrics = self._metrics() if cfg.metrics_port else None
+        self.watchdog = service.Watchdog(
+            self.notifier, service.CycleHealth(self.session, self.cycle, cfg.cycle_stall_seconds))
+
+    def _check_ports(self) -> None:
+        """Every port this daemon will listen on is free (ServerError otherwise)."""
+        cfg = self.cfg
+        check_can_listen(cfg.host, cfg.port)
+        check_can_listen(cfg.host, cfg.metrics_port, "metrics_port")
+        if cfg.replication_key_file and not cfg.standby_of:
+            check_can_listen(cfg.replication_host or cfg.host, cfg.replication_port,
+                             "replication_port")
+
+    def _register_calls(self) -> None:
+        """The XML-RPC server with the API (role-guarded with replication) and pegx.* calls."""
+        cfg = self.cfg
         self.server = RPCServer(cfg.host, cfg.port, request_deadline=cfg.rpc_request_deadline)
         methods = self.api.methods()
         if self.replication is not None:
+            from pegx.replication import role
+
             methods = role.guard_api(methods, self.replication.role, self.api.password.check)
         self.server.register_many(methods)
         self.server.register_many({"pegx.status": self.status, "pegx.noop": self.noop,
@@ -145,15 +154,12 @@ class App:
         self.server.register_many({"pegx.backup": self.backup,
                                    "pegx.backup_progress": self.backup_progress,
                                    "pegx.audit": self.audit})
-        if cfg.chain == "devnet":
-            self._register_devnet()
-        self.health = health.Health(self.chain, self.cycle, probe_chain=self._probe_chain(),
-                                    stall_seconds=health.stall_threshold(cfg),
-                                    block_clock=cfg.chain == "bitbayd",
-                                    started_at=self.started_at)
-        self.metrics = self._metrics() if cfg.metrics_port else None
-        self.watchdog = service.Watchdog(
-            self.notifier, service.CycleHealth(self.cycle, cfg.cycle_stall_seconds))
+
+    def _refuse_new_chain(self) -> None:
+        """A new devnet is created only with a new ledger (pegx.exchange.chainguard)."""
+        fresh = chain_factory.creates_chain(self.cfg)
+        if fresh is not None:
+            chainguard.refuse_new_chain(self.ledger, fresh)
 
     def _check_chain(self) -> None:
         """The chain must be the ledger's before any call is taken (WrongChain otherwise); an
@@ -167,14 +173,6 @@ class App:
                             "answers, retrying in %.0f s", exc, CHAIN_RETRY_SECONDS)
                 time.sleep(CHAIN_RETRY_SECONDS)
 
-    def _probe_chain(self):
-        """The chain view health probes call: for bitbayd one that fails fast (no retries,
-        a deadline of seconds), so pegx status says at once that the node is gone."""
-        if self.cfg.chain != "bitbayd":
-            return self.chain
-        return self.chain.with_options(retry=False, timeout=health.PROBE_TIMEOUT,
-                                       deadline=health.PROBE_DEADLINE)
-
     def _metrics(self):
         """The metrics port (--metrics-port): the registry, its hooks, the HTTP server."""
         from pegx.ops.metrics import Metrics, MetricsServer, StateCollector
@@ -186,8 +184,7 @@ class App:
         self.server.on_call = m.on_call
         self.ledger.observe(fsync=m.fsync.observe, checkpoint=m.checkpoint.observe)
         self.cycle.on_recompute = m.recompute.observe
-        node_errors = self.chain.rpc_errors if self.cfg.chain == "bitbayd" else (lambda: 0)
-        m.registry.register(StateCollector(self.state, node_errors))
+        m.registry.register(StateCollector(self.state, self.chain.rpc_errors))
         if not self.cfg.is_loopback:
             log.warning("metrics port listening on %r, not loopback: anyone who can reach it "
                         "sees the exchange's totals and state", self.cfg.host)
@@ -201,7 +198,7 @@ class App:
 
     def _exec_namespace(self) -> dict:
         return {"api": self.api, "engine": self.ledger, "ledger": self.ledger,
-                "chain": self.chain, "cycle": self.cycle}
+                "chain": self.chain, "cycle": self.cycle, "session": self.session}
 
     def _register_devnet(self) -> None:
         d = self.chain
@@ -281,24 +278,19 @@ class App:
             raise CallError(str(exc)) from None
 
     def _check_chain_once(self) -> None:
-        if self.cfg.chain == "devnet":
-            from pegx.chain.devnet.log import LOG_NAME
-
-            chainguard.require_devnet(self.ledger, self.cfg.devnet_path, LOG_NAME)
+        self._refuse_new_chain()
         chainguard.check(self.ledger, self.chain)
 
     def _activate(self) -> None:
         """A promoted standby takes over: its chain and the exchange start."""
-        start = getattr(self.chain, "start", None)
-        if start is not None:
-            start()
-        self.cycle.start()
+        self.chain.start()
+        self.session.start()
 
     def _fenced(self, reason: str) -> None:
         """A newer primary exists: stop the exchange (no withdraw may go out from here) and
         shut down; the datadir refuses to serve as a primary from now on."""
         self.exit_code = 3
-        threading.Thread(target=self.cycle.stop, name="fenced-stop", daemon=True).start()
+        threading.Thread(target=self.session.stop, name="fenced-stop", daemon=True).start()
         self.request_shutdown()
 
     def backup(self, dest, passw=""):
@@ -340,19 +332,19 @@ class App:
         the problems first (pegx.ops.health), then the figures."""
         tip = self.cycle.tip
         pipe = pipeline(self.ledger, time.time())  # one pass under the lock, little copied
-        desk = self.cycle.desk
         follower = self.cycle.follower.state()
+        session = self.session
         report = {
             # the last reorganisation that replaced a final block ({}: never), shown first
             "reorg_alarm": follower["alarms"][-1] if follower.get("alarms") else {},
             "reorgs": int(follower.get("reorgs", 0)),
             "final_depth": self.cycle.final_depth(),
             # why pending withdraws cannot go out ('' if nothing stands in their way)
-            "withdraws_not_batchable": desk.not_batchable() if desk is not None else "",
+            "withdraws_not_batchable": self.desk.not_batchable(),
             "version": __version__, "pid": os.getpid(), "chain": self.cfg.chain,
-            "network": self.cfg.network, "wallet": self.cycle.wallet_note,
-            "datadir": str(self.cfg.path), "running": True, "started": self.cycle.started(),
-            "loaded": self.cycle.loaded(), "cycle_thread_alive": self.cycle.running,
+            "network": self.cfg.network, "wallet": session.wallet_note,
+            "datadir": str(self.cfg.path), "running": True, "started": session.started(),
+            "loaded": session.loaded(), "cycle_thread_alive": self.cycle.running,
             "cycle": self.cycle.cycle(), "height": tip.height if tip else -1,
             "chain_cycle": tip.cycle if tip else -1, "supply": self.ledger.supply,
             "exchange": self.ledger.exchange_balance(), "users": len(self.ledger.users()),
@@ -383,9 +375,8 @@ class App:
         standby = self.replication is not None and self.replication.standby
         if self.replication is not None:  # before any call: a sync standby sees every record
             self.replication.start(self.chain)
-        start = getattr(self.chain, "start", None)
-        if start is not None and not standby:
-            start()
+        if not standby:
+            self.chain.start()
         self.server.serve_in_thread()
         if self.metrics is not None:
             self.metrics.start()
@@ -394,7 +385,7 @@ class App:
                  port, self.cfg.chain, self.cfg.path,
                  f", standby of {self.cfg.standby_of}" if standby else "")
         if self.cfg.autostart and not standby:
-            self.cycle.start()
+            self.session.start()
         self.watchdog.status = f"serving on http://{host}:{port} (chain {self.cfg.chain})"
         self.notifier.notify("READY=1", f"STATUS={self.watchdog.status}")
         while not self._shutdown.wait(self.watchdog.tick_seconds):

@@ -4,6 +4,9 @@ Nothing else in pegx reads ``os.environ`` or the config file (STYLE §7). Every 
 once, in SETTINGS, with its type, default and meaning: the Config dataclass, ``pegx serve``'s
 options, ``pegx settings`` and README's settings table are built from it. The client commands'
 way to find the daemon (:func:`client_url`, :func:`client_password`) lives here too.
+
+Over 400 lines (~410): the SETTINGS table is most of it, one entry per setting, with the
+loading and the validation that read it.
 """
 
 from __future__ import annotations
@@ -181,14 +184,7 @@ def _coerce(name: str, value, source: str):
     kind = SETTINGS[name].kind
     try:
         if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
+            return _coerce_bool(value)
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
@@ -204,16 +200,39 @@ def _coerce(name: str, value, source: str):
         raise ConfigError(f"{name} from {source}: expected {kind.__name__}, got {value!r}") from None
 
 
+def _coerce_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
 def _validate(cfg: Config) -> Config:
+    """The first setting out of its range raises ConfigError (in this order)."""
     def bad(name: str, why: str):
         raise ConfigError(f"{name} = {getattr(cfg, name)!r}: {why}")
 
+    _validate_choices(cfg, bad)
+    _validate_ports(cfg, bad)
+    _validate_ranges(cfg, bad)
+    _validate_replication(cfg, bad)
+    return cfg
+
+
+def _validate_choices(cfg: Config, bad) -> None:
     for s in SETTINGS.values():
         value = getattr(cfg, s.name)
         if s.name == "log_level":  # the one setting spelled in any case
             value = value.upper()
         if s.choices and value not in s.choices:
             bad(s.name, f"must be {', '.join(s.choices[:-1])} or {s.choices[-1]}")
+
+
+def _validate_ports(cfg: Config, bad) -> None:
     if not 0 <= cfg.port <= 65535:
         bad("port", "must be 0..65535")
     if not 0 <= cfg.metrics_port <= 65535:
@@ -223,6 +242,9 @@ def _validate(cfg: Config) -> Config:
     url = urlparse(cfg.node_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         bad("node_url", "must look like http://user:password@127.0.0.1:19915")
+
+
+def _validate_ranges(cfg: Config, bad) -> None:
     for name in ("node_timeout", "node_deadline", "poll_seconds", "busy_wait",
                  "checkpoint_seconds", "rpc_request_deadline", "cycle_stall_seconds"):
         if not getattr(cfg, name) > 0:
@@ -237,8 +259,6 @@ def _validate(cfg: Config) -> Config:
         bad("checkpoint_ops", "must be >= 1")
     if not cfg.datadir:
         bad("datadir", "must not be empty")
-    _validate_replication(cfg, bad)
-    return cfg
 
 
 def _validate_replication(cfg: Config, bad) -> None:
@@ -254,8 +274,6 @@ def _validate_replication(cfg: Config, bad) -> None:
                 bad(name, "needs replication_key_file (pegx replication-key generate FILE, "
                           "then the same file on both machines)")
     if cfg.standby_of:
-        from pegx.replication.standby import parse_address
-
         try:
             parse_address(cfg.standby_of)
         except ValueError as exc:
@@ -278,17 +296,9 @@ def load_with_sources(flags: dict | None = None, *, config_file: str | None = No
     path = Path(config_file) if config_file else Path(datadir).expanduser() / "pegx.toml"
     if config_file and not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    if path.exists():
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
-        for name, value in raw.items():
-            if name not in SETTINGS:
-                raise ConfigError(f"{path}: unknown setting {name!r} "
-                                  f"(known: {', '.join(SETTINGS)})")
-            values[name] = _coerce(name, value, str(path))
-            sources[name] = str(path)
+    for name, value in _read_file(path).items():
+        values[name] = value
+        sources[name] = str(path)
     for name, value in env.items():
         values[name] = value
         sources[name] = f"${SETTINGS[name].env}"
@@ -298,6 +308,23 @@ def load_with_sources(flags: dict | None = None, *, config_file: str | None = No
         values[name] = _coerce(name, value, "the command line")
         sources[name] = SETTINGS[name].option
     return _validate(Config(**values)), sources
+
+
+def _read_file(path: Path) -> dict:
+    """The settings of the TOML file ``path``, coerced ({} when there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    values = {}
+    for name, value in raw.items():
+        if name not in SETTINGS:
+            raise ConfigError(f"{path}: unknown setting {name!r} "
+                              f"(known: {', '.join(SETTINGS)})")
+        values[name] = _coerce(name, value, str(path))
+    return values
 
 
 def load(flags: dict | None = None, *, config_file: str | None = None,
@@ -365,3 +392,18 @@ def client_password(password: str | None = None, environ: dict | None = None
     if "PEGX_PASSWORD" in environ:
         return environ["PEGX_PASSWORD"], "$PEGX_PASSWORD"
     return "", ""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (or ``tcp://host:port``) of a primary's replication listener."""
+    raw = text.strip()
+    if "://" in raw:
+        scheme, _, raw = raw.partition("://")
+        if scheme != "tcp":
+            raise ValueError(f"--standby-of {text!r}: the primary's replication address is "
+                             f"host:port (or tcp://host:port), not a {scheme} URL")
+    host, sep, port = raw.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--standby-of {text!r}: expected host:port of the primary's "
+                         f"replication listener (its --replication-port)")
+    return host.strip("[]"), int(port)

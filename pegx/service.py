@@ -149,8 +149,10 @@ class CycleHealth:
     ``chain_stalled``, the chain's blocks: a node that stops mining is no reason to restart.)
     """
 
-    def __init__(self, cycle, stall_seconds: float, clock: Callable[[], float] = time.monotonic):
-        self.cycle = cycle
+    def __init__(self, session, cycle, stall_seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.session = session  # started or not (pegx.exchange.session.Session)
+        self.cycle = cycle  # its passes (pegx.exchange.cycle.ExchangeCycle)
         self.stall_seconds = stall_seconds
         self.clock = clock
         self._mark: tuple | None = None
@@ -158,7 +160,7 @@ class CycleHealth:
 
     def __call__(self) -> str:
         now = self.clock()
-        if not self.cycle.started():
+        if not self.session.started():
             self._mark = None
             return ""
         mark = (self.cycle.passes, self.cycle.last_error_time)

@@ -352,7 +352,7 @@ def bench_rpc(clients: int, quick: bool) -> list[Row]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import xmlrpc.client
 
-    from daemon import Daemon
+    from harness.daemon import Daemon
 
     per = 300 if quick else 1_500
     root = tmp_ledger().parent
@@ -417,8 +417,8 @@ def bench_standby(clients: int, quick: bool) -> list[Row]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import xmlrpc.client
 
-    from daemon import Daemon
-    from replica import make_key, primary, standby, wait_caught_up, wait_loaded
+    from harness.daemon import Daemon
+    from harness.replica import make_key, primary, standby, wait_caught_up, wait_loaded
 
     per = 200 if quick else 1_000
     root = tmp_ledger().parent

@@ -3,7 +3,7 @@
     python scripts/bench_bitbayd.py                  # 1,000 deposit addresses and outputs
     python scripts/bench_bitbayd.py --addresses 200  # smaller
 
-It makes a private regtest chain with the kit (../shared/bitbayd, see tests/realnode.py; the
+It makes a private regtest chain with the kit (../shared/bitbayd, see tests/harness/realnode.py; the
 binary from PEGX_BITBAYD or build.sh), encrypts its wallet, imports ``--addresses`` deposit
 keys through pegx's bitbayd client, pays each one output (100 outputs per transaction), and
 measures with the client pegx uses (one keep-alive connection):
@@ -29,12 +29,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-import realnode  # tests/realnode.py: the kit's node, shared with the tests
-from daemon import free_port
-
+from harness import free_port, realnode
 from pegx import crypto
 from pegx.chain.bitbayd import Bitbayd
 from pegx.exchange.cycle import ExchangeCycle
+from pegx.exchange.session import Session
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
 
@@ -59,7 +58,7 @@ def row(name: str, samples: list[float], note: str = "") -> tuple[str, str, str,
     return (name, f"{statistics.median(samples):,.2f}", f"{p95:,.2f}", f"{len(samples):,d}", note)
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915 (a script's straight-line story)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--addresses", type=int, default=1000, help="deposit addresses = outputs")
     ap.add_argument("--repeat", type=int, default=50, help="calls per RPC measured")
@@ -121,10 +120,12 @@ def main() -> int:
         ledger = Exchange(Store(store_dir))
         try:
             ledger.put_many([("addresses", a, {"imported": 1}) for a in addresses])
-            cycle = ExchangeCycle(ledger, chain.with_retry(600), poll_seconds=0.5)
+            view = chain.with_retry(600)
+            session = Session(ledger, view)
+            cycle = ExchangeCycle(ledger, view, session, poll_seconds=0.5)
             cold = timed(cycle.step, 1)
             warm = timed(cycle.step, 5)
-            spendable = list(cycle.spendable())
+            spendable = list(session.spendable())
             ledger.put_many([("claims", k, {"name": f"user{i:05d}"})
                              for i, k in enumerate(spendable)])
             register = timed(cycle.step, 1)

@@ -15,7 +15,7 @@ by much more than the rows differ from each other; a few microseconds are noise.
 Not measured here: the first check after a start or a password change runs scrypt (~50 ms)
 for right and wrong passwords alike, then the salted SHA-256 kept in memory is used.
 
-Without --url the script starts a devnet daemon in a temporary directory (tests/daemon.py),
+Without --url the script starts a devnet daemon in a temporary directory (tests/harness/daemon.py),
 funds one user, sets a password, and stops the daemon at the end. Exit code 1 if any call
 answered something other than what its password deserves (a wrong one must get
 "Incorrect Password"); 0 otherwise, whatever the timings.
@@ -96,7 +96,7 @@ def print_table(rows: list[tuple]) -> None:
 
 def own_daemon(tmp: Path, password: str):
     """A devnet daemon with a funded user and the password set; returns (daemon, user, other)."""
-    from daemon import Daemon
+    from harness.daemon import Daemon
 
     d = Daemon(tmp / "timing", env={"PEGX_POLL_SECONDS": "0.1"})
     d.start()

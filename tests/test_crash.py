@@ -7,24 +7,17 @@ broken checker cannot pass vacuously.
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import threading
 import xmlrpc.client
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "crash_test.py"
-spec = importlib.util.spec_from_file_location("crash_test", SCRIPT)
-crash_test = importlib.util.module_from_spec(spec)
-sys.modules["crash_test"] = crash_test  # spawned client processes import it by this name
-spec.loader.exec_module(crash_test)
+from harness import crash
 
 USERS = ["aaaa", "bbbb"]
-ACCOUNTS = USERS + [crash_test.POOL, crash_test.WITHDRAWS]
+ACCOUNTS = USERS + [crash.POOL, crash.WITHDRAWS]
 
 
 def trade(n: int, src: str, dst: str, amount: int, outcome: str) -> dict:
@@ -37,8 +30,8 @@ def snap(totals: dict, claims: dict | None = None, status: dict | None = None) -
             "status": status or {}}
 
 
-def funded_model(summary) -> crash_test.Model:
-    model = crash_test.Model(USERS)
+def funded_model(summary) -> crash.Model:
+    model = crash.Model(USERS)
     model.claims["f:0"] = {"user": "aaaa", "value": 10**12, "acked": True, "maybe": False}
     model.take(trade(1, "aaaa", "bbbb", 3 * 10**9, "acked"), summary)
     return model
@@ -48,7 +41,7 @@ FUNDED = {"f:0": {"name": "aaaa", "registered": 1}}
 
 
 def test_resolve_finds_the_one_subset_of_unanswered_calls():
-    summary = crash_test.Summary(0)
+    summary = crash.Summary(0)
     model = funded_model(summary)
     model.take(trade(2, "aaaa", "bbbb", 123_456_789, "unknown"), summary)
     model.take(trade(3, "bbbb", "pool", 987_654, "unknown"), summary)
@@ -62,23 +55,23 @@ def test_resolve_finds_the_one_subset_of_unanswered_calls():
 
 
 def test_a_refused_call_that_left_an_effect_fails():
-    summary = crash_test.Summary(0)
+    summary = crash.Summary(0)
     model = funded_model(summary)
     model.take(trade(2, "aaaa", "pool", 55_555, "refused"), summary)
     got = snap({"aaaa": 10**12 - 3 * 10**9 - 55_555, "bbbb": 3 * 10**9, "pool": 55_555}, FUNDED)
-    with pytest.raises(crash_test.CheckFailed, match="pool: 0 vs 55,555"):
+    with pytest.raises(crash.CheckFailed, match="pool: 0 vs 55,555"):
         model.resolve(got, ACCOUNTS, summary)
 
 
 def test_a_lost_acknowledged_claim_fails():
-    summary = crash_test.Summary(0)
+    summary = crash.Summary(0)
     model = funded_model(summary)
-    with pytest.raises(crash_test.CheckFailed, match="is gone"):
+    with pytest.raises(crash.CheckFailed, match="is gone"):
         model.check_claims(snap({}, {}), summary)
 
 
 def test_withdraw_refund_and_orphan_completion_are_accounted():
-    summary = crash_test.Summary(0)
+    summary = crash.Summary(0)
     model = funded_model(summary)
     model.take({"n": 2, "k": 0, "m": "Withdraw", "o": "acked", "id": "w1", "args": [],
                 "fx": {"kind": "withdraw", "user": "aaaa", "amount": 7 * 10**8}}, summary)
@@ -104,7 +97,7 @@ def test_a_call_cut_off_mid_answer_is_unknown_not_unsent():
         conn.recv(65536)
         conn.close()
 
-    for make, expected in ((crash_test.proxy, ConnectionResetError),
+    for make, expected in ((crash.proxy, ConnectionResetError),
                            (lambda url: xmlrpc.client.ServerProxy(url), ConnectionRefusedError)):
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
@@ -113,12 +106,12 @@ def test_a_call_cut_off_mid_answer_is_unknown_not_unsent():
         with pytest.raises(expected) as info:
             make(f"http://127.0.0.1:{port}").Trade("aaaa", 1, "bbbb")
         t.join()
-        if make is crash_test.proxy:
+        if make is crash.proxy:
             assert not isinstance(info.value, ConnectionRefusedError)
 
 
 def test_short_crash_run(tmp_path):
-    summary = crash_test.run(tmp_path, kills=5, clients=2, seed=7, quiet=True, load=(0.2, 0.8))
+    summary = crash.run(tmp_path, kills=5, clients=2, seed=7, quiet=True, load=(0.2, 0.8))
     assert summary.ok, summary.failures
     assert summary.kills >= 5
     assert summary.labels["cycle"] >= 1 and summary.labels["batch"] >= 1

@@ -1,14 +1,15 @@
 """The network setting (issue #13 item 3): address versions and the cycle length are the
 network's, not mainnet's constants. On the devnet, network = testnet gives testnet keys and
 addresses (versions 111/196/239) and 20-block cycles; the bitbayd backend takes the length from
-getpeginfo's interval (tests/test_bitbayd_shapes.py::test_testnet_network_client, and the real
-node in tests/test_bitbayd_node.py)."""
+getpeginfo's interval (tests/chain/test_bitbayd_shapes.py::test_testnet_network_client, and the real
+node in tests/chain/test_bitbayd_node.py)."""
 
 from __future__ import annotations
 
 import pytest
-from daemon import Daemon, assert_returns, wait_until
 
+from harness import assert_returns, wait_until
+from harness.daemon import Daemon
 from pegx import crypto
 from pegx.admin import offline
 from pegx.chain.devnet import Devnet

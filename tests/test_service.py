@@ -22,9 +22,10 @@ from typing import Self
 
 import pytest
 from click.testing import CliRunner
-from daemon import Daemon, free_port, wait_until
-from fakenode import FakeNode
 
+from harness import free_port, wait_until
+from harness.daemon import Daemon
+from harness.fakenode import FakeNode
 from pegx.cli import main
 from pegx.service import Notifier
 

@@ -4,9 +4,9 @@ Everything here works on the real parts (a :class:`pegx.ledger.store.Store`, the
 files) and is used two ways: inside the daemon through ``pegx.backup`` (it holds the only
 LevelDB handle), or on a stopped daemon's datadir by ``pegx backup``.
 
-Backup layout (``DEST/``): ``ledger/`` (a LevelDB copied from a snapshot), ``devnet/actions.jsonl``
-(the devnet chain's action log, cut after its last complete line), the datadir's ``pegx.toml``
-and ``api_public_key`` when present, and ``backup.json``, written last: a backup without it is
+Backup layout (``DEST/``): ``ledger/`` (a LevelDB copied from a snapshot), the devnet chain's
+action log where the datadir has it (:mod:`pegx.chain.devnet.files`; cut after its last
+complete line), the datadir's ``pegx.toml`` and ``api_public_key`` when present, and ``backup.json``, written last: a backup without it is
 incomplete. The devnet log is copied *after* the ledger snapshot on purpose: a chain that is a
 little ahead of the ledger is what a restart after a crash looks like, and the cycle thread
 catches up; a ledger ahead of its chain would hold inputs the chain never saw. A backup copies
@@ -28,8 +28,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from pegx.admin.offline import DEVNET_DIR, LEDGER_DIR, ToolError, devnet_log
-from pegx.chain.devnet.log import LOG_NAME, fsync_path
+from pegx.admin.offline import LEDGER_DIR, ToolError
+from pegx.chain.devnet import files as devnet_files
+from pegx.chain.devnet.log import fsync_path
 from pegx.ledger.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,6 @@ def _clear_dir(path: Path) -> None:
             child.unlink()
 
 
-def copy_devnet_log(src_dir: Path, dest_dir: Path) -> dict:
-    """Copy the devnet action log, cut after its last complete line (a torn tail of an append in
-    progress was never acknowledged; the devnet drops it on load too). Returns {bytes, lines}."""
-    data = (src_dir / LOG_NAME).read_bytes()
-    data = data[: data.rfind(b"\n") + 1]
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    (dest_dir / LOG_NAME).write_bytes(data)
-    return {"bytes": len(data), "lines": data.count(b"\n")}
-
-
 def backup(store: Store, datadir: Path, dest: str | os.PathLike,
            progress: Callable[[int], None] | None = None) -> dict:
     """Write a consistent backup of ``store`` (the ledger of ``datadir``) to ``dest``.
@@ -98,11 +89,7 @@ def backup(store: Store, datadir: Path, dest: str | os.PathLike,
     try:
         t0 = time.monotonic()
         records = store.copy_to(dest / LEDGER_DIR, progress)
-        devnet = None
-        src_log = devnet_log(datadir)
-        if src_log is not None:  # same place in the backup as in the datadir
-            devnet = copy_devnet_log(src_log.parent,
-                                     dest / src_log.parent.relative_to(datadir))
+        devnet = devnet_files.copy_log(datadir, dest)  # same place as in the datadir
         for name in CONFIG_FILES:
             if (datadir / name).is_file():
                 shutil.copy2(datadir / name, dest / name)
@@ -229,8 +216,7 @@ def restore(src: str | os.PathLike, datadir: str | os.PathLike) -> dict:
         if datadir.is_dir():  # keep the mode the operator gave the (empty) datadir
             tmp.chmod(datadir.stat().st_mode & 0o7777)
         shutil.copytree(src / LEDGER_DIR, tmp / LEDGER_DIR)
-        if (src / DEVNET_DIR).is_dir():
-            shutil.copytree(src / DEVNET_DIR, tmp / DEVNET_DIR)
+        devnet_files.copy_tree(src, tmp)
         for name in CONFIG_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)

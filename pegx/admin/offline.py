@@ -7,54 +7,36 @@ recover) and by the other admin modules; nothing here writes.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
-from pegx.chain.devnet.log import LOG_NAME
+from pegx.chain import factory
+from pegx.chain.devnet import files as devnet_files
 from pegx.ledger.engine import Exchange
 from pegx.ledger.store import Store
 
 LEDGER_DIR = "ledger"
-DEVNET_DIR = "devnet"
 
 
 class ToolError(ValueError):
     """An operator tool cannot proceed; the message says why and what to do."""
 
 
-def devnet_log(datadir: Path) -> Path | None:
-    """The devnet action log of ``datadir`` (``<datadir>/devnet/actions.jsonl``), or None."""
-    path = Path(datadir) / DEVNET_DIR / LOG_NAME
-    return path if path.is_file() else None
-
-
 def open_devnet(datadir: Path):
     """The devnet chain of ``datadir`` with the parameters of its log header (no block timer),
     or None if it has none. Locks the log: the daemon must not be running on it."""
-    path = devnet_log(datadir)
-    if path is None:
-        return None
-    with open(path, "rb") as fh:
-        header = json.loads(fh.readline() or b"{}")
-    if header.get("a") != "header":
-        raise ToolError(f"{path} has no devnet header")
-    from pegx import crypto
-    from pegx.chain.devnet import Devnet
-
-    return Devnet(path.parent.parent, block_seconds=0,
-                  network=crypto.network(header.get("network", "main")),
-                  **{k: header[k] for k in ("seed", "initial_supply", "walk_seed")})
+    try:
+        return devnet_files.open_existing(datadir)
+    except devnet_files.NotADevnet as exc:
+        raise ToolError(str(exc)) from None
 
 
 def open_chain(cfg):
     """The chain of a stopped daemon's datadir (devnet: its own log), or None for a devnet
-    datadir without chain data."""
-    if cfg.chain == "devnet":
-        return open_devnet(cfg.path)
-    from pegx.chain.bitbayd import Bitbayd
-
-    return Bitbayd(cfg.node_url, timeout=cfg.node_timeout, deadline=cfg.node_deadline,
-                   retry=True, network=cfg.net)
+    datadir without chain data (:func:`pegx.chain.factory.open_stopped`)."""
+    try:
+        return factory.open_stopped(cfg)
+    except devnet_files.NotADevnet as exc:
+        raise ToolError(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -1,14 +1,16 @@
 """The chain seam (DESIGN §5): what the engine and the cycle thread need from a BitBay node.
 
 Both backends (``devnet``: an embedded simulated chain; ``bitbayd``: a JSON-RPC client of a
-real node) implement :class:`Chain`. Nothing above this package knows which one it talks to.
+real node) derive from :class:`Chain`, and :mod:`pegx.chain.factory` is the one place that
+builds them. Nothing above this package knows which one it talks to.
 All amounts are int satoshi. Outpoints are ``"txid:vout"`` strings, as in the original API.
 """
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -140,67 +142,103 @@ class SignedTx:
     inputs: tuple[str, ...] = field(default=())
 
 
-@runtime_checkable
-class Chain(Protocol):
-    """What pegx needs from a BitBay node. Implementations must be thread-safe."""
+class Chain(abc.ABC):
+    """What pegx needs from a BitBay node: the base class of every backend (the devnet,
+    bitbayd). Implementations must be thread-safe.
+
+    The abstract methods are what every chain answers. The rest have defaults a backend
+    overrides when it can do better (the devnet pushes its blocks, names the spender of an
+    output and mines on a timer; bitbayd counts its failed requests and has a fail-fast view),
+    so no caller probes a chain for what it can do.
+    """
 
     name: str
     reorganises: bool  # can the block at a height change (a real node: yes; the devnet: no)
+    # are block times real (a node's clock), or synthetic (the devnet's fixed spacing)?
+    real_block_times: bool = True
 
+    @abc.abstractmethod
     def identity(self) -> str:
         """What names this chain for good: the genesis block hash (bitbayd) or the id the
         devnet was created with. A ledger belongs to one chain (pegx.exchange.chainguard)."""
-        ...
 
+    @abc.abstractmethod
     def block_hash(self, height: int) -> str:
         """The hash of the best chain's block at ``height``; ChainRejected above the tip."""
-        ...
 
+    @abc.abstractmethod
     def tip(self) -> Tip:
         """The current best block."""
-        ...
 
+    @abc.abstractmethod
     def supply_for_cycle(self, cycle: int) -> int:
         """The supply index in force during ``cycle`` (recent cycles at least)."""
-        ...
 
+    @abc.abstractmethod
     def list_unspent(self, min_conf: int = 0) -> list[Utxo]:
         """Every wallet output (frozen ones included) with fractions and confirmations."""
-        ...
 
+    @abc.abstractmethod
     def get_fractions(self, key: str) -> np.ndarray:
         """The fraction vector of one output; raises ChainRejected if unknown."""
-        ...
 
+    @abc.abstractmethod
     def get_transaction(self, txid: str) -> Tx | None:
         """A transaction in a block or the mempool, or None if the chain does not know it."""
-        ...
 
+    @abc.abstractmethod
     def is_unspent(self, key: str) -> bool:
         """True while the output exists and no mined or mempool transaction spends it."""
-        ...
 
+    @abc.abstractmethod
     def import_key(self, wif: str, passphrase: str = "") -> str:
         """Add a private key (WIF) to the wallet without rescan; returns its address. An
         encrypted wallet is unlocked with ``passphrase`` first; without one a locked wallet
         raises WalletLocked."""
-        ...
 
+    @abc.abstractmethod
     def is_mine(self, address: str) -> bool:
         """True if the wallet holds the private key of ``address`` (it can spend what the
         address receives); False for any other address, valid or not."""
-        ...
 
+    @abc.abstractmethod
     def create_transaction(
         self, inputs: list[str], outputs: list[TxOut], passphrase: str = ""
     ) -> SignedTx:
         """Build and sign (not broadcast) a transaction spending wallet ``inputs``."""
-        ...
 
+    @abc.abstractmethod
     def broadcast(self, raw: str) -> str:
         """Send a signed transaction; returns its txid or raises ChainRejected with the reason."""
-        ...
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release resources (threads, sockets, files)."""
-        ...
+
+    # ------------------------------------------------------------ with defaults
+    def start(self) -> None:
+        """Begin the chain's own background work once the daemon serves (the devnet's block
+        timer). Default: nothing to start."""
+
+    def subscribe(self, callback: Callable[[Tip], None]) -> None:
+        """Have ``callback(tip)`` called on each new block, from the chain's own thread. A
+        chain that cannot push blocks (default) ignores it: its callers poll ``tip()``."""
+        del callback
+
+    def spenders(self, key: str) -> list[str]:
+        """Txids of the transactions (mined or in the mempool) that may spend ``key``; the
+        caller checks each one's inputs. Default: every transaction that paid the wallet
+        (each of the exchange's own transactions pays an exchange address: change, notary or
+        a cancel's output). A chain that indexes spends names the one spender."""
+        return sorted({u.txid for u in self.list_unspent()})
+
+    def quick(self, timeout: float, deadline: float) -> Chain:
+        """A view of this chain for health probes: no retries, each request bounded by
+        ``timeout`` and a call by ``deadline`` seconds. Default: the chain itself (it answers
+        in-process)."""
+        del timeout, deadline
+        return self
+
+    def rpc_errors(self) -> int:
+        """Requests to the node that got no usable answer since start (0: no node)."""
+        return 0

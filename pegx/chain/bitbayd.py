@@ -19,6 +19,9 @@ Without a passphrase a locked wallet raises WalletLocked ("wallet locked: call E
 Every public Chain method (``tip``, ``list_unspent``, ...) runs under one deadline for all its
 node calls (:func:`pegx.chain.jsonrpc.bounded`); ``chain.with_retry(deadline)`` returns the
 view the cycle thread uses, sharing connections and caches.
+
+Over 400 lines (~610): one adapter, the Chain protocol method by method in the node's reply
+shapes (the transport is pegx.chain.jsonrpc).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from pegx import crypto
 from pegx.chain.base import (
     CYCLE_BLOCKS,
+    Chain,
     ChainRejected,
     SignedTx,
     Tip,
@@ -102,7 +106,7 @@ class _Shared(Shared):
         self.unlocked: tuple[bytes, float] | None = None  # (sha256 of passphrase, trusted until)
 
 
-class Bitbayd(JsonRpcClient):
+class Bitbayd(JsonRpcClient, Chain):
     """JSON-RPC client of a BitBay node implementing :class:`pegx.chain.base.Chain`.
 
     ``url`` is ``http://[user:password@]host[:port][/path]`` (port 19915 by default).
@@ -128,6 +132,11 @@ class Bitbayd(JsonRpcClient):
 
     def _new_shared(self) -> _Shared:
         return _Shared(self.url)
+
+    def quick(self, timeout: float, deadline: float) -> Bitbayd:
+        """The fail-fast view health probes use: no retries, ``timeout`` per request and
+        ``deadline`` per call, on the same connections."""
+        return self.with_options(retry=False, timeout=timeout, deadline=deadline)
 
     def __repr__(self) -> str:
         return f"Bitbayd({self.url!r}, retry={self.retry}, deadline={self.deadline:g})"
@@ -321,7 +330,19 @@ class Bitbayd(JsonRpcClient):
         peg data for yet are left out (they appear once it has), and so are outputs whose data
         cannot be reconciled (logged once each): one odd output, at an address pegx may not
         even watch, must not stop the exchange. Fractions of confirmed outputs are cached."""
-        for _ in range(2):  # confirmations -> height needs a tip that did not move meanwhile
+        rows, height = self._wallet_rows(min_conf)
+        out = []
+        for key, (row, is_frozen) in rows.items():
+            u = self._utxo(key, row, is_frozen, height)
+            if u is not None:
+                out.append(u)
+        return out
+
+    def _wallet_rows(self, min_conf: int) -> tuple[dict[str, tuple[dict, bool]], int]:
+        """{outpoint: (row, frozen)} of listunspent + listfrozen (frozen rows win) and the
+        height they were listed at (confirmations -> height needs a tip that did not move
+        meanwhile: listed again once if it did)."""
+        for _ in range(2):
             before = self.getblockcount()
             rows = {outpoint(r["txid"], int(r["vout"])): (r, False)
                     for r in self.listunspent(min_conf)}
@@ -335,33 +356,34 @@ class Bitbayd(JsonRpcClient):
             height = self.getblockcount()
             if height == before:
                 break
-        out = []
-        for key, (row, is_frozen) in rows.items():
-            try:
-                conf = int(row.get("confirmations") or 0)
-                found = self._fractions(key, row["amount"], cache=conf > 0)
-            except NodeError as exc:
-                if exc.code != LOCAL_CHECK:
-                    raise  # the node said no: not this output's problem
-                self._skip(key, exc.message)
-                continue
-            except (KeyError, TypeError, ValueError) as exc:
-                self._skip(key, f"unreadable listunspent row: {exc!r}")
-                continue
-            if found is None:
-                log.debug(f"{key}: no peg data at the node yet, skipped")
-                continue
-            vec, lock = found
-            value = int(vec.sum())
-            until = 0
-            if is_frozen:
-                until = int(row.get("unlocktime") or 0) or lock or FROZEN_UNKNOWN
-            out.append(Utxo(
-                txid=str(row["txid"]), vout=int(row["vout"]), address=str(row.get("address", "")),
-                value=value, fractions=vec.copy(), confirmations=conf,
-                height=height - conf + 1 if conf > 0 else 0, frozen_until=until,
-            ))
-        return out
+        return rows, height
+
+    def _utxo(self, key: str, row: dict, is_frozen: bool, height: int) -> Utxo | None:
+        """One wallet row valued at its fractions' exact total; None (skipped) when the node
+        has no peg data for it yet or it cannot be reconciled (logged once)."""
+        try:
+            conf = int(row.get("confirmations") or 0)
+            found = self._fractions(key, row["amount"], cache=conf > 0)
+        except NodeError as exc:
+            if exc.code != LOCAL_CHECK:
+                raise  # the node said no: not this output's problem
+            self._skip(key, exc.message)
+            return None
+        except (KeyError, TypeError, ValueError) as exc:
+            self._skip(key, f"unreadable listunspent row: {exc!r}")
+            return None
+        if found is None:
+            log.debug(f"{key}: no peg data at the node yet, skipped")
+            return None
+        vec, lock = found
+        until = 0
+        if is_frozen:
+            until = int(row.get("unlocktime") or 0) or lock or FROZEN_UNKNOWN
+        return Utxo(
+            txid=str(row["txid"]), vout=int(row["vout"]), address=str(row.get("address", "")),
+            value=int(vec.sum()), fractions=vec.copy(), confirmations=conf,
+            height=height - conf + 1 if conf > 0 else 0, frozen_until=until,
+        )
 
     @bounded
     def get_fractions(self, key: str) -> np.ndarray:

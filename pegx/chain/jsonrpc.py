@@ -14,6 +14,9 @@ socket operation waits at most ``min(timeout, time left)``. With ``retry=False``
 for API calls) a transient fault raises at once; with ``retry=True`` (the cycle thread) it is
 retried with capped exponential backoff 0.25 s -> 4 s until the deadline. ``with_retry``
 returns a view sharing connections, caches and health with other settings.
+
+Over 400 lines (~430): the transport, its error taxonomy and its time bounds are one contract
+(the deadline rules above hold across all of it).
 """
 
 from __future__ import annotations
@@ -196,6 +199,11 @@ def bounded(method):
     return wrapper
 
 
+# a connection the node dropped without a reply: retried once on a fresh connection
+_DROPPED = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+            http.client.IncompleteRead, http.client.BadStatusLine)
+
+
 def _quickack(sock: socket.socket | None) -> None:
     """Acknowledge the reply's segments at once. The node writes a reply larger than its
     stream buffer (getfractions' ~14 kB, a big listunspent) in several writes, and Nagle holds
@@ -331,38 +339,49 @@ class JsonRpcClient:
             if wait <= 0:
                 raise NodeUnavailable(f"{method}: deadline of {self.deadline:g} s passed")
             conn = self._checkout(fresh=attempt == 2)
-            conn.timeout = wait
-            if conn.sock is not None:
-                conn.sock.settimeout(wait)
             try:
-                conn.request("POST", self._path, body.encode(), self._headers)
-                _quickack(conn.sock)
-                resp = conn.getresponse()
-                data = _read_all(resp, conn)
-            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
-                    http.client.IncompleteRead, http.client.BadStatusLine) as exc:
-                conn.close()  # RemoteDisconnected is both a reset and a bad status line
+                status, data = self._post(conn, body, wait, method)
+            except _DROPPED as exc:
                 if attempt == 1:
                     continue
                 raise NodeUnavailable(f"{method}: connection to {self.url} dropped: {exc!r}")
-            except TimeoutError:
-                conn.close()
-                raise NodeUnavailable(f"{method}: no reply from {self.url} in {wait:.2f} s")
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise NodeUnavailable(f"{method}: cannot reach {self.url}: {exc}")
-            if resp.will_close:
-                conn.close()
-            else:
-                self._checkin(conn)
             try:
                 reply = json.loads(data, parse_float=Decimal)
             except ValueError:
                 reply = None
             if isinstance(reply, dict) and reply.get("id") not in (rid, None):
                 raise NodeUnavailable(f"{method}: reply id {reply.get('id')!r} is not {rid}")
-            return self._classify(resp.status, reply, method)
+            return self._classify(status, reply, method)
         raise AssertionError("unreachable")
+
+    def _post(self, conn: http.client.HTTPConnection, body: str, wait: float,
+              method: str) -> tuple[int, bytes]:
+        """POST ``body`` on ``conn`` within ``wait`` seconds: (HTTP status, reply bytes). The
+        connection goes back to the pool if the node keeps it open, and is closed on any
+        failure; a dropped connection raises as it is (the caller retries once), every other
+        failure as NodeUnavailable."""
+        conn.timeout = wait
+        if conn.sock is not None:
+            conn.sock.settimeout(wait)
+        try:
+            conn.request("POST", self._path, body.encode(), self._headers)
+            _quickack(conn.sock)
+            resp = conn.getresponse()
+            data = _read_all(resp, conn)
+        except _DROPPED:
+            conn.close()  # RemoteDisconnected is both a reset and a bad status line
+            raise
+        except TimeoutError:
+            conn.close()
+            raise NodeUnavailable(f"{method}: no reply from {self.url} in {wait:.2f} s")
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise NodeUnavailable(f"{method}: cannot reach {self.url}: {exc}")
+        if resp.will_close:
+            conn.close()
+        else:
+            self._checkin(conn)
+        return resp.status, data
 
     @staticmethod
     def _classify(status: int, reply: Any, method: str = "") -> Any:

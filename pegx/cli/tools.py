@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import click
 from pegx import crypto
 from pegx.admin import audit, backup, offline, recover
 from pegx.admin.offline import ToolError
+from pegx.chain.devnet import files as devnet_files
 from pegx.chain.devnet.log import DevnetLogError
 from pegx.cli.client import Client, client_options, fail
 from pegx.config import ConfigError, load
@@ -251,8 +251,7 @@ def verify_backup_cmd(dest: str, as_json: bool) -> None:
         manifest = backup.read_manifest(Path(dest))
         with tempfile.TemporaryDirectory(prefix="pegx-verify-") as tmp:
             chain = None
-            if (Path(dest) / offline.DEVNET_DIR).is_dir():  # audit against a copy of its chain
-                shutil.copytree(Path(dest) / offline.DEVNET_DIR, Path(tmp) / offline.DEVNET_DIR)
+            if devnet_files.copy_tree(Path(dest), Path(tmp)):  # audit against a copy of its chain
                 chain = offline.open_devnet(Path(tmp))
             try:
                 with offline.opened(Path(dest), read_only=True) as ledger:

@@ -84,17 +84,16 @@ def _advice(name: str, kind: str) -> str:
     return ADVICE.get(name, ADVICE["bitbayd"])[kind]
 
 
-def require_devnet(ledger: engine.Exchange, devnet_dir: Path, log_name: str) -> None:
-    """Before the devnet is opened: refuse to create a new devnet beside a ledger that already
-    follows one (its directory was deleted, or a restore was cut short)."""
-    if (Path(devnet_dir) / log_name).is_file():
-        return
+def refuse_new_chain(ledger: engine.Exchange, where: Path) -> None:
+    """Before a new devnet is created in ``where`` (:func:`pegx.chain.factory.creates_chain`):
+    refuse it beside a ledger that already follows a chain (the devnet's directory was
+    deleted, or a restore was cut short)."""
     rec = recorded(ledger)
     if rec is None and is_fresh(ledger):
         return  # a new exchange: the devnet is created with it
     what = (f"devnet chain {rec['id']} up to height {rec['height']:,d}" if rec is not None
             and rec.get("chain") == "devnet" else "a chain (it holds deposits and inputs)")
-    raise WrongChain(f"the ledger follows {what}, but {devnet_dir} does not exist: pegx will "
+    raise WrongChain(f"the ledger follows {what}, but {where} does not exist: pegx will "
                      f"not start a new chain beside it. {_advice('devnet', 'missing')}; "
                      f"or start a new exchange in another --datadir")
 

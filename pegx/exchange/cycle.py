@@ -21,7 +21,11 @@ taken as final), what it changed is re-derived, and balances published at a supp
 chain does not have are republished.
 
 A failing pass is logged and retried with capped backoff; the thread never dies silently
-(``last_error`` shows what went wrong). This class is also the API's :class:`pegx.rpc.api.Control`.
+(``last_error`` shows what went wrong). What the API reads (started, loaded, busy, the
+Spendable view) is the :class:`pegx.exchange.session.Session`, which this thread writes.
+
+Over 400 lines (~410): the follower thread's one pass (follow, credit, recompute, the desk,
+the Spendable view) and its reactions to reorganisations.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from pegx.chain.base import (
     WalletLocked,
 )
 from pegx.exchange import chainguard, follow
+from pegx.exchange.session import Session
+from pegx.exchange.withdraws import DeskPass
 from pegx.ledger import engine
 from pegx.ledger.rules import FROZEN_GRACE
 
@@ -73,55 +79,37 @@ def spendable_entry(u: Utxo, supply: int, change: bool) -> dict:
 
 
 class ExchangeCycle:
-    """The background thread plus the start/stop/busy state the API reads."""
+    """The follower thread: each pass brings the ledger and the :class:`Session` up to the
+    chain (see the module docstring). It calls nothing above it: the API reads the session,
+    and the withdraw desk is handed a :class:`DeskPass`."""
 
-    def __init__(self, ledger: engine.Exchange, chain: Chain, *, poll_seconds: float = 0.5,
-                 on_shutdown: Callable[[], None] | None = None, desk=None,
-                 final_depth: int = 0):
+    def __init__(self, ledger: engine.Exchange, chain: Chain, session: Session, *,
+                 poll_seconds: float = 0.5, desk=None, final_depth: int = 0):
         self.ledger = ledger
+        self.session = session
         self.final_depth_setting = int(final_depth)
         self.follower = follow.Follower(ledger, chain)
         self.chain = chain
         self.poll_seconds = poll_seconds
-        self.on_shutdown = on_shutdown
         self.desk = desk
-        self._started = False
-        self._loaded = False
-        self._idle = threading.Event()
-        self._idle.set()
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._mu = threading.Lock()
-        self._passphrase = ""
-        self._spendable: dict[str, dict] = {}
-        self._utxos: dict[str, Utxo] = {}
         self.last_error: str = ""
-        self.wallet_note = ""  # why the wallet cannot be used (locked...), for pegx.status
         self.last_error_time = 0.0
         self.last_ok_time = 0.0  # when the last pass finished without error (unix time)
         self.passes = 0
         # seconds each recompute took, for metrics (set by the app)
         self.on_recompute: Callable[[float], None] | None = None
         self.tip: Tip | None = None
-        subscribe = getattr(chain, "subscribe", None)
-        if subscribe is not None:
-            subscribe(lambda tip: self._wake.set())
+        session.attach(self)
+        chain.subscribe(lambda tip: self._wake.set())
 
-    # ---------------------------------------------------------------- Control (for the API)
-    def started(self) -> bool:
-        return self._started
-
-    def loaded(self) -> bool:
-        return self._loaded
-
-    def wait_not_busy(self, timeout: float) -> bool:
-        return self._idle.wait(timeout)
-
+    # ---------------------------------------------------------------- Runner (the session's)
     def start(self) -> None:
-        """StartExchange(start=1): run the cycle thread (again)."""
+        """Run the thread (again); the session's start (StartExchange(start=1))."""
         with self._mu:
-            self._started = True
             if self._thread is not None and self._thread.is_alive():
                 return
             self._halt.clear()
@@ -131,9 +119,8 @@ class ExchangeCycle:
         log.info("exchange started")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """StartExchange(start=0): halt the cycle thread after its current pass."""
+        """Halt the thread after its current pass; the session's stop (StartExchange(0))."""
         with self._mu:
-            self._started = False
             thread = self._thread
             self._halt.set()
             self._wake.set()
@@ -141,31 +128,10 @@ class ExchangeCycle:
             thread.join(timeout)
         log.info("exchange stopped")
 
-    def shutdown(self) -> None:
-        if self.on_shutdown is not None:
-            self.on_shutdown()
-
-    def set_wallet_passphrase(self, passphrase: str) -> None:
-        self._passphrase = passphrase
-        self.wallet_note = ""  # the next pass says again if the wallet is still unusable
+    def wake(self) -> None:
         self._wake.set()
 
-    @property
-    def passphrase(self) -> str:
-        return self._passphrase
-
-    def spendable(self) -> dict:
-        return dict(self._spendable)
-
-    def owns_address(self, address: str) -> bool:
-        """Is ``address`` one of the wallet's own (can it spend what the address receives)?
-        Raises ChainError when the node cannot say."""
-        return self.chain.is_mine(address)
-
-    def utxo(self, key: str) -> Utxo | None:
-        """The wallet output behind a Spendable entry (for the withdraw desk)."""
-        return self._utxos.get(key)
-
+    # ---------------------------------------------------------------- state for status
     def cycle(self) -> int:
         return self.ledger.cycle
 
@@ -178,11 +144,6 @@ class ExchangeCycle:
         subpremium}, oldest first."""
         return list((self.ledger.record("meta", "cycles") or {}).get("cycles", []))
 
-    def published(self) -> int:
-        """What GetCycle answers: the cycle of the published balances plus the number of
-        republications after reorganisations, so it moves on at every publication."""
-        return self.cycle() + self.follower.republished()
-
     def final_depth(self, settings: dict | None = None) -> int:
         """Confirmations that make a block final (``final_depth``, 0 = exchangeconfirmations)."""
         if settings is None:
@@ -192,9 +153,6 @@ class ExchangeCycle:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     # ---------------------------------------------------------------- the thread
     def _run(self) -> None:
@@ -230,19 +188,19 @@ class ExchangeCycle:
         self._refresh_spendable(tip, settings, final)
         self._register(tip, now)
         republished = False
-        if tip.cycle > self.cycle() or (not self._loaded and self._stale(tip)):
+        loaded = self.session.loaded()
+        if tip.cycle > self.cycle() or (not loaded and self._stale(tip)):
             self._new_cycle(tip, now)
-        elif reorg is not None and self._loaded and self.ledger.supply != tip.supply:
+        elif reorg is not None and loaded and self.ledger.supply != tip.supply:
             old = self.ledger.supply
             self._new_cycle(tip, now, cycle=max(tip.cycle, self.cycle()))
             republished = True
             log.warning("cycle %d: the reorganisation moved the supply from %d to %d: balances "
                         "republished (GetCycle moves on to %d)", tip.cycle, old, tip.supply,
-                        self.published() + 1)
-        self._loaded = True
+                        self.session.published() + 1)
+        self.session.mark_loaded()
         if self.desk is not None:
-            self.desk.run(tip, now, self)
-            self._reflag_change()
+            self._run_desk(tip, now, final)
         self.follower.note(tip, final, reorg, republished)
         if reorg is not None:  # the old branch's hash at this height is not the ledger's any more
             self.ledger.put(chainguard.TABLE, chainguard.KEY, chainguard.record_for(self.chain, tip))
@@ -251,6 +209,23 @@ class ExchangeCycle:
         # published last: `tip` is the block this exchange has fully processed (pegx.status
         # reports it, and tests wait on it to know a pass, window task included, is done)
         self.tip = tip
+
+    def _run_desk(self, tip: Tip, now: int, final: int) -> None:
+        """The withdraw desk's pass, handed what it needs; then flag change the outputs it just
+        made the house's (a cancel it adopted and settled in this pass, say), so Spendable
+        never shows them unflagged."""
+        session = self.session
+        self.desk.run(tip, now, self.desk_pass(final))
+        if self.desk.wallet_locked:  # pegx.status shows it until ExchangePassword
+            session.wallet_note = self.desk.wallet_locked
+        session.reflag_change(self.house())
+
+    def desk_pass(self, final: int | None = None) -> DeskPass:
+        """What the desk is handed for a pass: the final depth, the cycle, the Spendable
+        view's outpoints and the wallet passphrase."""
+        return DeskPass(final=self.final_depth() if final is None else final,
+                        cycle=self.cycle(), spendable=tuple(sorted(self.session.spendable())),
+                        passphrase=self.session.passphrase)
 
     def _rewind(self, reorg: follow.Reorg, tip: Tip) -> None:
         """Log a reorganisation and, when it replaced final blocks, find what it changed among
@@ -264,39 +239,54 @@ class ExchangeCycle:
 
     def _final_items(self, reorg: follow.Reorg) -> list[str]:
         """What a reorganisation past the final depth changed in what pegx took as final."""
-        items, fw = [], self.follower
+        items = []
         for master, b in sorted(self.ledger.batches(("done", "failed")).items()):
             if b.get("state") == "done":
-                tx = self.chain.get_transaction(b.get("final_txid") or b["txid"])
-                if tx is not None and tx.height:
-                    continue  # mined on the new branch too: the payment stands
-                where = fw.tx_status(b.get("final_txid"))
-                line = (f"{b['kind']} batch {master} (withdraws {', '.join(b['ids']) or '-'}) was "
-                        f"Complete; its tx {b.get('final_txid')} is now {where}")
-                why = ""
-                if tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
-                    # checked with the node's rule first, as every broadcast (pegx.exchange.withdraws)
-                    why = self.desk.check_batch(b) if self.desk is not None else ""
-                if why:
-                    line += f": not broadcast again, the node's rule would refuse it ({why})"
-                elif tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
-                    try:
-                        self.chain.broadcast(b["raw"])
-                        line += ": broadcast again (the ledger already paid it)"
-                    except ChainRejected as exc:
-                        line += f": broadcasting it again was refused ({exc})"
-                elif tx is None:
-                    line += ": an operator must account for its inputs (pegx audit)"
-                items.append(line)
+                items.append(self._completed_item(master, b))
             elif b.get("state") == "failed" and b.get("cancel"):
-                c = b["cancel"]
-                ctx = self.chain.get_transaction(c.get("txid2") or c["txid"])
-                if ctx is not None and ctx.height:
-                    continue
-                items.append(f"{b['kind']} batch {master} was refunded after its cancel "
-                             f"{c.get('txid2') or c['txid']}, which is now "
-                             f"{fw.tx_status(c.get('txid2') or c['txid'])}; the batch tx "
-                             f"{b['txid']} is {fw.tx_status(b['txid'])}")
+                items.append(self._refunded_item(master, b))
+        items += self._input_items(reorg)
+        return [item for item in items if item]
+
+    def _completed_item(self, master: str, b: dict) -> str:
+        """A Complete batch whose tx left the chain: broadcast again when it still can (the
+        ledger already paid it); '' when it is mined on the new branch too."""
+        tx = self.chain.get_transaction(b.get("final_txid") or b["txid"])
+        if tx is not None and tx.height:
+            return ""  # mined on the new branch too: the payment stands
+        where = self.follower.tx_status(b.get("final_txid"))
+        line = (f"{b['kind']} batch {master} (withdraws {', '.join(b['ids']) or '-'}) was "
+                f"Complete; its tx {b.get('final_txid')} is now {where}")
+        why = ""
+        if tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
+            # checked with the node's rule first, as every broadcast (pegx.exchange.withdraws)
+            why = self.desk.check_batch(b) if self.desk is not None else ""
+        if why:
+            line += f": not broadcast again, the node's rule would refuse it ({why})"
+        elif tx is None and b.get("raw") and all(self.chain.is_unspent(k) for k in b["ins"]):
+            try:
+                self.chain.broadcast(b["raw"])
+                line += ": broadcast again (the ledger already paid it)"
+            except ChainRejected as exc:
+                line += f": broadcasting it again was refused ({exc})"
+        elif tx is None:
+            line += ": an operator must account for its inputs (pegx audit)"
+        return line
+
+    def _refunded_item(self, master: str, b: dict) -> str:
+        """A batch refunded after its cancel, whose cancel left the chain ('' if mined)."""
+        c, fw = b["cancel"], self.follower
+        ctx = self.chain.get_transaction(c.get("txid2") or c["txid"])
+        if ctx is not None and ctx.height:
+            return ""
+        return (f"{b['kind']} batch {master} was refunded after its cancel "
+                f"{c.get('txid2') or c['txid']}, which is now "
+                f"{fw.tx_status(c.get('txid2') or c['txid'])}; the batch tx "
+                f"{b['txid']} is {fw.tx_status(b['txid'])}")
+
+    def _input_items(self, reorg: follow.Reorg) -> list[str]:
+        """Registered inputs since the fork whose transactions are no longer mined."""
+        items = []
         for key, rec in self.ledger.inputs_since(reorg.fork).items():
             txid = key.rpartition(":")[0]
             tx = self.chain.get_transaction(txid)
@@ -304,7 +294,7 @@ class ExchangeCycle:
                 items.append(f"registered input {key} ({rec['value']:,d} sat, "
                              f"{'change' if rec.get('change') else rec.get('owner')}) was in "
                              f"block {int(rec.get('height') or 0):,d}; it is now "
-                             f"{fw.tx_status(txid)}")
+                             f"{self.follower.tx_status(txid)}")
         return items
 
     def _stale(self, tip: Tip) -> bool:
@@ -319,13 +309,13 @@ class ExchangeCycle:
         pending and pegx.status says what to do."""
         for address, wif in self.ledger.unimported_keys().items():
             try:
-                got = self.chain.import_key(wif, self._passphrase)
+                got = self.chain.import_key(wif, self.session.passphrase)
             except WalletLocked as exc:
-                if self.wallet_note != str(exc):
+                if self.session.wallet_note != str(exc):
                     log.warning("deposit keys not imported: %s", exc)
-                self.wallet_note = str(exc)
+                self.session.wallet_note = str(exc)
                 return
-            self.wallet_note = ""
+            self.session.wallet_note = ""
             if got != address:
                 log.error("wallet imported %s as %s; keeping it pending", address, got)
                 continue
@@ -370,16 +360,7 @@ class ExchangeCycle:
             # OP_RETURN (ORIGINAL §5 item 35)
             spendable[u.key] = spendable_entry(u, tip.supply, u.key in house)
             utxos[u.key] = u
-        self._spendable, self._utxos = spendable, utxos
-
-    def _reflag_change(self) -> None:
-        """After the desk's pass: flag change the outputs it just made the house's (a cancel
-        it adopted and settled in this pass, say), so Spendable never shows them unflagged."""
-        house = self.house()
-        if any(bool(e.get("change")) != (k in house) for k, e in self._spendable.items()):
-            self._spendable = {k: {**{f: v for f, v in e.items() if f != "change"},
-                                   **({"change": 1} if k in house else {})}
-                               for k, e in self._spendable.items()}
+        self.session.publish_spendable(spendable, utxos)
 
     def _register(self, tip: Tip, now: int) -> None:
         """Credit claimed deposits, as one step.
@@ -389,16 +370,16 @@ class ExchangeCycle:
         counts both, and no coin reaches the house account but by a recorded batch.
         """
         claimed = self.ledger.unregistered_claims(
-            [k for k, entry in self._spendable.items() if not entry.get("change")])
+            [k for k, entry in self.session.spendable().items() if not entry.get("change")])
         items = []
         for key, owner in claimed.items():
-            u = self._utxos[key]
+            u = self.session.utxo(key)
             items.append({"key": key, "value": u.value, "address": u.address,
                           "vector": u.fractions, "owner": owner, "change": False,
                           "frozen_until": u.frozen_until, "height": u.height})
         if not items:
             return
-        self.ledger.credit_inputs(items, supply=self.ledger.supply if self._loaded
+        self.ledger.credit_inputs(items, supply=self.ledger.supply if self.session.loaded()
                                   else tip.supply, now=now)
         for item in items:
             log.info("registered %s: %s sat for %s", item["key"], f"{item['value']:,d}",
@@ -406,8 +387,7 @@ class ExchangeCycle:
 
     def _new_cycle(self, tip: Tip, now: int, cycle: int | None = None) -> None:
         """Recompute every balance at the new supply, then publish the new cycle."""
-        self._idle.clear()
-        try:
+        with self.session.busy():
             t0 = time.monotonic()
             totals = self.ledger.recompute(tip.supply, now=now,
                                            cycle=tip.cycle if cycle is None else cycle)
@@ -415,8 +395,6 @@ class ExchangeCycle:
             log.info("cycle %d: supply %d, balances recomputed in %.3f s (liquid %s, "
                      "reserve %s sat)", tip.cycle, tip.supply, took,
                      f"{totals['liquid']:,d}", f"{totals['reserve']:,d}")
-        finally:
-            self._idle.set()
         if self.on_recompute is not None:
             self.on_recompute(took)
         self._remember_cycle(tip, totals)

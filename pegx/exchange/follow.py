@@ -93,6 +93,17 @@ class Reorg:
         return self.depth >= self.final or not self.located
 
 
+def state(ledger: engine.Exchange) -> dict:
+    """The ledger's record of the processed tip (``meta/follow``), or an empty one."""
+    return ledger.record(TABLE, KEY) or {"height": -1, "hashes": [], "alarms": [],
+                                         "republished": 0, "reorgs": 0}
+
+
+def republished(ledger: engine.Exchange) -> int:
+    """Republications after reorganisations so far (GetCycle adds them to the cycle)."""
+    return int(state(ledger).get("republished", 0))
+
+
 class Follower:
     """Tracks the processed tip by hash (``meta/follow``) and detects reorganisations."""
 
@@ -101,12 +112,11 @@ class Follower:
         self.chain = chain
 
     def state(self) -> dict:
-        return self.ledger.record(TABLE, KEY) or {"height": -1, "hashes": [], "alarms": [],
-                                                  "republished": 0, "reorgs": 0}
+        return state(self.ledger)
 
     def republished(self) -> int:
         """Republications so far (GetCycle adds them to the cycle)."""
-        return int(self.state().get("republished", 0))
+        return republished(self.ledger)
 
     def last_alarm(self) -> dict | None:
         alarms = self.state().get("alarms", [])

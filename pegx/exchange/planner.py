@@ -42,11 +42,15 @@ dust the reserve paid), an extra 5,575 sat to ``acct0`` when nothing else would 
 What must stay true: no output is ever 0 or below (a withdraw that cannot be paid is left
 out), Σ inputs − Σ outputs is exactly the planned miner fee, and a withdraw left out of a
 batch is named with the reason (``Plan.waiting`` / ``Refusal.waiting``).
+
+Over 400 lines (~510): one pure algorithm (withdraw choice, input selection, transaction shapes,
+the node-exact check), each step its own function; the planning is kept in one module.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 
@@ -142,7 +146,7 @@ def _take(pools: dict[str, int], order: list[str], want: int) -> int:
     return taken
 
 
-def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: int, comm: int,
+def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: int, comm: int,  # noqa: PLR0913 (pure: every input explicit)
            n_w: int, supply: int, acct0: str, fee_acct: str, master: str) -> Plan | _Short:
     """The batch transaction on inputs ``sel`` (module docstring), simulating the node's fill
     order on the pools' totals (every move is exact while the source holds enough)."""
@@ -156,30 +160,10 @@ def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: 
     payee_vouts: list[int] = []
     dust = NOTARY_VALUE
     if style == peg.RESERVE:
-        k = min(len(payees), len(sel) - 1)
-        lead = max(range(len(sel)), key=lambda i: (peg.reserve_of(sel[i][2], supply), -i))
-        rest = sel[:lead] + sel[lead + 1:]
-        sel = rest[:k] + [sel[lead]] + rest[k:]
-        first = [sel[k][1]] + sorted(a for a in pools if a != sel[k][1])
-        slots = iter(payees)
-        paid_by_reserve = 0  # the notary dust the reserve pays
-        for i in range(len(payees) + 1):
-            if i == k:
-                paid_by_reserve = _take(pools, sorted(pools), FREEZE_NOTARY_VALUE)
-                head.append(TxOut(FREEZE_NOTARY_VALUE, data=b""))  # the list is set below
-                continue
-            addr = next(slots)
-            got = _take(pools, first, recipients[addr])
-            if got < recipients[addr]:
-                have = sum(peg.reserve_of(v, supply) for _, _, v in sel)
-                before = (f" (and the freeze notary {sat(FREEZE_NOTARY_VALUE)} before some of "
-                          "them)" if k < len(payees) else "")
-                return _Short("reserve", f"{NO_FUNDS}: the payees need {sat(total - comm)} of "
-                              f"reserve{before}; {len(sel)} inputs hold {sat(have)} of reserve "
-                              f"at supply {supply}")
-            payee_vouts.append(i)
-            head.append(TxOut(recipients[addr], address=addr))
-        head[k] = TxOut(FREEZE_NOTARY_VALUE, data=f_notation(payee_vouts))
+        built = _reserve_head(sel, pools, recipients, payees, total - comm, supply)
+        if isinstance(built, _Short):
+            return built
+        sel, head, payee_vouts, paid_by_reserve = built
         dust += FREEZE_NOTARY_VALUE
         change = liquid - comm + paid_by_reserve
         if change < 0:
@@ -222,7 +206,44 @@ def _build(style: str, sel: list[Candidate], recipients: dict[str, int], total: 
                 style=style, payees=payee_vouts)
 
 
-def check_plan(plan: Plan, inputs: list[tuple[str, np.ndarray]], supply: int) -> str:
+def _reserve_head(sel: list[Candidate], pools: dict[str, int], recipients: dict[str, int],
+                  payees: list[str], payout: int, supply: int
+                  ) -> tuple[list[Candidate], list[TxOut], list[int], int] | _Short:
+    """A reserve batch's first outputs, the payees and the **F** freeze notary at index ``k``
+    (the input holding the most reserve moved to index ``k``, so the node's fill order pays
+    the payees from reserve), taken from ``pools``: (the reordered inputs, those outputs, the
+    payees' output indexes, the notary dust the reserve pays), or _Short when the reserve
+    does not cover ``payout``."""
+    k = min(len(payees), len(sel) - 1)
+    lead = max(range(len(sel)), key=lambda i: (peg.reserve_of(sel[i][2], supply), -i))
+    rest = sel[:lead] + sel[lead + 1:]
+    sel = rest[:k] + [sel[lead]] + rest[k:]
+    first = [sel[k][1]] + sorted(a for a in pools if a != sel[k][1])
+    slots = iter(payees)
+    head: list[TxOut] = []
+    payee_vouts: list[int] = []
+    paid_by_reserve = 0  # the notary dust the reserve pays
+    for i in range(len(payees) + 1):
+        if i == k:
+            paid_by_reserve = _take(pools, sorted(pools), FREEZE_NOTARY_VALUE)
+            head.append(TxOut(FREEZE_NOTARY_VALUE, data=b""))  # the list is set below
+            continue
+        addr = next(slots)
+        got = _take(pools, first, recipients[addr])
+        if got < recipients[addr]:
+            have = sum(peg.reserve_of(v, supply) for _, _, v in sel)
+            before = (f" (and the freeze notary {sat(FREEZE_NOTARY_VALUE)} before some of "
+                      "them)" if k < len(payees) else "")
+            return _Short("reserve", f"{NO_FUNDS}: the payees need {sat(payout)} of "
+                          f"reserve{before}; {len(sel)} inputs hold {sat(have)} of reserve "
+                          f"at supply {supply}")
+        payee_vouts.append(i)
+        head.append(TxOut(recipients[addr], address=addr))
+    head[k] = TxOut(FREEZE_NOTARY_VALUE, data=f_notation(payee_vouts))
+    return sel, head, payee_vouts, paid_by_reserve
+
+
+def check_plan(plan: Plan, inputs: list[tuple[str, np.ndarray]], supply: int) -> str:  # noqa: PLR0911 (one ordered list of checks; the first failure is the answer)
     """'' when a BitBay node would take ``plan``'s transaction into its mempool and its payees
     get exactly their style (reserve: frozen, reserve steps only; liquid: liquid steps only),
     else what is wrong, for a human. ``inputs``: (address, fractions) of ``plan.inputs``."""
@@ -271,26 +292,7 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
     window with the reason (it expires and is refunded if it never fits). Every plan passes
     :func:`check_plan` on the candidates' fractions, or none is returned.
     """
-    chosen: list[tuple[str, dict, int]] = []  # (id, record, commission)
-    waiting: dict[str, str] = {}
-    addresses: set[str] = set()
-    for wid, rec in withdraws:
-        c = accepted_commission(rec, cfg)
-        if rec["amount"] - c <= MIN_PAYOUT:  # only a withdraw accepted before commissions
-            log.warning("withdraw %s left out: a commission of %s leaves its payee %s (it "
-                        "expires and is refunded)", wid, sat(c), sat(rec["amount"] - c))
-            waiting[wid] = (f"a commission of {sat(c)} leaves the payee {sat(rec['amount'] - c)}"
-                            ": it cannot be paid and is refunded when it expires")
-            continue
-        addr = rec["address"]
-        if style == peg.RESERVE and addr not in addresses and len(addresses) >= RESERVE_BATCH:
-            waiting[wid] = f"the batch is full ({RESERVE_BATCH} payee addresses)"
-            continue
-        if style == peg.LIQUID and len(chosen) >= LIQUID_BATCH:
-            waiting[wid] = f"the batch is full ({LIQUID_BATCH} withdraws)"
-            continue
-        chosen.append((wid, rec, c))
-        addresses.add(addr)
+    chosen, waiting, addresses = _choose(style, withdraws, cfg)
     if not chosen:
         return Refusal(next(iter(waiting.values())) if waiting else "Success", waiting)
     cands = [c for c in candidates if int(c[2].sum()) > 0]
@@ -315,23 +317,9 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
 
     plan = attempt(chosen)
     if isinstance(plan, _Short) and plan.kind != "fees" and len(chosen) > 1:
-        kept: list[tuple[str, dict, int]] = []
-        for item in chosen:  # queue order: the oldest withdraws first
-            trial = attempt(kept + [item])
-            if isinstance(trial, Plan) or trial.kind == "fees":  # more withdraws may pay fees
-                kept.append(item)
-            else:
-                waiting[item[0]] = f"waits for a later batch: {trial.detail}"
-                log.info("withdraw %s (%s) waits for a later batch: %s", item[0],
-                         sat(item[1]["amount"]), trial.detail)
-        plan = attempt(kept) if kept else plan
-        chosen = kept or chosen
+        plan, chosen = _split(attempt, chosen, waiting, plan)
     if isinstance(plan, Plan):
-        by_key = {k: (a, v) for k, a, v in cands}
-        why = check_plan(plan, [by_key[k] for k in plan.inputs], supply)
-        if why:  # a planner bug: never hand out what the node would refuse
-            log.error("%s batch not planned: the node's rule would refuse it: %s", style, why)
-            plan = _Short("check", f"the node's rule would refuse the batch: {why}")
+        plan = _checked(plan, cands, supply, style)
     if isinstance(plan, _Short):
         for wid, _, _ in chosen:
             waiting.setdefault(wid, plan.detail)
@@ -340,7 +328,61 @@ def plan_batch(style: str, withdraws: list[tuple[str, dict]], candidates: list[C
     return plan
 
 
-def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: list[Candidate],
+def _choose(style: str, withdraws: list[tuple[str, dict]], cfg: dict
+            ) -> tuple[list[tuple[str, dict, int]], dict[str, str], set[str]]:
+    """The withdraws one batch can take, in queue order: (id, record, commission) of each, why
+    each other one waits, and the chosen payee addresses."""
+    chosen: list[tuple[str, dict, int]] = []  # (id, record, commission)
+    waiting: dict[str, str] = {}
+    addresses: set[str] = set()
+    for wid, rec in withdraws:
+        c = accepted_commission(rec, cfg)
+        if rec["amount"] - c <= MIN_PAYOUT:  # only a withdraw accepted before commissions
+            log.warning("withdraw %s left out: a commission of %s leaves its payee %s (it "
+                        "expires and is refunded)", wid, sat(c), sat(rec["amount"] - c))
+            waiting[wid] = (f"a commission of {sat(c)} leaves the payee {sat(rec['amount'] - c)}"
+                            ": it cannot be paid and is refunded when it expires")
+            continue
+        addr = rec["address"]
+        if style == peg.RESERVE and addr not in addresses and len(addresses) >= RESERVE_BATCH:
+            waiting[wid] = f"the batch is full ({RESERVE_BATCH} payee addresses)"
+            continue
+        if style == peg.LIQUID and len(chosen) >= LIQUID_BATCH:
+            waiting[wid] = f"the batch is full ({LIQUID_BATCH} withdraws)"
+            continue
+        chosen.append((wid, rec, c))
+        addresses.add(addr)
+    return chosen, waiting, addresses
+
+
+def _split(attempt: Callable[[list], Plan | _Short], chosen: list[tuple[str, dict, int]],
+           waiting: dict[str, str], plan: _Short) -> tuple[Plan | _Short, list]:
+    """The inputs cannot fund the whole batch: in queue order, each withdraw joins if the
+    batch can still be funded with it, else it waits (its reason in ``waiting``). Returns the
+    plan and the withdraws it pays (the whole list again if none fits)."""
+    kept: list[tuple[str, dict, int]] = []
+    for item in chosen:  # queue order: the oldest withdraws first
+        trial = attempt(kept + [item])
+        if isinstance(trial, Plan) or trial.kind == "fees":  # more withdraws may pay fees
+            kept.append(item)
+        else:
+            waiting[item[0]] = f"waits for a later batch: {trial.detail}"
+            log.info("withdraw %s (%s) waits for a later batch: %s", item[0],
+                     sat(item[1]["amount"]), trial.detail)
+    return (attempt(kept) if kept else plan), (kept or chosen)
+
+
+def _checked(plan: Plan, cands: list[Candidate], supply: int, style: str) -> Plan | _Short:
+    """``plan`` if the node's rule takes it on the candidates' fractions (check_plan)."""
+    by_key = {k: (a, v) for k, a, v in cands}
+    why = check_plan(plan, [by_key[k] for k in plan.inputs], supply)
+    if why:  # a planner bug: never hand out what the node would refuse
+        log.error("%s batch not planned: the node's rule would refuse it: %s", style, why)
+        return _Short("check", f"the node's rule would refuse the batch: {why}")
+    return plan
+
+
+def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: list[Candidate],  # noqa: PLR0913 (pure: every input explicit)
                  by_reserve: list[Candidate], lq: dict, rs: dict, supply: int, acct0: str,
                  fee_acct: str, master: str, avoid: set[str]) -> Plan | _Short:
     """Select inputs for exactly the ``chosen`` withdraws and build their transaction (the
@@ -354,28 +396,10 @@ def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: lis
         comm += c
     if estimated_fees(len(ids)) > comm:
         return _Short("fees", NO_FEES)
-    sel: list[Candidate] = []
     if style == peg.LIQUID:
-        covering = [c for c in by_liquid if lq[c[0]] >= total]
-        if covering:  # the smallest that covers, of the first group that has one
-            group = covering[0][1] in avoid
-            sel = [[c for c in covering if (c[1] in avoid) == group][-1]]
-        else:
-            got = 0
-            for c in by_liquid:
-                if got >= total or len(sel) >= MAX_INPUTS:
-                    break
-                if lq[c[0]]:
-                    sel.append(c)
-                    got += lq[c[0]]
+        sel = _first_liquid(by_liquid, lq, total, avoid)
     else:
-        got = 0
-        for c in by_reserve:
-            if got >= total - comm + FREEZE_NOTARY_VALUE or len(sel) >= MAX_INPUTS:
-                break
-            if rs[c[0]]:
-                sel.append(c)
-                got += rs[c[0]]
+        sel = _largest_first(by_reserve, rs, total - comm + FREEZE_NOTARY_VALUE)
     if not sel:
         return _Short(style, f"{NO_FUNDS}: the exchange has no spendable input holding "
                       f"{style} at supply {supply}")
@@ -387,15 +411,46 @@ def _plan_chosen(style: str, chosen: list[tuple[str, dict, int]], by_liquid: lis
             return plan
         if plan.kind == "fees" or len(sel) >= MAX_INPUTS:
             return plan
-        # one more input with what is short; for reserve with none left, any input (the
-        # notary moves after one more payee)
-        pool, amount = (by_reserve, rs) if plan.kind == "reserve" else (by_liquid, lq)
-        more = [c for c in pool if c not in sel and amount[c[0]] > 0]
-        if not more and plan.kind == "reserve":
-            more = [c for c in by_liquid if c not in sel]
-        if not more:
+        more = _one_more(plan.kind, sel, by_liquid, by_reserve, lq, rs)
+        if more is None:
             return plan
-        sel = sel + [more[0]]
+        sel = sel + [more]
+
+
+def _first_liquid(by_liquid: list[Candidate], lq: dict, total: int,
+                  avoid: set[str]) -> list[Candidate]:
+    """A liquid batch's inputs: the smallest that covers it alone, of the first group (not at
+    an ``avoid`` address first) that has one; else the largest first."""
+    covering = [c for c in by_liquid if lq[c[0]] >= total]
+    if covering:
+        group = covering[0][1] in avoid
+        return [[c for c in covering if (c[1] in avoid) == group][-1]]
+    return _largest_first(by_liquid, lq, total)
+
+
+def _largest_first(ordered: list[Candidate], amount: dict, need: int) -> list[Candidate]:
+    """Inputs in ``ordered`` order that hold some ``amount``, until they hold ``need`` (at most
+    MAX_INPUTS)."""
+    sel: list[Candidate] = []
+    got = 0
+    for c in ordered:
+        if got >= need or len(sel) >= MAX_INPUTS:
+            break
+        if amount[c[0]]:
+            sel.append(c)
+            got += amount[c[0]]
+    return sel
+
+
+def _one_more(kind: str, sel: list[Candidate], by_liquid: list[Candidate],
+              by_reserve: list[Candidate], lq: dict, rs: dict) -> Candidate | None:
+    """One more input with what is short (``kind``); for reserve with none left, any input
+    (the notary moves after one more payee); None when there is none."""
+    pool, amount = (by_reserve, rs) if kind == "reserve" else (by_liquid, lq)
+    more = [c for c in pool if c not in sel and amount[c[0]] > 0]
+    if not more and kind == "reserve":
+        more = [c for c in by_liquid if c not in sel]
+    return more[0] if more else None
 
 
 def plan_maintenance(candidates: list[Candidate], supply: int, acct0: str,

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 from pegx import peg
 from pegx.chain.base import (
@@ -119,6 +120,16 @@ def window_task(height: int, interval: int = CYCLE_BLOCKS) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class DeskPass:
+    """What the exchange cycle hands the desk for one pass (the desk calls nothing back)."""
+
+    final: int = CONFIRMATIONS  # confirmations that make a block final (pegx.exchange.follow)
+    cycle: int = 0  # the ledger's cycle: withdraws not batched by the end of the next expire
+    spendable: tuple[str, ...] = ()  # the Spendable view's outpoints: what a batch may spend
+    passphrase: str = ""  # the wallet passphrase (ExchangePassword), for signing
+
+
 def out_to_record(out: TxOut) -> list:
     """A planned output for the batch record: [value, address or None, data hex or None]."""
     return [out.value, out.address, None if out.data is None else out.data.hex()]
@@ -146,33 +157,35 @@ def maintenance_cost(b: dict) -> int:
 class WithdrawDesk:
     """Batches withdraws in the block windows and follows each batch to its end (DESIGN §6).
 
-    ``run`` is called by the exchange cycle after every pass. Every pass tracks the batches in
-    flight and expires stale withdraws (cheap); the window task runs when 25 blocks have passed
-    since the last one (``meta/desk.last_task_height``), whatever its outcome, so a failing
-    task is logged and never retried in a tight loop.
+    ``run`` is called by the exchange cycle after every pass, with a :class:`DeskPass`. Every
+    pass tracks the batches in flight and expires stale withdraws (cheap); the window task runs
+    when 25 blocks have passed since the last one (``meta/desk.last_task_height``), whatever its
+    outcome, so a failing task is logged and never retried in a tight loop.
     """
 
     def __init__(self, ledger: engine.Exchange, chain):
         self.ledger = ledger
         self.chain = chain
         self.last_result = ""
+        # the last window task found the wallet locked: why (the cycle shows it in pegx status)
+        self.wallet_locked = ""
         self.waiting_note = ""  # the last batch task left withdraws out: why (pegx status)
         # confirmations that make a block final (pegx.exchange.follow); set by each pass
         self.final = CONFIRMATIONS
 
     # ---------------------------------------------------------------- the pass
-    def run(self, tip: Tip, now: int, cycle) -> None:
+    def run(self, tip: Tip, now: int, ctx: DeskPass) -> None:
         """One pass: track batches, expire stale withdraws, maybe run the window task."""
-        final_depth = getattr(cycle, "final_depth", None)
-        self.final = final_depth() if final_depth is not None else CONFIRMATIONS
-        self.track(tip, now, cycle)
-        self.expire(tip, cycle.cycle())
+        self.final = ctx.final
+        self.track(tip, now, ctx)
+        self.expire(tip, ctx.cycle)
         state = self.ledger.record("meta", "desk") or {"last_task_height": 0}
         if tip.height - state["last_task_height"] < task_spacing(tip.interval):
             return
         task = window_task(tip.height, tip.interval)
+        self.wallet_locked = ""
         self.waiting_note = ""
-        result = self._run_task(task, tip, cycle)
+        result = self._run_task(task, tip, ctx)
         self.last_result = str(result)
         if result in (NO_RETURN_ADDRESS, NO_FEE_ADDRESS) and self.ledger.withdraw_count():
             # withdraws keep being accepted and would silently expire: say why, each window
@@ -189,20 +202,20 @@ class WithdrawDesk:
         self.ledger.put("meta", "desk", {"last_task_height": tip.height, "task": task,
                                          "result": self.last_result, "blocked": blocked})
 
-    def _run_task(self, task: str | None, tip: Tip, cycle) -> str:
+    def _run_task(self, task: str | None, tip: Tip, ctx: DeskPass) -> str:
         """The window task's result; a failure is logged and is the result (the next window
         tries again, never a tight loop)."""
         try:
             if task in (peg.LIQUID, peg.RESERVE):
-                return self.batch(task, tip, cycle)
+                return self.batch(task, tip, ctx)
             if task == "maintenance":
-                return self.maintenance(tip, cycle)
+                return self.maintenance(tip, ctx)
             if task == "status":
                 return self.status_summary()
             return "nothing to do at this block position"
         except ChainError as exc:
             if isinstance(exc, WalletLocked):  # pegx.status shows it until ExchangePassword
-                cycle.wallet_note = str(exc)
+                self.wallet_locked = str(exc)
             log.warning("withdraw task %s at height %s failed: %s", task, f"{tip.height:,d}", exc)
             return f"chain: {exc}"
         except Exception as exc:
@@ -230,11 +243,11 @@ class WithdrawDesk:
                 "could not spend the change sent to it")
 
     # ---------------------------------------------------------------- batching
-    def _candidates(self, cycle) -> list[Candidate]:
+    def _candidates(self, ctx: DeskPass) -> list[Candidate]:
         """Confirmed, registered, unfrozen exchange inputs not already in a batch."""
-        return self.ledger.free_inputs(sorted(cycle.spendable()))
+        return self.ledger.free_inputs(list(ctx.spendable))
 
-    def batch(self, style: str, tip: Tip, cycle) -> str:
+    def batch(self, style: str, tip: Tip, ctx: DeskPass) -> str:
         """Build, record and broadcast one batch of pending ``style`` withdraws."""
         settings = self.ledger.exchange_settings()
         if not settings["exchangeaccounts"]:
@@ -248,7 +261,7 @@ class WithdrawDesk:
         if refused:
             return refused
         master = os.urandom(16).hex()
-        plan = plan_batch(style, pending, self._candidates(cycle), tip.supply,
+        plan = plan_batch(style, pending, self._candidates(ctx), tip.supply,
                           settings["exchangeaccounts"][0], settings["exchangefeeaccount"],
                           settings["commission"], master)
         self._wait(plan.waiting, tip)
@@ -256,7 +269,7 @@ class WithdrawDesk:
             log.warning("%s withdraws not batched at height %s: %s", style,
                         f"{tip.height:,d}", plan.reason)
             return plan.reason
-        result = self._send(style, plan, master, tip, cycle)
+        result = self._send(style, plan, master, tip, ctx)
         if plan.waiting and result in ("Success", "Transaction declined"):
             n = len(plan.waiting)
             why = next(iter(plan.waiting.values()))
@@ -292,7 +305,7 @@ class WithdrawDesk:
         were kept, which cannot be checked)."""
         return self._node_check(batch_plan(b)) if "outs" in b else ""
 
-    def maintenance(self, tip: Tip, cycle) -> str:
+    def maintenance(self, tip: Tip, ctx: DeskPass) -> str:
         """Account maintenance (ORIGINAL §3.6), paid by the house account."""
         settings = self.ledger.exchange_settings()
         if not settings["exchangeaccounts"]:
@@ -301,7 +314,7 @@ class WithdrawDesk:
         if refused:
             return refused
         master = os.urandom(16).hex()
-        plan = plan_maintenance(self._candidates(cycle), tip.supply,
+        plan = plan_maintenance(self._candidates(ctx), tip.supply,
                                 settings["exchangeaccounts"][0], master)
         if plan is None:
             return "Success"
@@ -312,7 +325,7 @@ class WithdrawDesk:
         if free < cost:
             return (f"the house account cannot pay {_fmt(cost)} for account maintenance "
                     f"({_fmt(free)} free, {_fmt(held)} held for maintenance in flight)")
-        return self._send("maintenance", plan, master, tip, cycle)
+        return self._send("maintenance", plan, master, tip, ctx)
 
     def house_free(self, exclude: str | None = None) -> tuple[int, int]:
         """(what the house account may spend, what it holds back): the house keeps the cost of
@@ -324,14 +337,14 @@ class WithdrawDesk:
         have = 0 if house is None else int(house.sum())
         return max(0, have - held), held
 
-    def _send(self, kind: str, plan: Plan, master: str, tip: Tip, cycle) -> str:
+    def _send(self, kind: str, plan: Plan, master: str, tip: Tip, ctx: DeskPass) -> str:
         why = self._node_check(plan)
         if why:  # nothing signed, nothing recorded: the withdraws stay pending
             result = f"{kind} transaction not sent: the node's rule would refuse it: {why}"
             log.error("%s (height %s)", result, f"{tip.height:,d}")
             self._wait({wid: result for wid in plan.ids}, tip)
             return result
-        signed = self.chain.create_transaction(plan.inputs, plan.outputs, cycle.passphrase)
+        signed = self.chain.create_transaction(plan.inputs, plan.outputs, ctx.passphrase)
         batch = {"kind": kind, "ids": plan.ids, "ins": plan.inputs, "txid": signed.txid,
                  "raw": signed.raw, "house_vouts": plan.house_vouts, "fee": plan.fee,
                  "total": plan.total, "commission": plan.commission, "height": tip.height,
@@ -376,14 +389,9 @@ class WithdrawDesk:
         return text
 
     def _spenders(self, key: str) -> list[Tx]:
-        """Transactions (mined or in the mempool) that may spend ``key``: the devnet names its
-        spender; on a real node, every transaction that paid the wallet and spends ``key``
-        (each of ours pays an exchange address: change, notary or the cancel's output)."""
-        spender = getattr(self.chain, "spender", None)
-        if spender is not None:
-            txids = [t for t in [spender(key)] if t is not None]
-        else:
-            txids = sorted({u.txid for u in self.chain.list_unspent()})
+        """Transactions (mined or in the mempool) that spend ``key``, among those the chain
+        names as its possible spenders (:meth:`pegx.chain.base.Chain.spenders`)."""
+        txids = self.chain.spenders(key)
         found = []
         for txid in txids:
             tx = self.chain.get_transaction(txid)
@@ -418,17 +426,17 @@ class WithdrawDesk:
                 return t
         return None
 
-    def track(self, tip: Tip, now: int, cycle) -> None:
+    def track(self, tip: Tip, now: int, ctx: DeskPass) -> None:
         """Move every batch in flight along its lifecycle (see the module docstring)."""
         for master, b in sorted(self.active().items(), key=lambda kv: kv[1]["height"]):
             try:
-                self._track_one(master, b, tip, now, cycle)
+                self._track_one(master, b, tip, now, ctx)
             except ChainError as exc:
                 log.warning("batch %s: status check failed: %s", master, exc)
             except (DeskError, HouseShort) as exc:  # nothing committed; the batch stays in flight
                 log.error("batch %s: cannot settle: %s", master, exc)
 
-    def _track_one(self, master: str, b: dict, tip: Tip, now: int, cycle) -> None:
+    def _track_one(self, master: str, b: dict, tip: Tip, now: int, ctx: DeskPass) -> None:
         tx = self._find(master, b)
         if tx is not None:
             self._seen(master, b, tx)
@@ -455,7 +463,7 @@ class WithdrawDesk:
             log.warning("batch %s: its inputs are unspent again (a reorganisation); it is "
                         "broadcast again", master)
         if tip.height > b["last_try"]:  # one rebroadcast per block at most
-            self._rebroadcast(master, b, tip, cycle)
+            self._rebroadcast(master, b, tip, ctx)
 
     def _seen(self, master: str, b: dict, tx: Tx) -> None:
         """The batch's transaction (or its malleated twin) is on chain or in the mempool."""
@@ -485,14 +493,14 @@ class WithdrawDesk:
         b.clear()
         b.update(new)
 
-    def _rebroadcast(self, master: str, b: dict, tip: Tip, cycle) -> None:
+    def _rebroadcast(self, master: str, b: dict, tip: Tip, ctx: DeskPass) -> None:
         why = self.check_batch(b)  # (one recorded before its outputs were kept: unchecked)
         if why:  # e.g. the supply moved: the node would refuse it now, so it is not sent
             b = self._bump(master, tip.height)
             log.warning("batch %s: rebroadcast not sent (%d/%d): the node's rule would refuse "
                         "it: %s", master, b["refusals"], MAX_REFUSALS, why)
             if b["refusals"] >= MAX_REFUSALS:
-                self._start_cancel(master, b, tip, cycle)
+                self._start_cancel(master, b, tip, ctx)
             return
         try:
             self.chain.broadcast(b["raw"])
@@ -503,7 +511,7 @@ class WithdrawDesk:
             log.warning("batch %s: rebroadcast refused (%d/%d): %s", master, b["refusals"],
                         MAX_REFUSALS, exc)
             if b["refusals"] >= MAX_REFUSALS:
-                self._start_cancel(master, b, tip, cycle)
+                self._start_cancel(master, b, tip, ctx)
 
     def _cancel_shaped(self, key: str, t: Tx) -> bool:
         """Is ``t`` a spend of registered input ``key`` whole back to its own address less
@@ -543,7 +551,7 @@ class WithdrawDesk:
         elif not seen and tip.height - b["gone_since"] + 1 >= self.final:
             self._decline(master, b, None, now, "an input was spent by another transaction")
 
-    def _start_cancel(self, master: str, b: dict, tip: Tip, cycle) -> None:
+    def _start_cancel(self, master: str, b: dict, tip: Tip, ctx: DeskPass) -> None:
         """Spend one batch input back to its own address so the batch can never confirm."""
         ins = {k: self.ledger.input(k) for k in b["ins"]}
         key = max(b["ins"], key=lambda k: (ins[k]["value"], k))
@@ -553,7 +561,7 @@ class WithdrawDesk:
             log.error("batch %s: cancel not sent: the node's rule would refuse it: %s", master,
                       why)
             return
-        signed = self.chain.create_transaction([key], cancel.outputs, cycle.passphrase)
+        signed = self.chain.create_transaction([key], cancel.outputs, ctx.passphrase)
         b = self.ledger.update_batch(master, state="cancelling", last_try=tip.height,
                                      cancel={"txid": signed.txid, "raw": signed.raw, "in": key})
         log.warning("batch %s: refused %d times; cancelling it with tx %s (spends %s)", master,

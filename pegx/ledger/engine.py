@@ -6,7 +6,7 @@ checkpoints) with the operations callers use: trades, deposits and recomputes
 (:mod:`pegx.ledger.withdrawals`), and narrow reads. Callers outside the ledger package use
 these methods only; none of them touches the state or the lock.
 
-Invariants (checked by tests/test_engine_properties.py and :mod:`pegx.ledger.audit`):
+Invariants (checked by tests/ledger/test_engine_properties.py and :mod:`pegx.ledger.audit`):
 * per step, Σ accounts + drift == Σ registered inputs (nothing is created or lost; the drift
   vector, 0 in value, records where the chain's spends put fractions the ledger did not);
 * no negative step or balance; every account's liquid + reserve == its step total;

@@ -133,42 +133,54 @@ class Journal:
                 if self._writing:
                     self._cond.wait()
                     continue
-                batch, self._pending = self._pending, []
-                top = batch[-1][0] if batch else self.local_seq
-                sink = self.sink
-                self._writing = True
-                self._mu.release()
-                t0 = time.perf_counter()
-                try:
-                    for part in _batches(batch):
-                        with self.store.batch() as wb:
-                            for s, data in part:
-                                wb.put(schema.pack_seq(s), data)
-                except BaseException as exc:  # memory is ahead of disk: nothing may ack now
-                    self._mu.acquire()
-                    self._failed = exc
-                    self._writing = False
-                    self._cond.notify_all()
-                    log.critical("op log write failed: %s", exc)
-                    raise JournalFailed(f"ledger write failed: {exc}") from exc
-                if batch and self.on_fsync is not None:
-                    self.on_fsync(time.perf_counter() - t0)
-                try:
-                    with self._mu:
-                        self.local_seq = top
-                        if batch:
-                            self.commits += 1
-                    if sink is not None:
-                        sink.committed(top)  # a sync standby: returns once it holds them
-                except BaseException:
-                    self._mu.acquire()
-                    self._writing = False
-                    self._cond.notify_all()
-                    raise
-                self._mu.acquire()
-                self._writing = False
-                self.durable_seq = max(self.durable_seq, top)
-                self._cond.notify_all()
+                self._lead()
+
+    def _lead(self) -> None:
+        """As the group's leader: write everything pending in one synced batch and hand its
+        top seq to the sink. Called, and returning, with ``_mu`` held; released meanwhile, so
+        that others append (and queue behind this batch) while it is written."""
+        batch, self._pending = self._pending, []
+        top = batch[-1][0] if batch else self.local_seq
+        sink = self.sink
+        self._writing = True
+        self._mu.release()
+        try:
+            self._write(batch)
+            with self._mu:
+                self.local_seq = top
+                if batch:
+                    self.commits += 1
+            if sink is not None:
+                sink.committed(top)  # a sync standby: returns once it holds them
+        except BaseException:
+            self._mu.acquire()
+            self._writing = False
+            self._cond.notify_all()
+            raise
+        self._mu.acquire()
+        self._writing = False
+        self.durable_seq = max(self.durable_seq, top)
+        self._cond.notify_all()
+
+    def _write(self, batch: list[tuple[int, bytes]]) -> None:
+        """The op-log records in synced batches of about BATCH_BYTES (one, unless a long group
+        is among them), without ``_mu``; a failure is kept, so that nothing is acknowledged
+        from now on: memory is ahead of disk."""
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        try:
+            for part in _batches(batch):  # a long group: several synced writes (see above)
+                with self.store.batch() as wb:
+                    for s, data in part:
+                        wb.put(schema.pack_seq(s), data)
+        except BaseException as exc:
+            with self._mu:
+                self._failed = exc
+            log.critical("op log write failed: %s", exc)
+            raise JournalFailed(f"ledger write failed: {exc}") from exc
+        if self.on_fsync is not None:
+            self.on_fsync(time.perf_counter() - t0)
 
     def flush(self) -> None:
         """Make everything appended so far durable."""

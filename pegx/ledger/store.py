@@ -259,30 +259,9 @@ class Store:
             for name in files:
                 self._pinned[name] = self._pinned.get(name, 0) + 1
         out = plyvel.DB(str(dest), create_if_missing=True, error_if_exists=False)
-        count = 0
         try:
-            wb = out.write_batch(transaction=True)
-            size = 0
-            for k, v in snap.iterator():
-                wb.put(k, v)
-                count += 1
-                size += len(k) + len(v)
-                if size > 16 << 20:
-                    wb.write()
-                    if progress:
-                        progress(size)
-                    wb = out.write_batch(transaction=True)
-                    size = 0
-            wb.write()
-            if progress:
-                progress(size)
-            for name in files:  # never changed once named: a link is a copy
-                try:
-                    os.link(self.file_path(name), dest / name)
-                except OSError:
-                    shutil.copyfile(self.file_path(name), dest / name)
-                if progress:
-                    progress((dest / name).stat().st_size)
+            count = _copy_records(snap, out, progress)
+            self._link_files(files, dest, progress)
         except BaseException:
             out.close()
             shutil.rmtree(dest, ignore_errors=True)
@@ -292,6 +271,16 @@ class Store:
             self._pin(files, -1)
         out.close()
         return count
+
+    def _link_files(self, files: list[str], dest: Path, progress) -> None:
+        """The checkpoint files a backup's snapshot names, into ``dest``."""
+        for name in files:  # never changed once named: a link is a copy
+            try:
+                os.link(self.file_path(name), dest / name)
+            except OSError:
+                shutil.copyfile(self.file_path(name), dest / name)
+            if progress:
+                progress((dest / name).stat().st_size)
 
     def close(self) -> None:
         """Close the handle and release the lock. Safe to call twice."""
@@ -313,3 +302,24 @@ def _after(prefix: bytes) -> bytes:
     """The first key after every key that starts with ``prefix``."""
     head = prefix.rstrip(b"\xff")
     return head[:-1] + bytes([head[-1] + 1]) if head else b""
+
+
+def _copy_records(snap, out, progress) -> int:
+    """Every record of snapshot ``snap`` into LevelDB ``out``, in batches of ~16 MB; returns
+    how many (``progress(n_bytes)`` after each batch)."""
+    count = size = 0
+    wb = out.write_batch(transaction=True)
+    for k, v in snap.iterator():
+        wb.put(k, v)
+        count += 1
+        size += len(k) + len(v)
+        if size > 16 << 20:
+            wb.write()
+            if progress:
+                progress(size)
+            wb = out.write_batch(transaction=True)
+            size = 0
+    wb.write()
+    if progress:
+        progress(size)
+    return count

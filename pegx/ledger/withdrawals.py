@@ -45,7 +45,7 @@ class Withdrawals(Ledger):
         with self._lock:
             return len(self._state.tables["withdraws"])
 
-    def request_withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,
+    def request_withdraw(self, wid: str, user, amount, style: str, address: str, cycle: int,  # noqa: PLR0913 (the ledger call takes the withdraw's fields as the API passes them)
                          *, commission: int | None = None, limit: bool = False,
                          accepted: int | None = None) -> None:
         """Move ``amount`` from ``user`` to the ``withdraws`` account under withdraw id ``wid``.

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pegx.chain.base import ChainError, ChainUnavailable, Tip
+from pegx.chain.base import Chain, ChainError, ChainUnavailable, Tip
 from pegx.config import Config
 
 PROBE_TIMEOUT = 1.0  # seconds one probe request may take
@@ -83,18 +83,17 @@ class Probe:
 
 
 class Health:
-    """The problems of one daemon, from its cycle thread, desk and a quick probe of the chain.
+    """The problems of one daemon, from its session, cycle thread, desk and a quick probe of
+    the chain (``chain.quick``: for bitbayd a view that fails fast). Block ages come from the
+    blocks' own times when the chain's are real (``chain.real_block_times``)."""
 
-    ``probe_chain`` is the chain view the probe calls (for bitbayd one that fails fast);
-    ``block_clock`` says the chain's block times are real (bitbayd) rather than synthetic.
-    """
-
-    def __init__(self, chain, cycle, *, probe_chain=None, stall_seconds: float = 0.0,
-                 block_clock: bool = False, started_at: float | None = None):
+    def __init__(self, chain: Chain, session, cycle, *, stall_seconds: float = 0.0,
+                 started_at: float | None = None):
+        self.session = session
         self.cycle = cycle
         self.stall_seconds = stall_seconds
-        self._probe_chain = probe_chain if probe_chain is not None else chain
-        self._block_clock = block_clock
+        self._probe_chain = chain.quick(PROBE_TIMEOUT, PROBE_DEADLINE)
+        self._block_clock = block_clock = chain.real_block_times
         self._mu = threading.Lock()  # one probe at a time; later callers reuse its answer
         self._last: Probe | None = None
         # (height, unix time this daemon first saw it): the clock of a chain whose block times
@@ -103,9 +102,7 @@ class Health:
         self._seen: tuple[int, float] = (-1, 0.0)
         if not block_clock:
             self._seen = (chain.tip().height, time.time() if started_at is None else started_at)
-        subscribe = getattr(chain, "subscribe", None)  # the devnet tells about each block
-        if subscribe is not None:
-            subscribe(self._note)
+        chain.subscribe(self._note)  # the devnet tells about each block
 
     def _note(self, tip: Tip) -> None:
         if tip.height != self._seen[0]:
@@ -162,14 +159,15 @@ class Health:
             found["node_unreachable"] = f"node unreachable: {probe.error}"
         elif probe.tip is None:
             found["node_error"] = f"node answers with an error: {probe.error}"
-        if cycle.started() and not cycle.running:
+        session = self.session
+        if session.started() and not cycle.running:
             found["cycle_thread_dead"] = ("exchange cycle thread is not running although the "
                                           "exchange is started: restart pegx")
-        elif not cycle.started():
+        elif not session.started():
             found["exchange_stopped"] = ("exchange not started: nothing is registered or sent "
                                          "until StartExchange(start=1) (or --autostart)")
-        if cycle.wallet_note:  # "wallet locked: call ExchangePassword", set by a failed use
-            found["wallet_locked"] = cycle.wallet_note
+        if session.wallet_note:  # "wallet locked: call ExchangePassword", set by a failed use
+            found["wallet_locked"] = session.wallet_note
         if self.stall_seconds > 0 and age is not None and age > self.stall_seconds:
             tip = probe.tip or cycle.tip
             found["chain_stalled"] = (f"chain not advancing: no new block for {duration(age)} "

@@ -21,10 +21,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pegx.config import Config
+from pegx.config import Config, parse_address
 from pegx.replication import epoch, keys, role, wire
 from pegx.replication.primary import Replicator
-from pegx.replication.standby import CONNECT_SECONDS, Receiver, parse_address
+from pegx.replication.standby import CONNECT_SECONDS, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,10 @@ class Replication:
         """A new standby's devnet log starts with its primary's header (the chain's id)."""
         if self.cfg.chain != "devnet":
             return
-        from pegx.chain.devnet.log import LOG_NAME
+        from pegx.chain.devnet import files
 
-        path = self.cfg.devnet_path / LOG_NAME
-        if not path.exists():
-            self._receiver(None).fetch_devnet_header(path)
+        if files.log_path(self.cfg.path) is None:
+            self._receiver(None).fetch_devnet_header(files.new_log_path(self.cfg.path))
 
     def _receiver(self, devnet) -> Receiver:
         return Receiver(key=self.key, primary=self.cfg.standby_of, ledger=self.ledger,

@@ -20,6 +20,9 @@ call is acknowledged; pegx.status says so), ``async`` acknowledges alone and say
 Retention: checkpoints delete op-log records only up to what the standby acknowledged (the last
 one known, kept after it disconnects; until one ever connects after a start, nothing more is
 deleted), and never keep more than ``retain`` records beyond the checkpoint.
+
+Over 400 lines (~490): one Replicator; the listener, the shipping loop and the acknowledgement
+count share its state (the admission checks are pegx.replication.admit).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class _Session:
 class Replicator:
     """The primary's replication endpoint and journal sink (see the module docstring)."""
 
-    def __init__(self, *, key: bytes, host: str, port: int, ledger, devnet, datadir: Path,
+    def __init__(self, *, key: bytes, host: str, port: int, ledger, devnet, datadir: Path,  # noqa: PLR0913 (the replicator's collaborators and settings, by keyword)
                  identity: dict, sync: bool = False, fallback: str = "strict",
                  timeout: float = 10.0, retain: int = 2_000_000,
                  on_fenced: Callable[[str], None] | None = None):
@@ -134,52 +137,77 @@ class Replicator:
         """Records up to ``seq`` are fsynced here: ship them; in sync mode, return once the
         standby holds them (see the module docstring for the fallbacks)."""
         with self._cond:
-            if seq > self.local_seq:
-                if self.behind_since is None and self._acked() >= self.local_seq:
-                    self.behind_since = time.time()
-                self.local_seq = seq
-                self._cond.notify_all()
+            self._note_local(seq)
             if not self.sync:
                 return
             started = time.monotonic()
             warned = 0.0
             while True:
-                if self.fenced is not None:
-                    raise NotAcknowledged(f"this primary was superseded by epoch "
-                                          f"{self.fenced['epoch']}: not acknowledged")
-                if self._closed:
-                    raise NotAcknowledged("shutting down before the standby confirmed the "
-                                          "record: not acknowledged")
+                self._check_acknowledging()
                 s = self._session
                 if s is not None and s.alive and s.acked >= seq:
-                    if self.blocked_since is not None:
-                        log.warning("replication: standby %s holds seq %s: acknowledging "
-                                    "again", s.peer, f"{s.acked:,d}")
-                    self.blocked_since = None
-                    if self.degraded:
-                        log.warning("replication: standby %s caught up: synchronous again",
-                                    s.peer)
-                        self.degraded = ""
+                    self._confirmed(s)
                     return
                 if self.fallback == "async":
-                    if s is None or not s.alive:
-                        return self._degrade("no standby is connected")
-                    if not s.in_sync:
-                        return self._degrade(f"standby {s.peer} is catching up")
-                    if time.monotonic() - started > self.timeout:
-                        s.in_sync = False
-                        return self._degrade(f"standby {s.peer} did not confirm within "
-                                             f"{self.timeout:g} s")
+                    why = self._async_fallback(s, started)
+                    if why:
+                        return self._degrade(why)
                 elif time.monotonic() - warned > WARN_EVERY:
-                    if self.blocked_since is None:
-                        self.blocked_since = time.time()
-                    warned = time.monotonic()
-                    log.error("replication: NOT ACKNOWLEDGING: seq %s waits for the standby "
-                              "(%s; --sync-standby, strict) for %.0f s", f"{seq:,d}",
-                              "none connected" if s is None or not s.alive
-                              else f"{s.peer} holds {s.acked:,d}",
-                              time.time() - self.blocked_since)
+                    warned = self._warn_blocked(seq, s)
                 self._cond.wait(0.5)
+
+    def _note_local(self, seq: int) -> None:
+        """Records up to ``seq`` are on this disk: the shipping loop is woken (under _cond)."""
+        if seq > self.local_seq:
+            if self.behind_since is None and self._acked() >= self.local_seq:
+                self.behind_since = time.time()
+            self.local_seq = seq
+            self._cond.notify_all()
+
+    def _check_acknowledging(self) -> None:
+        """NotAcknowledged once this primary is fenced or shutting down."""
+        if self.fenced is not None:
+            raise NotAcknowledged(f"this primary was superseded by epoch "
+                                  f"{self.fenced['epoch']}: not acknowledged")
+        if self._closed:
+            raise NotAcknowledged("shutting down before the standby confirmed the "
+                                  "record: not acknowledged")
+
+    def _confirmed(self, s) -> None:
+        """The standby holds the record: leave the blocked or degraded state (logged)."""
+        if self.blocked_since is not None:
+            log.warning("replication: standby %s holds seq %s: acknowledging "
+                        "again", s.peer, f"{s.acked:,d}")
+        self.blocked_since = None
+        if self.degraded:
+            log.warning("replication: standby %s caught up: synchronous again",
+                        s.peer)
+            self.degraded = ""
+
+    def _async_fallback(self, s, started: float) -> str:
+        """With ``--standby-fallback async``: why to stop waiting for the standby ('' to wait
+        on)."""
+        if s is None or not s.alive:
+            return "no standby is connected"
+        if not s.in_sync:
+            return f"standby {s.peer} is catching up"
+        if time.monotonic() - started > self.timeout:
+            s.in_sync = False
+            return f"standby {s.peer} did not confirm within {self.timeout:g} s"
+        return ""
+
+    def _warn_blocked(self, seq: int, s) -> float:
+        """Strict sync: say (every WARN_EVERY s) that ``seq`` is not acknowledged; returns when
+        it was said."""
+        if self.blocked_since is None:
+            self.blocked_since = time.time()
+        warned = time.monotonic()
+        log.error("replication: NOT ACKNOWLEDGING: seq %s waits for the standby "
+                  "(%s; --sync-standby, strict) for %.0f s", f"{seq:,d}",
+                  "none connected" if s is None or not s.alive
+                  else f"{s.peer} holds {s.acked:,d}",
+                  time.time() - self.blocked_since)
+        return warned
 
     def _degrade(self, reason: str) -> None:
         if not self.degraded:
@@ -223,34 +251,16 @@ class Replicator:
         chan = wire.Channel(sock, server=True)
         session = None
         try:
-            role = chan.server_handshake(self.key, HANDSHAKE_SECONDS)
-            if self.fenced is not None or self._closed:
-                return chan.refuse("this primary was superseded or is shutting down")
-            if role == "fencer":
-                return self._fence_request(chan)
-            if role != "standby":
-                return chan.refuse(f"unknown role {role!r}")
-            _, start = chan.recv_json(HANDSHAKE_SECONDS, wire.START)
-            problem = self._check_standby(start, chan.peer)
-            if problem:
-                log.error("replication: standby %s refused: %s", chan.peer, problem)
-                return chan.refuse(problem)
+            start = self._standby_start(chan)
+            if start is None:
+                return
             welcome = {"epoch": epoch.epoch_of(epoch.record(self.ledger)),
                        "seq": self.local_seq, "devnet": self.devnet_end, **self.identity}
             if start.get("bootstrap"):  # a new standby fetching the devnet's first line only
                 chan.send_json(wire.WELCOME, welcome)
                 return self._ship_devnet(chan, 0, self._first_line_end())
             session = _Session(chan, int(start["seq"]), start.get("devnet"))
-            with self._cond:
-                old, self._session = self._session, session
-                self.last_acked = session.acked
-                self._cond.notify_all()
-            if old is not None:
-                log.warning("replication: standby %s replaces %s", chan.peer, old.peer)
-                old.chan.close()
-            chan.send_json(wire.WELCOME, welcome)
-            log.info("replication: standby %s attached at seq %s (this primary: %s)",
-                     chan.peer, f"{session.acked:,d}", f"{self.local_seq:,d}")
+            self._attach(session, welcome)
             self._spawn(self._read_acks, "repl-acks", session)
             self._send_loop(session)
         except (OSError, wire.ProtocolError, wire.Refused, ValueError, KeyError) as exc:
@@ -261,13 +271,51 @@ class Replicator:
         finally:
             chan.close()
             if session is not None:
-                with self._cond:
-                    session.alive = False
-                    if self._session is session:
-                        self._session = None
-                        log.warning("replication: standby %s detached at seq %s", session.peer,
-                                    f"{session.acked:,d}")
-                    self._cond.notify_all()
+                self._detach(session)
+
+    def _standby_start(self, chan: wire.Channel) -> dict | None:
+        """The handshake: the START of a standby that passes the checks, or None (refused,
+        or a fencer's request served)."""
+        role = chan.server_handshake(self.key, HANDSHAKE_SECONDS)
+        if self.fenced is not None or self._closed:
+            chan.refuse("this primary was superseded or is shutting down")
+            return None
+        if role == "fencer":
+            self._fence_request(chan)
+            return None
+        if role != "standby":
+            chan.refuse(f"unknown role {role!r}")
+            return None
+        _, start = chan.recv_json(HANDSHAKE_SECONDS, wire.START)
+        problem = self._check_standby(start, chan.peer)
+        if problem:
+            log.error("replication: standby %s refused: %s", chan.peer, problem)
+            chan.refuse(problem)
+            return None
+        return start
+
+    def _attach(self, session: _Session, welcome: dict) -> None:
+        """``session``'s standby becomes the one (a previous one is cut off) and is welcomed."""
+        chan = session.chan
+        with self._cond:
+            old, self._session = self._session, session
+            self.last_acked = session.acked
+            self._cond.notify_all()
+        if old is not None:
+            log.warning("replication: standby %s replaces %s", chan.peer, old.peer)
+            old.chan.close()
+        chan.send_json(wire.WELCOME, welcome)
+        log.info("replication: standby %s attached at seq %s (this primary: %s)",
+                 chan.peer, f"{session.acked:,d}", f"{self.local_seq:,d}")
+
+    def _detach(self, session: _Session) -> None:
+        with self._cond:
+            session.alive = False
+            if self._session is session:
+                self._session = None
+                log.warning("replication: standby %s detached at seq %s", session.peer,
+                            f"{session.acked:,d}")
+            self._cond.notify_all()
 
     def _check_standby(self, start: dict, peer: str) -> str:
         """Why this standby cannot follow us ('' if it can); fences us if it is newer."""

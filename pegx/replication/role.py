@@ -95,15 +95,16 @@ def guard_devnet(methods: dict[str, Callable], role: Role) -> dict[str, Callable
 
 
 class RoleControl:
-    """The API's Control (pegx.rpc.api.Control) for a daemon that may be a standby: the exchange
-    cycle's while primary; while standby (and after a promotion, until the cycle's first pass
-    is done) the exchange counts as loaded and never busy (nothing runs here but the
+    """The API's Control (pegx.rpc.api.Control) for a daemon that may be a standby: the
+    exchange session's while primary; while standby (and after a promotion, until the cycle's
+    first pass is done) the exchange counts as loaded and never busy (nothing runs here but the
     replication), and GetSpendable is computed from this daemon's own chain (its replicated
-    devnet, or its own node)."""
+    devnet, or its own node) by ``refresh_spendable`` (the cycle's, without a pass)."""
 
-    def __init__(self, cycle, role: Role):
-        self.exchange = cycle
+    def __init__(self, session, role: Role, refresh_spendable: Callable[[], None]):
+        self.session = session
         self.role = role
+        self.refresh_spendable = refresh_spendable
         self._mu = threading.Lock()
         self._spendable_at = 0.0
 
@@ -113,43 +114,42 @@ class RoleControl:
         sync standby to come, that pass waits for it, reads must not)."""
         if self.role.state != PRIMARY:
             return True
-        return self.role.promoted and not self.exchange.loaded()
+        return self.role.promoted and not self.session.loaded()
 
     def started(self) -> bool:
-        return True if self.role.state != PRIMARY else self.exchange.started()
+        return True if self.role.state != PRIMARY else self.session.started()
 
     def loaded(self) -> bool:
-        return True if self._idle() else self.exchange.loaded()
+        return True if self._idle() else self.session.loaded()
 
     def wait_not_busy(self, timeout: float) -> bool:
-        return True if self._idle() else self.exchange.wait_not_busy(timeout)
+        return True if self._idle() else self.session.wait_not_busy(timeout)
 
     def spendable(self) -> dict:
         if self._idle():
             with self._mu:
                 if time.monotonic() - self._spendable_at >= SPENDABLE_SECONDS:
-                    self.exchange.refresh_spendable()
+                    self.refresh_spendable()
                     self._spendable_at = time.monotonic()
-        return self.exchange.spendable()
+        return self.session.spendable()
 
     def start(self) -> None:
-        self.exchange.start()
+        self.session.start()
 
     def stop(self) -> None:
-        self.exchange.stop()
+        self.session.stop()
 
     def shutdown(self) -> None:
-        self.exchange.shutdown()
+        self.session.shutdown()
 
     def set_wallet_passphrase(self, passphrase: str) -> None:
-        self.exchange.set_wallet_passphrase(passphrase)
+        self.session.set_wallet_passphrase(passphrase)
 
     def owns_address(self, address: str) -> bool:
-        return self.exchange.owns_address(address)
+        return self.session.owns_address(address)
 
     def cycle(self) -> int:
-        return self.exchange.cycle()
+        return self.session.cycle()
 
     def published(self) -> int:
-        return self.exchange.published()
-
+        return self.session.published()

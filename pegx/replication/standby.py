@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from pegx.config import parse_address
 from pegx.replication import epoch, wire
 from pegx.replication.admit import file_hashes
 
@@ -34,21 +35,6 @@ log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 10.0
 REFUSED_RETRY = 5.0
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port`` (or ``tcp://host:port``) of a primary's replication listener."""
-    raw = text.strip()
-    if "://" in raw:
-        scheme, _, raw = raw.partition("://")
-        if scheme != "tcp":
-            raise ValueError(f"--standby-of {text!r}: the primary's replication address is "
-                             f"host:port (or tcp://host:port), not a {scheme} URL")
-    host, sep, port = raw.rstrip("/").rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--standby-of {text!r}: expected host:port of the primary's "
-                         f"replication listener (its --replication-port)")
-    return host.strip("[]"), int(port)
 
 
 class Receiver:

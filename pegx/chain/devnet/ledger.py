@@ -13,6 +13,9 @@ hash back, even when the new branch holds the same transactions. The supply inde
 (= h // 200, or h // 20 on testnet: ``cycle_blocks``) is fixed when block 200·c is mined, from
 the vote registered during cycle c-1, else (with ``walk_seed``) a seeded random vote, else
 unchanged. Keys and addresses use the versions of ``net``.
+
+Over 400 lines (~410): one deterministic state machine; its reorganisation, mining and
+mempool steps share the same state.
 """
 
 from __future__ import annotations
@@ -330,6 +333,20 @@ class Ledger:
         mempool when still valid on the new branch. Returns {fork, replaced, mined, evicted}.
         """
         fork = self.height - depth
+        replaced, pending = self._unwind(fork, vote)
+        evicted: dict[str, str] = {}
+        for block in self._new_branch(depth, fork, spends, replaced if keep else []):
+            evicted.update(self._mine_block(block))
+        self._restore_mempool(pending, evicted)
+        self._remember_unmined(replaced, pending, evicted)
+        mined = [t.txid for t in self.txs.values() if t.height > fork]
+        return {"fork": fork, "replaced": [t.txid for t in replaced], "mined": mined,
+                "evicted": evicted}
+
+    def _unwind(self, fork: int, vote: tuple[str, int] | None) -> tuple[list, list]:
+        """Take the mempool and every block after ``fork`` off the chain (their cycles' votes
+        become ``vote``, or stay what they were); returns (the replaced txs in block order,
+        the mempool's)."""
         old_height = self.height
         # stable sort: within a block, dict order is the order the block mined them in
         replaced = sorted((t for t in self.txs.values() if t.height > fork),
@@ -340,26 +357,34 @@ class Ledger:
             self._disconnect(tx)
         for tx in reversed(replaced):
             self._disconnect(tx)
-        for cycle in range(cycle_of(fork, self.cycle_blocks) + 1, cycle_of(old_height, self.cycle_blocks) + 1):
+        for cycle in range(cycle_of(fork, self.cycle_blocks) + 1,
+                           cycle_of(old_height, self.cycle_blocks) + 1):
             self.votes[cycle] = vote if vote is not None else self.applied[cycle]
             del self.applied[cycle]
         del self.supplies[cycle_of(fork, self.cycle_blocks) + 1:]
         del self.hashes[32 * (fork + 1):]
         self.height = fork
         self.branch += 1
+        return replaced, pending
+
+    @staticmethod
+    def _new_branch(depth: int, fork: int, spends: list[str],
+                    kept: list[LedgerTx]) -> list[list[LedgerTx]]:
+        """The new branch's ``depth`` blocks: ``spends`` first in the first block, then each
+        kept transaction at its old offset from the fork (unless it is one of the spends)."""
         blocks: list[list[LedgerTx]] = [[] for _ in range(depth)]
         for raw in spends:
             inputs, outputs, _, _ = dtx.decode_spend(raw)
             blocks[0].append(LedgerTx(dtx.txid_of(raw), raw, inputs, outputs, [], []))
-        if keep:
-            first = {tx.txid for tx in blocks[0]}
-            for tx in replaced:
-                if tx.txid not in first:
-                    blocks[tx.height - fork - 1].append(tx)
-        evicted: dict[str, str] = {}
-        for block in blocks:
-            evicted.update(self._mine_block(block))
-        for tx in pending:  # the mempool stays, less what the new branch made invalid
+        first = {tx.txid for tx in blocks[0]}
+        for tx in kept:
+            if tx.txid not in first:
+                blocks[tx.height - fork - 1].append(tx)
+        return blocks
+
+    def _restore_mempool(self, pending: list[LedgerTx], evicted: dict[str, str]) -> None:
+        """The mempool stays, less what the new branch mined or made invalid (``evicted``)."""
+        for tx in pending:
             if tx.txid in self.txs:
                 continue  # mined in the new branch
             if not tx.outside:
@@ -371,6 +396,11 @@ class Ledger:
                     continue
                 tx = LedgerTx(tx.txid, tx.raw, inputs, outputs, fractions, frozen)
             self._connect(tx)
+
+    def _remember_unmined(self, replaced: list[LedgerTx], pending: list[LedgerTx],
+                          evicted: dict[str, str]) -> None:
+        """Spends the new branch does not have are kept in ``seen`` (a later broadcast may
+        bring them back); what it has is no longer there."""
         for tx in replaced:
             if tx.txid not in self.txs and not tx.outside:
                 self.seen[tx.txid] = tx.raw
@@ -380,6 +410,3 @@ class Ledger:
                 self.seen[txid] = found.raw
         for txid in [t for t in self.seen if t in self.txs]:
             del self.seen[txid]
-        mined = [t.txid for t in self.txs.values() if t.height > fork]
-        return {"fork": fork, "replaced": [t.txid for t in replaced], "mined": mined,
-                "evicted": evicted}

@@ -5,9 +5,10 @@ node, and it has levers for tests and demos (mine, outside payments, supply vote
 malleating transactions, rejecting a broadcast, reorganising the chain), exposed over XML-RPC as
 ``devnet.*``.
 
-Layout: ``devnet_ledger.Ledger`` is the deterministic state machine, ``devnet_peg`` the peg
-rules for spends, ``devnet_tx`` the raw format and signatures, ``devnet_log`` the durable
-action log under ``<datadir>/devnet``. This class adds one RLock, the log and the block timer.
+Layout: ``ledger.Ledger`` is the deterministic state machine, ``peg`` the peg rules for
+spends, ``tx`` the raw format and signatures, ``log`` the durable action log, ``files`` where
+it lives in a datadir (``<datadir>/devnet``). This class adds one RLock, the log and the block
+timer.
 
 State is a pure function of (``seed``, ``initial_supply``, ``walk_seed``) and the ordered
 actions applied; nothing reads the wall clock. Every state-changing call is validated first,
@@ -31,6 +32,9 @@ after every mining call (from the mining thread, outside the lock; one call per 
 
 The devnet wallet is not encrypted and imported WIF keys are stored in the action log: it is a
 simulation, never give it a key that holds real coins.
+
+Over 400 lines (~720): the Chain protocol and the levers on one lock; the state machine, peg
+rules, raw format, log and file layout are already modules of their own (above).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import numpy as np
 
 from pegx import crypto
 from pegx.chain.base import (
+    Chain,
     ChainRejected,
     ChainUnavailable,
     SignedTx,
@@ -60,6 +65,7 @@ from pegx.chain.base import (
     outpoint,
     split_outpoint,
 )
+from pegx.chain.devnet import files
 from pegx.chain.devnet import tx as dtx
 from pegx.chain.devnet.ledger import DIRECTIONS, Ledger, LedgerTx, block_time
 from pegx.chain.devnet.log import ActionLog
@@ -95,10 +101,11 @@ REORG_FEE = 10_000  # what the spend reorg() signs for an outpoint pays (one inp
 MAX_REORG = 1_000
 
 
-class Devnet:
+class Devnet(Chain):
     """The embedded simulated chain; see the module docstring. Thread-safe."""
 
     name = "devnet"
+    real_block_times = False  # a fixed spacing from a fixed genesis
 
     def __init__(
         self,
@@ -127,7 +134,7 @@ class Devnet:
         self.cycle_blocks = network.cycle_blocks  # testnet: 20
         self.seed, self.initial_supply, self.walk_seed = int(seed), int(initial_supply), walk_seed
         self._log: ActionLog | None = ActionLog(
-            Path(datadir) / "devnet",
+            files.directory(datadir),
             {"seed": self.seed, "initial_supply": self.initial_supply, "walk_seed": walk_seed,
              "network": network.name},
             created={"id": os.urandom(16).hex()},
@@ -253,36 +260,11 @@ class Devnet:
         return self._apply(rec, check_signatures=False)
 
     def _apply(self, rec: dict, check_signatures: bool) -> object:
-        led, kind = self._ledger, rec["a"]
-        if kind == "mine":
-            return led.apply_mine(rec["n"])
-        if kind == "send":
-            return led.apply_send(rec["address"], rec["amount"], rec.get("fractions"))
-        if kind == "tx":
-            return led.apply_tx(rec["raw"], check_signatures)
-        if kind == "vote":
-            led.votes[cycle_of(led.height, self.cycle_blocks) + 1] = (rec["direction"],
-                                                                      rec["steps"])
-        elif kind == "import":
-            return led.apply_import(rec["wif"])
-        elif kind == "newkey":
-            return led.apply_new_key()
-        elif kind == "drop":
-            led.apply_drop(rec["txid"])
-        elif kind == "malleate":
-            led.malleate = True
-        elif kind == "arm_reject":
-            led.reject_reason = rec["reason"]
-        elif kind == "rejected":
-            led.reject_reason = None
-            if isinstance(rec.get("raw"), str):
-                led.seen[dtx.txid_of(rec["raw"])] = rec["raw"]
-        elif kind == "reorg":
-            vote = tuple(rec["vote"]) if rec.get("vote") else None
-            return led.apply_reorg(rec["depth"], rec["txs"] == "keep", vote, rec["spend"])
-        else:
-            raise ValueError(f"unknown devnet log record {kind!r}")
-        return None
+        """Apply one action-log record to the chain's state (live and in a replay alike)."""
+        apply = _APPLY.get(rec["a"])
+        if apply is None:
+            raise ValueError(f"unknown devnet log record {rec['a']!r}")
+        return apply(self._ledger, rec, self.cycle_blocks, check_signatures)
 
     # ------------------------------------------------------------------ Chain protocol
 
@@ -374,6 +356,11 @@ class Devnet:
         with self._lock:
             return self._ledger.spent.get(key)
 
+    def spenders(self, key: str) -> list[str]:
+        """The one transaction spending ``key``, if any: the devnet indexes every spend."""
+        txid = self.spender(key)
+        return [] if txid is None else [txid]
+
     def import_key(self, wif: str, passphrase: str = "") -> str:
         """Add a WIF key to the wallet (no rescan needed: the devnet indexes every address).
         The devnet wallet is not encrypted: ``passphrase`` is ignored."""
@@ -404,32 +391,40 @@ class Devnet:
         if len(set(inputs)) != len(inputs):
             raise ChainRejected("the same input is listed twice")
         for out in outputs:
-            if not isinstance(out, TxOut):
-                raise ChainRejected(f"outputs must be TxOut, got {type(out).__name__}")
-            if isinstance(out.value, bool) or not isinstance(out.value, (int, np.integer)):
-                raise ChainRejected(f"output value must be int satoshi, got {out.value!r}")
-            if out.address is not None:
-                try:
-                    crypto.validate_address(out.address, self.network)
-                except crypto.CryptoError as exc:
-                    raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
+            self._check_output(out)
         outputs = [TxOut(int(o.value), o.address, o.data) for o in outputs]
         outs = [dtx.out_to_json(o) for o in outputs]
         message = dtx.sighash(inputs, outs)
         with self._lock:
-            led, sigs = self._ledger, []
-            for key in inputs:
-                found = led.find(key)
-                if found is None:
-                    raise ChainRejected(f"input {key} is unknown")
-                address = found[0].outputs[found[1]].address
-                if address not in led.wallet:
-                    raise ChainRejected(f"input {key} pays {address}, which is not in the wallet")
-                if key in led.spent:
-                    raise ChainRejected(f"input {key} is already spent by {led.spent[key]}")
-                sigs.append(dtx.sign(message, *led.wallet[address]))
+            sigs = [self._sign_input(key, message) for key in inputs]
         raw = dtx.encode({"v": 1, "inputs": inputs, "outputs": outs, "sigs": sigs})
         return SignedTx(dtx.txid_of(raw), raw, tuple(inputs))
+
+    def _check_output(self, out: TxOut) -> None:
+        """ChainRejected unless ``out`` is a TxOut of int satoshi to a valid address (or data)."""
+        if not isinstance(out, TxOut):
+            raise ChainRejected(f"outputs must be TxOut, got {type(out).__name__}")
+        if isinstance(out.value, bool) or not isinstance(out.value, (int, np.integer)):
+            raise ChainRejected(f"output value must be int satoshi, got {out.value!r}")
+        if out.address is not None:
+            try:
+                crypto.validate_address(out.address, self.network)
+            except crypto.CryptoError as exc:
+                raise ChainRejected(f"bad output address {out.address!r}: {exc}") from None
+
+    def _sign_input(self, key: str, message: str) -> list[str]:
+        """The wallet's signature of ``message`` for unspent wallet input ``key`` (under the
+        lock); ChainRejected when it is unknown, not the wallet's or spent."""
+        led = self._ledger
+        found = led.find(key)
+        if found is None:
+            raise ChainRejected(f"input {key} is unknown")
+        address = found[0].outputs[found[1]].address
+        if address not in led.wallet:
+            raise ChainRejected(f"input {key} pays {address}, which is not in the wallet")
+        if key in led.spent:
+            raise ChainRejected(f"input {key} is already spent by {led.spent[key]}")
+        return dtx.sign(message, *led.wallet[address])
 
     def broadcast(self, raw: str) -> str:
         """Validate a signed transaction against the peg rules and the mempool; add it.
@@ -596,20 +591,7 @@ class Devnet:
         them is evicted. Mempool transactions stay unless the new branch makes them invalid.
         Every spend must make it into the new branch, else ChainRejected and nothing changes.
         """
-        depth = dtx.check_int("depth", depth, 1, MAX_REORG)
-        if txs not in ("keep", "drop"):
-            raise ValueError(f"txs must be 'keep' or 'drop', got {txs!r}")
-        vote = None
-        if votes is not None:
-            direction, _, steps = str(votes).partition(":")
-            if direction not in DIRECTIONS or (steps and not steps.isdigit()):
-                raise ValueError(f"votes must be inflate|deflate|nochange[:steps], got {votes!r}")
-            vote = (direction, dtx.check_int("steps", int(steps or 1), 1, 3))
-        if spend is None:
-            spend = []
-        if isinstance(spend, str) or not isinstance(spend, (list, tuple)):
-            # one error kind for every bad lever argument
-            raise ValueError("spend must be a list of txids or txid:vout outpoints")  # noqa: TRY004
+        depth, vote, spend = _reorg_args(depth, txs, votes, spend)
         with self._lock:
             led = self._ledger
             if depth > led.height:
@@ -669,3 +651,68 @@ class Devnet:
         outs = [dtx.out_to_json(TxOut(value - REORG_FEE, address=address))]
         sig = dtx.sign(dtx.sighash([item], outs), *led.wallet[address])
         return dtx.encode({"v": 1, "inputs": [item], "outputs": outs, "sigs": [sig]})
+
+
+def _reorg_args(depth, txs, votes, spend) -> tuple[int, tuple[str, int] | None, list]:
+    """devnet.reorg's arguments checked in order (ValueError, the one error kind of every bad
+    lever argument): (depth, the vote or None, the spends)."""
+    depth = dtx.check_int("depth", depth, 1, MAX_REORG)
+    if txs not in ("keep", "drop"):
+        raise ValueError(f"txs must be 'keep' or 'drop', got {txs!r}")
+    vote = None
+    if votes is not None:
+        direction, _, steps = str(votes).partition(":")
+        if direction not in DIRECTIONS or (steps and not steps.isdigit()):
+            raise ValueError(f"votes must be inflate|deflate|nochange[:steps], got {votes!r}")
+        vote = (direction, dtx.check_int("steps", int(steps or 1), 1, 3))
+    if spend is None:
+        spend = []
+    if isinstance(spend, str) or not isinstance(spend, (list, tuple)):
+        raise ValueError("spend must be a list of txids or txid:vout outpoints")  # noqa: TRY004
+    return depth, vote, spend
+
+
+# ---------------------------------------------------------------------- the log's records
+# Each applies one kind of action-log record: (ledger, record, cycle_blocks, check_signatures)
+# -> what the action returns (None for the levers).
+def _vote(led: Ledger, rec: dict, cycle_blocks: int, _check: bool) -> None:
+    led.votes[cycle_of(led.height, cycle_blocks) + 1] = (rec["direction"], rec["steps"])
+
+
+def _drop(led: Ledger, rec: dict, _cb: int, _check: bool) -> None:
+    led.apply_drop(rec["txid"])
+
+
+def _malleate(led: Ledger, _rec: dict, _cb: int, _check: bool) -> None:
+    led.malleate = True
+
+
+def _arm_reject(led: Ledger, rec: dict, _cb: int, _check: bool) -> None:
+    led.reject_reason = rec["reason"]
+
+
+def _rejected(led: Ledger, rec: dict, _cb: int, _check: bool) -> None:
+    led.reject_reason = None
+    if isinstance(rec.get("raw"), str):
+        led.seen[dtx.txid_of(rec["raw"])] = rec["raw"]
+
+
+def _reorg(led: Ledger, rec: dict, _cb: int, _check: bool):
+    vote = tuple(rec["vote"]) if rec.get("vote") else None
+    return led.apply_reorg(rec["depth"], rec["txs"] == "keep", vote, rec["spend"])
+
+
+_APPLY: dict[str, Callable[[Ledger, dict, int, bool], object]] = {
+    "mine": lambda led, rec, _cb, _check: led.apply_mine(rec["n"]),
+    "send": lambda led, rec, _cb, _check: led.apply_send(rec["address"], rec["amount"],
+                                                        rec.get("fractions")),
+    "tx": lambda led, rec, _cb, check: led.apply_tx(rec["raw"], check),
+    "vote": _vote,
+    "import": lambda led, rec, _cb, _check: led.apply_import(rec["wif"]),
+    "newkey": lambda led, _rec, _cb, _check: led.apply_new_key(),
+    "drop": _drop,
+    "malleate": _malleate,
+    "arm_reject": _arm_reject,
+    "rejected": _rejected,
+    "reorg": _reorg,
+}

@@ -1,7 +1,7 @@
 """The peg rule the devnet applies to every spend: the node's, from :mod:`pegx.chain.pegstd`.
 
 The devnet accepts exactly the spends a BitBay node (bitbay-core 3d39e0a) accepts, and gives
-their outputs the node's fractions and frozen marks (``tests/test_pegstd_vectors.py`` holds
+their outputs the node's fractions and frozen marks (``tests/chain/test_pegstd_vectors.py`` holds
 ``pegstd`` to 3,000 of the node's answers). This adapter turns a refusal into
 :class:`ChainRejected` with a message for a human (what went wrong first, then the node's own
 cause text in brackets) and a frozen mark into a lock time: the block time plus 30 days, the
