@@ -141,7 +141,7 @@ class Replicator:
             if not self.sync:
                 return
             started = time.monotonic()
-            warned = 0.0
+            warned = started  # a standby that answers within WARN_EVERY s is no incident
             while True:
                 self._check_acknowledging()
                 s = self._session
@@ -153,7 +153,7 @@ class Replicator:
                     if why:
                         return self._degrade(why)
                 elif time.monotonic() - warned > WARN_EVERY:
-                    warned = self._warn_blocked(seq, s)
+                    warned = self._warn_blocked(seq, s, started)
                 self._cond.wait(0.5)
 
     def _note_local(self, seq: int) -> None:
@@ -196,11 +196,11 @@ class Replicator:
             return f"standby {s.peer} did not confirm within {self.timeout:g} s"
         return ""
 
-    def _warn_blocked(self, seq: int, s) -> float:
-        """Strict sync: say (every WARN_EVERY s) that ``seq`` is not acknowledged; returns when
-        it was said."""
-        if self.blocked_since is None:
-            self.blocked_since = time.time()
+    def _warn_blocked(self, seq: int, s, started: float) -> float:
+        """Strict sync: say (after WARN_EVERY s of waiting, then every WARN_EVERY s) that
+        ``seq`` is not acknowledged, and count as blocked from then; returns when it was said."""
+        if self.blocked_since is None:  # since this call began waiting
+            self.blocked_since = time.time() - (time.monotonic() - started)
         warned = time.monotonic()
         log.error("replication: NOT ACKNOWLEDGING: seq %s waits for the standby "
                   "(%s; --sync-standby, strict) for %.0f s", f"{seq:,d}",

@@ -67,6 +67,33 @@ def test_sync_standby_holds_every_record_and_serves_reads(tmp_path):
         p.stop()
 
 
+def test_a_sync_standby_that_keeps_up_raises_no_alarm(tmp_path):
+    """Every group commit waits for the standby's acknowledgement; one that arrives in time is
+    no incident: no "NOT ACKNOWLEDGING" error, no "acknowledging again", status never BLOCKED
+    (it used to say all three on every waiting commit)."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key, sync=True).start(wait_loaded=False)
+    s = None
+    try:
+        s = standby(tmp_path / "s", key, p).start()
+        wait_loaded(p)
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        mark = len(p.log())
+        x = p.proxy()
+        for i in range(50):
+            assert x.Trade("alice", 1000 + i, "bobby") is True
+            assert not status(p)["blocked"]
+        wait_caught_up(p, s)
+        tail = p.log()[mark:]
+        assert "NOT ACKNOWLEDGING" not in tail and "acknowledging again" not in tail, tail
+        assert status(p)["state"] == "synchronous"
+    finally:
+        if s is not None:
+            s.stop()
+        p.stop()
+
+
 def test_standby_refuses_state_changes_and_changes_nothing(tmp_path):
     key = make_key(tmp_path)
     with primary(tmp_path / "p", key) as p, standby(tmp_path / "s", key, p) as s:
