@@ -21,7 +21,7 @@ Retention: checkpoints delete op-log records only up to what the standby acknowl
 one known, kept after it disconnects; until one ever connects after a start, nothing more is
 deleted), and never keep more than ``retain`` records beyond the checkpoint.
 
-Over 400 lines (~490): one Replicator; the listener, the shipping loop and the acknowledgement
+Over 400 lines (~510): one Replicator; the listener, the shipping loop and the acknowledgement
 count share its state (the admission checks are pegx.replication.admit).
 """
 
@@ -45,6 +45,10 @@ HEARTBEAT_SECONDS = 1.0
 WARN_EVERY = 10.0
 
 
+class _AckBeyond(wire.ProtocolError):
+    """A standby acknowledged a seq it was never sent."""
+
+
 class _Session:
     """One attached standby."""
 
@@ -52,6 +56,7 @@ class _Session:
         self.chan = chan
         self.peer = chan.peer
         self.acked = seq  # what it holds on disk (it said so at START)
+        self.sent = seq  # the highest seq shipped to it (or about to be): no ACK goes beyond
         self.devnet_acked = devnet
         self.start_seq, self.start_devnet = seq, devnet
         self.alive = True
@@ -355,6 +360,8 @@ class Replicator:
             if dev is not None and dev > sent_dev:  # the chain first: records may need it
                 sent_dev = self._ship_devnet(chan, sent_dev, dev)
             if top > sent_seq:
+                with self._cond:  # before the frames go: their ACK may come back at once
+                    session.sent = top
                 sent_seq = self._ship_records(chan, sent_seq, top)
             if time.monotonic() - beat >= HEARTBEAT_SECONDS:
                 chan.send_json(wire.HEARTBEAT, {"seq": top, "devnet": dev, "time": time.time()})
@@ -401,19 +408,12 @@ class Replicator:
                 kind, payload = chan.recv(self.timeout)
                 if kind != wire.ACK:
                     raise wire.ProtocolError(f"expected ACK, got {wire.NAMES.get(kind, kind)}")
-                msg = wire.parse_json(payload, chan.peer)
-                with self._cond:
-                    session.acked = max(session.acked, int(msg["seq"]))
-                    session.devnet_acked = msg.get("devnet")
-                    session.last_ack = time.monotonic()
-                    self.last_acked = session.acked
-                    if session.acked >= self.local_seq:
-                        self.behind_since = None
-                        session.in_sync = True
-                    self._cond.notify_all()
+                self._take_ack(session, wire.parse_json(payload, chan.peer))
         except TimeoutError:
             log.warning("replication: standby %s sent nothing for %.0f s: dropped", chan.peer,
                         self.timeout)
+        except _AckBeyond as exc:
+            log.error("replication: standby %s dropped: %s", chan.peer, exc)
         except (OSError, wire.ProtocolError, ValueError, KeyError) as exc:
             if session.alive and not self._closed:
                 log.warning("replication: standby %s: %s", chan.peer, exc)
@@ -422,6 +422,23 @@ class Replicator:
             with self._cond:
                 session.alive = False
                 self._cond.notify_all()
+
+    def _take_ack(self, session: _Session, msg: dict) -> None:
+        """Count the standby's ACK; one beyond what it was sent is a protocol error (a
+        standby that wrote on its own ledger): taking it would count records it lacks."""
+        seq = int(msg["seq"])
+        with self._cond:
+            if seq > session.sent:
+                raise _AckBeyond(f"it acknowledged seq {seq:,d}, beyond the {session.sent:,d} "
+                                 f"it was sent: its ledger diverged (re-seed it from a backup)")
+            session.acked = max(session.acked, seq)
+            session.devnet_acked = msg.get("devnet")
+            session.last_ack = time.monotonic()
+            self.last_acked = session.acked
+            if session.acked >= self.local_seq:
+                self.behind_since = None
+                session.in_sync = True
+            self._cond.notify_all()
 
     # ---------------------------------------------------------------- fencing
     def _fence_request(self, chan: wire.Channel) -> None:

@@ -15,6 +15,7 @@ import threading
 
 import pytest
 
+from harness import wait_until
 from harness.replica import make_key, primary, status
 from pegx.replication import keys, wire
 
@@ -163,6 +164,36 @@ def test_a_real_primary_refuses_a_client_without_the_key(tmp_path):
                 pass
         assert status(p)["standby"] == "" and status(p)["fenced"] == {}
         assert "authentication failed" in p.log()
+
+
+def test_a_real_primary_drops_a_standby_that_acknowledges_what_it_was_never_sent(tmp_path):
+    """A standby that says it holds a seq beyond what the primary sent it (its own ledger
+    moved) is dropped with an ERROR; the primary does not count that seq as acknowledged
+    (it used to take it, and then count its next real records as held by the standby)."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p:
+        p.fund("alice", 10**11)
+        st = status(p)
+        host, port = p.repl.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            chan = wire.Channel(sock, server=False)
+            chan.client_handshake(keys.read(key), "standby", 10)
+            chan.send_json(wire.START, {"epoch": st["epoch"], "id": st["lineage"],
+                                        "seq": st["seq"], "chain": "devnet", "network": "main",
+                                        "devnet": 0})
+            _, welcome = chan.recv_json(10, wire.WELCOME)
+            assert welcome["seq"] == st["seq"]
+            wait_until(lambda: status(p)["standby"], 30, what="the standby to be attached")
+            chan.send_json(wire.ACK, {"seq": st["seq"] + 1_000, "devnet": None})
+            wait_until(lambda: not status(p)["connected"], 30,
+                       what="the primary to drop the standby")
+            with pytest.raises((OSError, wire.ProtocolError)):
+                while True:  # the devnet it was sent, then the end of the connection
+                    chan.recv(10)
+        after = status(p)
+        assert after["acked_seq"] <= st["seq"] < st["seq"] + 1_000, after
+        log = p.log()
+        assert "ERROR" in log and f"acknowledged seq {st['seq'] + 1_000:,d}, beyond" in log
 
 
 def test_key_files(tmp_path):
