@@ -101,10 +101,20 @@ class Replicator:
         self._threads: list[threading.Thread] = []
 
     # ---------------------------------------------------------------- lifecycle
+    def listen(self) -> None:
+        """Bind the replication port (OSError if it cannot be had); nothing else yet."""
+        if self._sock is None:
+            self._sock = socket.create_server((self.host, self.port))
+            self.port = self._sock.getsockname()[1]
+
     def start(self) -> None:
-        """Listen, and become the journal's sink and the devnet log's listener."""
-        self._sock = socket.create_server((self.host, self.port))
-        self.port = self._sock.getsockname()[1]
+        """Listen (if ``listen`` did not), and become the journal's sink and the devnet log's
+        listener, from what is durable now (a promotion writes its epoch in between)."""
+        self.listen()
+        with self._cond:
+            self.local_seq = max(self.local_seq, self.ledger.log_bounds()[0])
+            if self.devnet is not None:
+                self.devnet_path, self.devnet_end = self.devnet.log_file()
         self.ledger.replicate_to(self)
         if self.devnet is not None:
             self.devnet.on_log_append(self._devnet_appended)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import urllib.request
 import xmlrpc.client
@@ -330,6 +331,32 @@ def test_promotion_fences_the_old_primary(tmp_path):
     finally:
         s.stop()
         p.stop()
+
+
+def test_a_promotion_whose_replication_port_is_taken_changes_nothing(tmp_path):
+    """`pegx promote` of a standby that cannot listen on its replication port is refused
+    with the reason (exit 2) before anything is written: the standby follows on at the same
+    epoch, and promotes once the port is free (one epoch further, not two). It used to write
+    the new epoch and promoted.json first, then fail to bind: an internal error, a node
+    neither following nor primary, and another epoch at the next try."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p, standby(tmp_path / "s", key, p) as s:
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        host, port = s.repl.split(":")
+        with socket.create_server((host, int(port))):  # someone else listens there
+            out = cli_process("promote", "--url", s.url)
+            assert out.returncode == 2, out.stdout + out.stderr
+            assert "not promoted" in out.stderr and f"{port}" in out.stderr, out.stderr
+            st = status(s)
+            assert st["role"] == "standby" and st["epoch"] == 1, st
+            assert not (tmp_path / "s" / "promoted.json").exists()
+            assert p.proxy().Trade("alice", 1000, "bobby") is True
+            wait_caught_up(p, s)  # it follows again
+            assert status(s)["connected"]
+        assert digest(p) == digest(s)
+        st = promote(s)
+        assert st["role"] == "primary" and st["epoch"] == 2, st
 
 
 def test_an_old_primary_that_comes_back_learns_from_a_standby_of_a_newer_epoch(tmp_path):
