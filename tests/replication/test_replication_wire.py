@@ -138,6 +138,32 @@ def test_a_frame_injected_without_the_key_is_refused():
         server.recv(5)
 
 
+def test_a_large_frame_before_the_handshake_is_refused():
+    """Anyone can connect to the replication port: before the handshake a frame is small
+    (HELLO, CHALLENGE, AUTH, REFUSE), so one announcing 1 MB is refused at its header, not
+    buffered (up to MAX_FRAME, 1 GiB, used to be read)."""
+    c, s = tcp_pair()
+    server = wire.Channel(s, server=True)
+    hello = b'{"proto":1,"role":"standby","nonce":"' + b"0" * (1 << 20) + b'"}'
+    sender = threading.Thread(target=lambda: _send_quietly(
+        c, struct.pack(">IB", 1 + len(hello), wire.HELLO) + hello))
+    sender.start()
+    try:
+        with pytest.raises(wire.ProtocolError, match="refused"):
+            server.recv(10)
+    finally:
+        s.close()
+        c.close()
+        sender.join(10)
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:  # the server refused and closed: the test's outcome is its recv
+        pass
+
+
 def test_different_keys_never_authenticate():
     with pytest.raises(wire.Refused, match="does not hold our replication key"):
         handshaken(client_key=os.urandom(32))
