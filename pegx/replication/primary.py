@@ -21,7 +21,7 @@ Retention: checkpoints delete op-log records only up to what the standby acknowl
 one known, kept after it disconnects; until one ever connects after a start, nothing more is
 deleted), and never keep more than ``retain`` records beyond the checkpoint.
 
-Over 400 lines (~510): one Replicator; the listener, the shipping loop and the acknowledgement
+Over 400 lines (~530): one Replicator; the listener, the shipping loop and the acknowledgement
 count share its state (the admission checks are pegx.replication.admit).
 """
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_SECONDS = 10.0
 HEARTBEAT_SECONDS = 1.0
 WARN_EVERY = 10.0
+ACCEPT_RETRY = 0.5  # seconds between accept() attempts while it fails
 
 
 class _AckBeyond(wire.ProtocolError):
@@ -254,11 +255,23 @@ class Replicator:
 
     # ---------------------------------------------------------------- connections
     def _accept(self) -> None:
+        failing = ""
         while not self._closed:
             try:
                 sock, _ = self._sock.accept()
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                if self._closed:
+                    return
+                if not failing:  # e.g. out of file descriptors: the listener lives on
+                    log.error("replication: cannot accept a standby's connection on %s:%d: "
+                              "%s (retrying)", self.host, self.port, exc)
+                failing = str(exc)
+                time.sleep(ACCEPT_RETRY)
+                continue
+            if failing:
+                log.warning("replication: accepting connections again on %s:%d", self.host,
+                            self.port)
+                failing = ""
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._spawn(self._serve, "repl-session", sock)
 

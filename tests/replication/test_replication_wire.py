@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import os
+import resource
 import socket
 import struct
 import threading
@@ -16,7 +17,7 @@ import threading
 import pytest
 
 from harness import wait_until
-from harness.replica import make_key, primary, status
+from harness.replica import make_key, primary, standby, status, wait_caught_up
 from pegx.replication import keys, wire
 
 KEY = os.urandom(32)
@@ -220,6 +221,32 @@ def test_a_real_primary_drops_a_standby_that_acknowledges_what_it_was_never_sent
         assert after["acked_seq"] <= st["seq"] < st["seq"] + 1_000, after
         log = p.log()
         assert "ERROR" in log and f"acknowledged seq {st['seq'] + 1_000:,d}, beyond" in log
+
+
+def test_the_primary_accepts_again_after_running_out_of_file_descriptors(tmp_path):
+    """accept() failing (EMFILE: the daemon's file descriptor limit is reached) is logged
+    and retried; once descriptors are free a standby attaches (the listener used to end
+    for good at the first failure, silently)."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p:
+        p.fund("alice", 10**11)
+        pid = p.proc.pid
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        used = len(os.listdir(f"/proc/{pid}/fd"))
+        host, port = p.repl.split(":")
+        conns: list[socket.socket] = []
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 2, hard))
+        try:  # the kernel completes these connections; the daemon runs out accepting them
+            conns = [socket.create_connection((host, int(port)), timeout=10) for _ in range(6)]
+            wait_until(lambda: "cannot accept a standby's connection" in p.log(), 30,
+                       what="the primary to fail to accept (out of file descriptors)")
+        finally:
+            for c in conns:
+                c.close()
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        with standby(tmp_path / "s", key, p) as s:
+            wait_caught_up(p, s)
+        assert "accepting connections again" in p.log()
 
 
 def test_key_files(tmp_path):
