@@ -502,9 +502,12 @@ class WithdrawDesk:
             if b["refusals"] >= MAX_REFUSALS:
                 self._start_cancel(master, b, tip, ctx)
             return
+        # recorded before it is sent: with a strict sync standby this commit returns once the
+        # standby holds it and every earlier record (the batch), so no batch reaches the chain
+        # that a promoted standby would not know of (and pay again)
+        self.ledger.update_batch(master, last_try=tip.height)
         try:
             self.chain.broadcast(b["raw"])
-            self.ledger.update_batch(master, last_try=tip.height)
             log.info("batch %s: rebroadcast tx %s", master, b["txid"])
         except ChainRejected as exc:
             b = self._bump(master, tip.height)

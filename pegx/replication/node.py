@@ -96,6 +96,9 @@ class Replication:
             self.ledger.put(epoch.TABLE, epoch.KEY, epoch.first_record(self.ledger.seq + 1))
             log.info("replication: this ledger starts epoch 1 (lineage %s)",
                      epoch.lineage(epoch.record(self.ledger)))
+        self._replicator().start()
+
+    def _replicator(self) -> Replicator:
         cfg = self.cfg
         self.replicator = Replicator(
             key=self.key, host=cfg.replication_host or cfg.host, port=cfg.replication_port,
@@ -103,7 +106,7 @@ class Replication:
             identity=self.identity, sync=cfg.sync_standby, fallback=cfg.standby_fallback,
             timeout=cfg.standby_timeout, retain=cfg.replication_retain,
             on_fenced=self._fenced)
-        self.replicator.start()
+        return self.replicator
 
     def _fenced(self, reason: str) -> None:
         self.role.reason = reason
@@ -130,8 +133,9 @@ class Replication:
                 raise PromoteError(f"this pegx is not a standby (it is {self.role.state})")
             self.receiver.stop()
             seq_before = self.ledger.seq
-            try:
+            try:  # everything that can refuse, before anything is written
                 check_chain()
+                replicator = self._listening() if self.cfg.replication_key_file else None
             except Exception as exc:
                 self.receiver = self._receiver(self._devnet())
                 self.receiver.start()
@@ -143,14 +147,25 @@ class Replication:
             log.warning("replication: PROMOTED to primary: epoch %d from seq %s (followed %s "
                         "up to seq %s)", new["epoch"], f"{self.ledger.seq:,d}",
                         self.cfg.standby_of, f"{seq_before:,d}")
-            if self.cfg.replication_key_file:
-                self._start_primary()
+            if replicator is not None:  # the new epoch is written: no standby acks it
+                replicator.start()
             self.fencer = Fencer(self.key, self.cfg.standby_of, new)
             self.fencer.start()
             self.role.promoted = True
             activate()
             self.role.state = role.PRIMARY
             return {"epoch": new["epoch"], "seq": self.ledger.seq}
+
+    def _listening(self) -> Replicator:
+        """The promoted primary's Replicator, its port bound (or OSError, nothing kept)."""
+        replicator = self._replicator()
+        try:
+            replicator.listen()
+        except OSError as exc:
+            self.replicator = None
+            raise OSError(f"cannot listen for a standby on {replicator.host}:"
+                          f"{replicator.port} (replication_port): {exc.strerror or exc}") from exc
+        return replicator
 
     # ---------------------------------------------------------------- status
     def problems(self, problems: list[dict], status: dict) -> list[dict]:

@@ -21,7 +21,7 @@ Retention: checkpoints delete op-log records only up to what the standby acknowl
 one known, kept after it disconnects; until one ever connects after a start, nothing more is
 deleted), and never keep more than ``retain`` records beyond the checkpoint.
 
-Over 400 lines (~490): one Replicator; the listener, the shipping loop and the acknowledgement
+Over 400 lines (~530): one Replicator; the listener, the shipping loop and the acknowledgement
 count share its state (the admission checks are pegx.replication.admit).
 """
 
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 HANDSHAKE_SECONDS = 10.0
 HEARTBEAT_SECONDS = 1.0
 WARN_EVERY = 10.0
+ACCEPT_RETRY = 0.5  # seconds between accept() attempts while it fails
+
+
+class _AckBeyond(wire.ProtocolError):
+    """A standby acknowledged a seq it was never sent."""
 
 
 class _Session:
@@ -52,6 +57,7 @@ class _Session:
         self.chan = chan
         self.peer = chan.peer
         self.acked = seq  # what it holds on disk (it said so at START)
+        self.sent = seq  # the highest seq shipped to it (or about to be): no ACK goes beyond
         self.devnet_acked = devnet
         self.start_seq, self.start_devnet = seq, devnet
         self.alive = True
@@ -96,10 +102,20 @@ class Replicator:
         self._threads: list[threading.Thread] = []
 
     # ---------------------------------------------------------------- lifecycle
+    def listen(self) -> None:
+        """Bind the replication port (OSError if it cannot be had); nothing else yet."""
+        if self._sock is None:
+            self._sock = socket.create_server((self.host, self.port))
+            self.port = self._sock.getsockname()[1]
+
     def start(self) -> None:
-        """Listen, and become the journal's sink and the devnet log's listener."""
-        self._sock = socket.create_server((self.host, self.port))
-        self.port = self._sock.getsockname()[1]
+        """Listen (if ``listen`` did not), and become the journal's sink and the devnet log's
+        listener, from what is durable now (a promotion writes its epoch in between)."""
+        self.listen()
+        with self._cond:
+            self.local_seq = max(self.local_seq, self.ledger.log_bounds()[0])
+            if self.devnet is not None:
+                self.devnet_path, self.devnet_end = self.devnet.log_file()
         self.ledger.replicate_to(self)
         if self.devnet is not None:
             self.devnet.on_log_append(self._devnet_appended)
@@ -141,7 +157,7 @@ class Replicator:
             if not self.sync:
                 return
             started = time.monotonic()
-            warned = 0.0
+            warned = started  # a standby that answers within WARN_EVERY s is no incident
             while True:
                 self._check_acknowledging()
                 s = self._session
@@ -153,7 +169,7 @@ class Replicator:
                     if why:
                         return self._degrade(why)
                 elif time.monotonic() - warned > WARN_EVERY:
-                    warned = self._warn_blocked(seq, s)
+                    warned = self._warn_blocked(seq, s, started)
                 self._cond.wait(0.5)
 
     def _note_local(self, seq: int) -> None:
@@ -196,11 +212,11 @@ class Replicator:
             return f"standby {s.peer} did not confirm within {self.timeout:g} s"
         return ""
 
-    def _warn_blocked(self, seq: int, s) -> float:
-        """Strict sync: say (every WARN_EVERY s) that ``seq`` is not acknowledged; returns when
-        it was said."""
-        if self.blocked_since is None:
-            self.blocked_since = time.time()
+    def _warn_blocked(self, seq: int, s, started: float) -> float:
+        """Strict sync: say (after WARN_EVERY s of waiting, then every WARN_EVERY s) that
+        ``seq`` is not acknowledged, and count as blocked from then; returns when it was said."""
+        if self.blocked_since is None:  # since this call began waiting
+            self.blocked_since = time.time() - (time.monotonic() - started)
         warned = time.monotonic()
         log.error("replication: NOT ACKNOWLEDGING: seq %s waits for the standby "
                   "(%s; --sync-standby, strict) for %.0f s", f"{seq:,d}",
@@ -239,11 +255,23 @@ class Replicator:
 
     # ---------------------------------------------------------------- connections
     def _accept(self) -> None:
+        failing = ""
         while not self._closed:
             try:
                 sock, _ = self._sock.accept()
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                if self._closed:
+                    return
+                if not failing:  # e.g. out of file descriptors: the listener lives on
+                    log.error("replication: cannot accept a standby's connection on %s:%d: "
+                              "%s (retrying)", self.host, self.port, exc)
+                failing = str(exc)
+                time.sleep(ACCEPT_RETRY)
+                continue
+            if failing:
+                log.warning("replication: accepting connections again on %s:%d", self.host,
+                            self.port)
+                failing = ""
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._spawn(self._serve, "repl-session", sock)
 
@@ -355,6 +383,8 @@ class Replicator:
             if dev is not None and dev > sent_dev:  # the chain first: records may need it
                 sent_dev = self._ship_devnet(chan, sent_dev, dev)
             if top > sent_seq:
+                with self._cond:  # before the frames go: their ACK may come back at once
+                    session.sent = top
                 sent_seq = self._ship_records(chan, sent_seq, top)
             if time.monotonic() - beat >= HEARTBEAT_SECONDS:
                 chan.send_json(wire.HEARTBEAT, {"seq": top, "devnet": dev, "time": time.time()})
@@ -401,19 +431,12 @@ class Replicator:
                 kind, payload = chan.recv(self.timeout)
                 if kind != wire.ACK:
                     raise wire.ProtocolError(f"expected ACK, got {wire.NAMES.get(kind, kind)}")
-                msg = wire.parse_json(payload, chan.peer)
-                with self._cond:
-                    session.acked = max(session.acked, int(msg["seq"]))
-                    session.devnet_acked = msg.get("devnet")
-                    session.last_ack = time.monotonic()
-                    self.last_acked = session.acked
-                    if session.acked >= self.local_seq:
-                        self.behind_since = None
-                        session.in_sync = True
-                    self._cond.notify_all()
+                self._take_ack(session, wire.parse_json(payload, chan.peer))
         except TimeoutError:
             log.warning("replication: standby %s sent nothing for %.0f s: dropped", chan.peer,
                         self.timeout)
+        except _AckBeyond as exc:
+            log.error("replication: standby %s dropped: %s", chan.peer, exc)
         except (OSError, wire.ProtocolError, ValueError, KeyError) as exc:
             if session.alive and not self._closed:
                 log.warning("replication: standby %s: %s", chan.peer, exc)
@@ -422,6 +445,23 @@ class Replicator:
             with self._cond:
                 session.alive = False
                 self._cond.notify_all()
+
+    def _take_ack(self, session: _Session, msg: dict) -> None:
+        """Count the standby's ACK; one beyond what it was sent is a protocol error (a
+        standby that wrote on its own ledger): taking it would count records it lacks."""
+        seq = int(msg["seq"])
+        with self._cond:
+            if seq > session.sent:
+                raise _AckBeyond(f"it acknowledged seq {seq:,d}, beyond the {session.sent:,d} "
+                                 f"it was sent: its ledger diverged (re-seed it from a backup)")
+            session.acked = max(session.acked, seq)
+            session.devnet_acked = msg.get("devnet")
+            session.last_ack = time.monotonic()
+            self.last_acked = session.acked
+            if session.acked >= self.local_seq:
+                self.behind_since = None
+                session.in_sync = True
+            self._cond.notify_all()
 
     # ---------------------------------------------------------------- fencing
     def _fence_request(self, chan: wire.Channel) -> None:

@@ -5,7 +5,8 @@ lets callers do.
   GetDeposits, GetSpendable, CheckWithdraw, GetCycle, StartExchange(isrunning=1)); every call
   that would change state answers :data:`STANDBY_MSG` in the call's own shape (a string, or a
   ``(message, '')`` pair for Withdraw and GenerateDepositAddress), after the password check as
-  any refusal. ShutDown and ExchangePassword (memory only) are served.
+  any refusal (a wrong password answers "Incorrect Password" in the same shape, from the
+  guard: the write method is never called on a standby or a fenced primary). ShutDown and ExchangePassword (memory only) are served.
 * primary: everything is served as without replication.
 * fenced: a newer primary exists; every API call answers the fence message, ShutDown aside.
 
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from pegx.ledger.journal import NotAcknowledged
+from pegx.rpc.api import WRONG_PASSWORD
 from pegx.rpc.server import CallError
 
 STANDBY, PRIMARY, FENCED = "standby", "primary", "fenced"
@@ -75,9 +77,12 @@ def _guard(name: str, fn: Callable, role: Role, password_ok) -> Callable:
         bound = sig.bind(*args, **kwargs)
         if state == STANDBY and not _writes(name, bound):
             return fn(*args, **kwargs)
+        # never call a write method here, not even to have it say "Incorrect Password": it
+        # checks the password again, and replication may have just set this one
         if "passw" in sig.parameters and not password_ok(bound.arguments.get("passw", "")):
-            return fn(*args, **kwargs)  # it answers "Incorrect Password" and changes nothing
-        msg = role.refusal()
+            msg = WRONG_PASSWORD
+        else:
+            msg = role.refusal()
         return (msg, "") if name in PAIRS else msg
     return call
 

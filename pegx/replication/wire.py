@@ -31,6 +31,7 @@ import threading
 
 PROTO = 1
 MAX_FRAME = 1 << 30  # one op-log record can be large (a credit of many 1200-step vectors)
+MAX_PREAUTH = 8 << 10  # before the handshake is done (HELLO, CHALLENGE, AUTH, REFUSE): small
 CHUNK = 4 << 20  # records and devnet bytes are shipped in frames of about this size
 MAC_BYTES = 32
 
@@ -110,7 +111,8 @@ class Channel:
         self.sock.settimeout(timeout)
         self._fill(_HEAD.size)
         length, kind = _HEAD.unpack_from(self._buf)
-        if not 1 <= length <= MAX_FRAME:
+        # anyone can connect: no one gets a large buffer before proving they hold the key
+        if not 1 <= length <= (MAX_FRAME if self._session is not None else MAX_PREAUTH):
             raise ProtocolError(f"{self.peer}: frame of {length:,d} bytes refused")
         self._fill(4 + length)
         body = bytes(self._buf[_HEAD.size:4 + length])

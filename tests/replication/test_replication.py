@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import urllib.request
 import xmlrpc.client
@@ -67,6 +68,33 @@ def test_sync_standby_holds_every_record_and_serves_reads(tmp_path):
         p.stop()
 
 
+def test_a_sync_standby_that_keeps_up_raises_no_alarm(tmp_path):
+    """Every group commit waits for the standby's acknowledgement; one that arrives in time is
+    no incident: no "NOT ACKNOWLEDGING" error, no "acknowledging again", status never BLOCKED
+    (it used to say all three on every waiting commit)."""
+    key = make_key(tmp_path)
+    p = primary(tmp_path / "p", key, sync=True).start(wait_loaded=False)
+    s = None
+    try:
+        s = standby(tmp_path / "s", key, p).start()
+        wait_loaded(p)
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        mark = len(p.log())
+        x = p.proxy()
+        for i in range(50):
+            assert x.Trade("alice", 1000 + i, "bobby") is True
+            assert not status(p)["blocked"]
+        wait_caught_up(p, s)
+        tail = p.log()[mark:]
+        assert "NOT ACKNOWLEDGING" not in tail and "acknowledging again" not in tail, tail
+        assert status(p)["state"] == "synchronous"
+    finally:
+        if s is not None:
+            s.stop()
+        p.stop()
+
+
 def test_standby_refuses_state_changes_and_changes_nothing(tmp_path):
     key = make_key(tmp_path)
     with primary(tmp_path / "p", key) as p, standby(tmp_path / "s", key, p) as s:
@@ -88,8 +116,19 @@ def test_standby_refuses_state_changes_and_changes_nothing(tmp_path):
         assert sx.Withdraw("alice", str(2 * BAY), outside_address(), "liquid", "pw") == \
             [STANDBY_MSG, ""]
         assert sx.GenerateDepositAddress("pw") == [STANDBY_MSG, ""]
-        # the password is checked first, as for any refusal
-        assert sx.Trade("alice", 1000, "bobby", "liquid", "nope") == "Incorrect Password"
+        # the password is checked first, as for any refusal, in the call's own shape
+        wrong = {
+            "Trade": lambda: sx.Trade("alice", 1000, "bobby", "liquid", "nope"),
+            "Deposit": lambda: sx.Deposit("alice", ["00" * 32 + ":0"], "nope"),
+            "ExchangeSettings": lambda: sx.ExchangeSettings("", "", "", 9, "nope"),
+            "SetPassword": lambda: sx.SetPassword("other", "nope"),
+            "StartExchange": lambda: sx.StartExchange("nope", 1),
+            "CheckWithdraw": lambda: sx.CheckWithdraw("someid", 1, "nope"),
+        }
+        for name, call in wrong.items():
+            assert call() == "Incorrect Password", name
+        assert sx.Withdraw("alice", str(2 * BAY), outside_address(), "liquid", "nope") == \
+            ["Incorrect Password", ""]
         assert sx.GenerateDepositAddress("nope") == ["Incorrect Password", ""]
         # reads are served, from the replicated ledger
         assert sx.GetBalance("alice", "pw") == p.proxy().GetBalance("alice", "pw")
@@ -102,6 +141,56 @@ def test_standby_refuses_state_changes_and_changes_nothing(tmp_path):
             assert "standby" in str(exc), exc
         assert sx.devnet.info()["height"] == p.proxy().devnet.info()["height"]
         assert sx.pegx.digest("pw") == before
+
+
+def test_a_standby_never_runs_a_write_whose_password_the_primary_just_set(tmp_path):
+    """A write with a password the standby does not know yet answers "Incorrect Password"
+    without the write method ever running: the primary's SetPassword replicated between the
+    guard's check and the method's own used to let the write run on the standby's ledger.
+    Each round makes the race likely (a fresh password record, so every check is a ~50 ms
+    scrypt; the next one lands while a call is in its check)."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p, standby(tmp_path / "s", key, p) as s:
+        p.fund("alice", 10**11)
+        x, sx = p.proxy(), s.proxy()
+        target = {"pw": ""}
+        answers: list[object] = []
+        done = threading.Event()
+
+        def hammer():
+            y = s.proxy()
+            while not done.is_set():
+                answers.append((target["pw"], y.Trade("alice", 1, "bobby", "liquid",
+                                                      target["pw"])))
+
+        prev = ""
+        t = threading.Thread(target=hammer, daemon=True)
+        try:
+            for k in range(12):
+                between, target["pw"] = f"between-{k}", f"pw-{k}"
+                assert x.SetPassword(between, prev) is True
+                # the standby holds it (asked of the primary: a right password checked on the
+                # standby would make its later checks of this record fast, the race tiny)
+                wait_until(lambda b=between: (v := status(p, b))["acked_seq"] == v["seq"], 30,
+                           what="the standby to acknowledge the SetPassword")
+                if not t.is_alive():
+                    t.start()
+                n = len(answers)
+                wait_until(lambda n=n: len(answers) > n, 30, what="the standby to answer")
+                assert x.SetPassword(target["pw"], between) is True
+                wait_until(lambda k=k: any(pw == f"pw-{k}" and a != "Incorrect Password"
+                                           for pw, a in answers), 30,
+                           what="the standby to take the new password")
+                # a write that ran on the standby answers True (and the standby diverges)
+                assert {a for _, a in answers} <= {"Incorrect Password", STANDBY_MSG}, k
+                prev = target["pw"]
+        finally:
+            done.set()
+            t.join(60)
+        assert {a for _, a in answers} <= {"Incorrect Password", STANDBY_MSG}, answers
+        wait_caught_up(p, s, passw=prev)
+        assert sx.pegx.digest(prev) == x.pegx.digest(prev)
+        assert sx.GetBalance("bobby", prev) is x.GetBalance("bobby", prev) is False  # no trade
 
 
 def test_standby_killed_and_restarted_catches_up(tmp_path):
@@ -242,6 +331,32 @@ def test_promotion_fences_the_old_primary(tmp_path):
     finally:
         s.stop()
         p.stop()
+
+
+def test_a_promotion_whose_replication_port_is_taken_changes_nothing(tmp_path):
+    """`pegx promote` of a standby that cannot listen on its replication port is refused
+    with the reason (exit 2) before anything is written: the standby follows on at the same
+    epoch, and promotes once the port is free (one epoch further, not two). It used to write
+    the new epoch and promoted.json first, then fail to bind: an internal error, a node
+    neither following nor primary, and another epoch at the next try."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p, standby(tmp_path / "s", key, p) as s:
+        p.fund("alice", 10**11)
+        wait_caught_up(p, s)
+        host, port = s.repl.split(":")
+        with socket.create_server((host, int(port))):  # someone else listens there
+            out = cli_process("promote", "--url", s.url)
+            assert out.returncode == 2, out.stdout + out.stderr
+            assert "not promoted" in out.stderr and f"{port}" in out.stderr, out.stderr
+            st = status(s)
+            assert st["role"] == "standby" and st["epoch"] == 1, st
+            assert not (tmp_path / "s" / "promoted.json").exists()
+            assert p.proxy().Trade("alice", 1000, "bobby") is True
+            wait_caught_up(p, s)  # it follows again
+            assert status(s)["connected"]
+        assert digest(p) == digest(s)
+        st = promote(s)
+        assert st["role"] == "primary" and st["epoch"] == 2, st
 
 
 def test_an_old_primary_that_comes_back_learns_from_a_standby_of_a_newer_epoch(tmp_path):

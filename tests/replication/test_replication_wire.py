@@ -9,13 +9,15 @@ import base64
 import hashlib
 import hmac
 import os
+import resource
 import socket
 import struct
 import threading
 
 import pytest
 
-from harness.replica import make_key, primary, status
+from harness import wait_until
+from harness.replica import make_key, primary, standby, status, wait_caught_up
 from pegx.replication import keys, wire
 
 KEY = os.urandom(32)
@@ -137,6 +139,32 @@ def test_a_frame_injected_without_the_key_is_refused():
         server.recv(5)
 
 
+def test_a_large_frame_before_the_handshake_is_refused():
+    """Anyone can connect to the replication port: before the handshake a frame is small
+    (HELLO, CHALLENGE, AUTH, REFUSE), so one announcing 1 MB is refused at its header, not
+    buffered (up to MAX_FRAME, 1 GiB, used to be read)."""
+    c, s = tcp_pair()
+    server = wire.Channel(s, server=True)
+    hello = b'{"proto":1,"role":"standby","nonce":"' + b"0" * (1 << 20) + b'"}'
+    sender = threading.Thread(target=lambda: _send_quietly(
+        c, struct.pack(">IB", 1 + len(hello), wire.HELLO) + hello))
+    sender.start()
+    try:
+        with pytest.raises(wire.ProtocolError, match="refused"):
+            server.recv(10)
+    finally:
+        s.close()
+        c.close()
+        sender.join(10)
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:  # the server refused and closed: the test's outcome is its recv
+        pass
+
+
 def test_different_keys_never_authenticate():
     with pytest.raises(wire.Refused, match="does not hold our replication key"):
         handshaken(client_key=os.urandom(32))
@@ -163,6 +191,62 @@ def test_a_real_primary_refuses_a_client_without_the_key(tmp_path):
                 pass
         assert status(p)["standby"] == "" and status(p)["fenced"] == {}
         assert "authentication failed" in p.log()
+
+
+def test_a_real_primary_drops_a_standby_that_acknowledges_what_it_was_never_sent(tmp_path):
+    """A standby that says it holds a seq beyond what the primary sent it (its own ledger
+    moved) is dropped with an ERROR; the primary does not count that seq as acknowledged
+    (it used to take it, and then count its next real records as held by the standby)."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p:
+        p.fund("alice", 10**11)
+        st = status(p)
+        host, port = p.repl.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            chan = wire.Channel(sock, server=False)
+            chan.client_handshake(keys.read(key), "standby", 10)
+            chan.send_json(wire.START, {"epoch": st["epoch"], "id": st["lineage"],
+                                        "seq": st["seq"], "chain": "devnet", "network": "main",
+                                        "devnet": 0})
+            _, welcome = chan.recv_json(10, wire.WELCOME)
+            assert welcome["seq"] == st["seq"]
+            wait_until(lambda: status(p)["standby"], 30, what="the standby to be attached")
+            chan.send_json(wire.ACK, {"seq": st["seq"] + 1_000, "devnet": None})
+            wait_until(lambda: not status(p)["connected"], 30,
+                       what="the primary to drop the standby")
+            with pytest.raises((OSError, wire.ProtocolError)):
+                while True:  # the devnet it was sent, then the end of the connection
+                    chan.recv(10)
+        after = status(p)
+        assert after["acked_seq"] <= st["seq"] < st["seq"] + 1_000, after
+        log = p.log()
+        assert "ERROR" in log and f"acknowledged seq {st['seq'] + 1_000:,d}, beyond" in log
+
+
+def test_the_primary_accepts_again_after_running_out_of_file_descriptors(tmp_path):
+    """accept() failing (EMFILE: the daemon's file descriptor limit is reached) is logged
+    and retried; once descriptors are free a standby attaches (the listener used to end
+    for good at the first failure, silently)."""
+    key = make_key(tmp_path)
+    with primary(tmp_path / "p", key) as p:
+        p.fund("alice", 10**11)
+        pid = p.proc.pid
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        used = len(os.listdir(f"/proc/{pid}/fd"))
+        host, port = p.repl.split(":")
+        conns: list[socket.socket] = []
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 2, hard))
+        try:  # the kernel completes these connections; the daemon runs out accepting them
+            conns = [socket.create_connection((host, int(port)), timeout=10) for _ in range(6)]
+            wait_until(lambda: "cannot accept a standby's connection" in p.log(), 30,
+                       what="the primary to fail to accept (out of file descriptors)")
+        finally:
+            for c in conns:
+                c.close()
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        with standby(tmp_path / "s", key, p) as s:
+            wait_caught_up(p, s)
+        assert "accepting connections again" in p.log()
 
 
 def test_key_files(tmp_path):
