@@ -164,14 +164,25 @@ class Checkpoints:
                 self.mu.release()
 
     def take(self) -> int:
-        """Write one now (waiting for one in progress); returns the seq it covers."""
+        """Write one now (waiting for one in progress); returns the seq it covers.
+
+        A caller holding the ledger lock (a signed API() command runs under
+        ``ledger.locked()``) must not wait: the checkpoint in progress needs that lock to
+        finish, so it is refused (EngineError) rather than hanging both for good.
+        """
         if self.closing:
             raise EngineError("the ledger is closed or closing: the shutdown writes the last "
                               "checkpoint")
-        with self.mu:
+        # RLock._is_owned: the check threading.Condition itself relies on
+        if not self.mu.acquire(blocking=not self.ledger._lock._is_owned()):
+            raise EngineError("a checkpoint is being written; call it again outside the "
+                              "ledger lock (e.g. not from an API() command) or once it is done")
+        try:
             if self.closed:
                 raise EngineError("the ledger is closed")
             return self.write()
+        finally:
+            self.mu.release()
 
     def write(self) -> int:
         """Snapshot what changed and write it; call with ``mu`` held."""

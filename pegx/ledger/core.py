@@ -214,8 +214,10 @@ class Ledger:
     def checkpoint(self) -> int:
         """Write the state changed since the last checkpoint; returns the seq it covers.
 
-        Waits for a checkpoint in progress (automatic or another caller's) to finish first.
-        Refused once close() has started: the shutdown writes the last one.
+        Waits for a checkpoint in progress (automatic or another caller's) to finish first,
+        unless the caller holds the ledger lock (``locked()``, an API() command): then one in
+        progress refuses the call (EngineError) instead of deadlocking with it. Refused once
+        close() has started: the shutdown writes the last one.
         """
         return self._checkpoints.take()
 
