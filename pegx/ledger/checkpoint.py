@@ -163,8 +163,9 @@ class Checkpoints:
             finally:
                 self.mu.release()
 
-    def take(self) -> int:
+    def take(self, *, keep_log: bool = False) -> int:
         """Write one now (waiting for one in progress); returns the seq it covers.
+        ``keep_log``: delete no op-log record (the checkpoint of an upgrade at open).
 
         A caller holding the ledger lock (a signed API() command runs under
         ``ledger.locked()``) must not wait: the checkpoint in progress needs that lock to
@@ -180,11 +181,11 @@ class Checkpoints:
         try:
             if self.closed:
                 raise EngineError("the ledger is closed")
-            return self.write()
+            return self.write(keep_log=keep_log)
         finally:
             self.mu.release()
 
-    def write(self) -> int:
+    def write(self, *, keep_log: bool = False) -> int:
         """Snapshot what changed and write it; call with ``mu`` held."""
         led = self.ledger
         t0 = time.perf_counter()
@@ -196,7 +197,8 @@ class Checkpoints:
             led.journal.write_checkpoint(seq, snap.puts + layout.puts,
                                          snap.deletes + layout.deletes,
                                          files=layout.files or None,
-                                         before=lambda s=snap: self._before(s))
+                                         before=lambda s=snap: self._before(s),
+                                         keep_log=keep_log)
         finally:
             with led._lock:
                 led._state.cow = None

@@ -110,7 +110,9 @@ class Ledger:
         if migrate.needed(fmt, st):
             moved = migrate.upgrade(st)
             if write_upgrade:
-                self._checkpoints.take()  # one synced batch: new records, state record last
+                # one synced batch: new records, state record last. No sink is set yet to
+                # say which log records a standby still needs, so it deletes none of them
+                self._checkpoints.take(keep_log=True)
             log.warning("ledger upgraded from format %s to %s%s: %s batch records, %s withdraw "
                         "ids mapped to their batch, %s expired withdraws; %s history records "
                         "removed", fmt, migrate.FORMAT,

@@ -192,7 +192,8 @@ class Journal:
 
     def write_checkpoint(self, seq: int, puts: list[tuple[bytes, bytes]],
                          deletes: list[bytes], *, files: dict | None = None,
-                         before: Callable[[], None] | None = None) -> None:
+                         before: Callable[[], None] | None = None,
+                         keep_log: bool = False) -> None:
         """Write a checkpoint of the state at ``seq`` (every op up to it, durable first).
 
         ``puts``/``deletes`` are the rows and records that changed since the state on disk, as
@@ -201,7 +202,10 @@ class Journal:
         point. ``before()`` runs first (it writes what the state record will name: checkpoint
         files, ``files``, and vectors nothing names yet); if it fails, so does the checkpoint.
         A checkpoint older than the one on disk is refused and stops the journal: its rows are
-        stale, and not writing them leaves memory ahead of what disk can rebuild.
+        stale, and not writing them leaves memory ahead of what disk can rebuild. With
+        ``keep_log`` it deletes no log record (one taken while the ledger opens, before a sink
+        can say what a standby still needs: keeping records is always safe, and the next
+        checkpoint deletes them by the rules above).
         """
         self.wait(seq)
         with self._ckpt_mu:
@@ -222,8 +226,7 @@ class Journal:
                         wb.delete(k)
                     for k, v in puts:
                         wb.put(k, v)
-                    upto = seq if self.sink is None else self._group_end(
-                        min(seq, self.sink.floor(seq)))
+                    upto = self._delete_upto(seq, keep_log)
                     for s in range(self.deleted_seq + 1, upto + 1):
                         wb.delete(schema.pack_seq(s))
                     wb.put(schema.STATE, Store.state_value(seq, files))
@@ -234,6 +237,14 @@ class Journal:
             self.deleted_seq = max(self.deleted_seq, upto)
             if self.on_checkpoint is not None:
                 self.on_checkpoint(time.perf_counter() - t0)
+
+    def _delete_upto(self, seq: int, keep_log: bool) -> int:
+        """The last log record a checkpoint at ``seq`` deletes (none past deleted_seq)."""
+        if keep_log:
+            return self.deleted_seq
+        if self.sink is None:
+            return seq
+        return self._group_end(min(seq, self.sink.floor(seq)))
 
     def _group_end(self, upto: int) -> int:
         """``upto``, or the end of the group before it if it is inside a long group (a
