@@ -13,13 +13,14 @@ whole façade is :class:`pegx.ledger.engine.Exchange`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -197,20 +198,29 @@ class Ledger:
             supply = checks.checked(peg.check_supply, supply)
         st = self._state
         with self._lock:
-            st.undo = savepoint = Savepoint(st)
-            try:
+            with self._all_or_nothing():
                 for op in group:
                     checks.check_op(st, op)
                     st.apply(op)
                 if supply is not None:
                     group = [*group, self._recompute(supply, now, None)]
-            except BaseException:
-                savepoint.restore()
-                raise
-            finally:
-                st.undo = None
             seq = self._log(group)
         self._durable(seq)
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Whatever the body applies to the state is undone if it raises (a refused op, or a
+        LevelDB read failing halfway, e.g. a vector a recompute reads): memory stays what the
+        log rebuilds. Call with the lock held, then log what it applied."""
+        st = self._state
+        st.undo = savepoint = Savepoint(st)
+        try:
+            yield
+        except BaseException:
+            savepoint.restore()
+            raise
+        finally:
+            st.undo = None
 
     # ---------------------------------------------------------------- checkpoints, closing
     def checkpoint(self) -> int:
