@@ -149,9 +149,11 @@ class Ledger:
     def _submit(self, group: list[dict]) -> int:
         """Apply checked ops in memory and log them as one record; returns its seq.
 
-        Call with the lock held; then call :meth:`_durable` without the lock.
+        Call with the lock held; then call :meth:`_durable` without the lock. All or nothing:
+        an op that raises halfway leaves memory as it was.
         """
-        self._state.apply_group(group)
+        with self._all_or_nothing():
+            self._state.apply_group(group)
         return self._log(group)
 
     def _log(self, group: list[dict]) -> int:

@@ -220,3 +220,21 @@ def test_a_read_that_fails_after_a_credit_was_applied_changes_nothing(tmp_path):
         assert again.digest() == before
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("call", ["refund", "burn"])
+def test_a_withdraw_listed_twice_changes_nothing(tmp_path, call):
+    """refund/burn checked that each id is pending, not that it is listed once: the second
+    refund of the same id raised KeyError after the first was applied, leaving it in memory
+    with no log record. Now the call is refused (EngineError) and nothing changed."""
+    path = tmp_path / "ledger"
+    ex = funded(path)
+    before, seq = ex.digest(), ex.seq
+    with pytest.raises(EngineError, match="listed twice"):
+        getattr(ex, call)(["w" * 32, "w" * 32])
+    assert ex.digest() == before and ex.seq == seq and ex.failed is None
+    again = crash_and_reopen(ex, path)
+    try:
+        assert again.digest() == before
+    finally:
+        again.close()
