@@ -115,10 +115,14 @@ class Accounts(Ledger):
                           cycle: int | None = None, figured: dict | None = None) -> int:
         """Apply ``group``, then a recompute whose totals include what it registers or spends;
         log all of it as one record (call with the lock held). ``figured``: the vector and
-        subpremium row of each input the group credits, if already worked out."""
+        subpremium row of each input the group credits, if already worked out. All or
+        nothing: if the recompute (or a spend) fails reading a vector from LevelDB after
+        credits were applied, they are undone, so memory never holds coins the log lacks."""
         supply = peg.check_supply(supply)
-        self._state.apply_group(group, figured)
-        return self._log(group + [self._recompute(supply, now, cycle)])
+        with self._all_or_nothing():
+            self._state.apply_group(group, figured)
+            recompute = self._recompute(supply, now, cycle)
+        return self._log([*group, recompute])
 
     # ---------------------------------------------------------------- deposits
     def claim_deposits(self, name, keys: list[str]) -> None:

@@ -163,17 +163,29 @@ class Checkpoints:
             finally:
                 self.mu.release()
 
-    def take(self) -> int:
-        """Write one now (waiting for one in progress); returns the seq it covers."""
+    def take(self, *, keep_log: bool = False) -> int:
+        """Write one now (waiting for one in progress); returns the seq it covers.
+        ``keep_log``: delete no op-log record (the checkpoint of an upgrade at open).
+
+        A caller holding the ledger lock (a signed API() command runs under
+        ``ledger.locked()``) must not wait: the checkpoint in progress needs that lock to
+        finish, so it is refused (EngineError) rather than hanging both for good.
+        """
         if self.closing:
             raise EngineError("the ledger is closed or closing: the shutdown writes the last "
                               "checkpoint")
-        with self.mu:
+        # RLock._is_owned: the check threading.Condition itself relies on
+        if not self.mu.acquire(blocking=not self.ledger._lock._is_owned()):
+            raise EngineError("a checkpoint is being written; call it again outside the "
+                              "ledger lock (e.g. not from an API() command) or once it is done")
+        try:
             if self.closed:
                 raise EngineError("the ledger is closed")
-            return self.write()
+            return self.write(keep_log=keep_log)
+        finally:
+            self.mu.release()
 
-    def write(self) -> int:
+    def write(self, *, keep_log: bool = False) -> int:
         """Snapshot what changed and write it; call with ``mu`` held."""
         led = self.ledger
         t0 = time.perf_counter()
@@ -185,7 +197,8 @@ class Checkpoints:
             led.journal.write_checkpoint(seq, snap.puts + layout.puts,
                                          snap.deletes + layout.deletes,
                                          files=layout.files or None,
-                                         before=lambda s=snap: self._before(s))
+                                         before=lambda s=snap: self._before(s),
+                                         keep_log=keep_log)
         finally:
             with led._lock:
                 led._state.cow = None

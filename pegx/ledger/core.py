@@ -13,13 +13,14 @@ whole façade is :class:`pegx.ledger.engine.Exchange`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -110,7 +111,9 @@ class Ledger:
         if migrate.needed(fmt, st):
             moved = migrate.upgrade(st)
             if write_upgrade:
-                self._checkpoints.take()  # one synced batch: new records, state record last
+                # one synced batch: new records, state record last. No sink is set yet to
+                # say which log records a standby still needs, so it deletes none of them
+                self._checkpoints.take(keep_log=True)
             log.warning("ledger upgraded from format %s to %s%s: %s batch records, %s withdraw "
                         "ids mapped to their batch, %s expired withdraws; %s history records "
                         "removed", fmt, migrate.FORMAT,
@@ -146,9 +149,11 @@ class Ledger:
     def _submit(self, group: list[dict]) -> int:
         """Apply checked ops in memory and log them as one record; returns its seq.
 
-        Call with the lock held; then call :meth:`_durable` without the lock.
+        Call with the lock held; then call :meth:`_durable` without the lock. All or nothing:
+        an op that raises halfway leaves memory as it was.
         """
-        self._state.apply_group(group)
+        with self._all_or_nothing():
+            self._state.apply_group(group)
         return self._log(group)
 
     def _log(self, group: list[dict]) -> int:
@@ -195,27 +200,38 @@ class Ledger:
             supply = checks.checked(peg.check_supply, supply)
         st = self._state
         with self._lock:
-            st.undo = savepoint = Savepoint(st)
-            try:
+            with self._all_or_nothing():
                 for op in group:
                     checks.check_op(st, op)
                     st.apply(op)
                 if supply is not None:
                     group = [*group, self._recompute(supply, now, None)]
-            except BaseException:
-                savepoint.restore()
-                raise
-            finally:
-                st.undo = None
             seq = self._log(group)
         self._durable(seq)
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Whatever the body applies to the state is undone if it raises (a refused op, or a
+        LevelDB read failing halfway, e.g. a vector a recompute reads): memory stays what the
+        log rebuilds. Call with the lock held, then log what it applied."""
+        st = self._state
+        st.undo = savepoint = Savepoint(st)
+        try:
+            yield
+        except BaseException:
+            savepoint.restore()
+            raise
+        finally:
+            st.undo = None
 
     # ---------------------------------------------------------------- checkpoints, closing
     def checkpoint(self) -> int:
         """Write the state changed since the last checkpoint; returns the seq it covers.
 
-        Waits for a checkpoint in progress (automatic or another caller's) to finish first.
-        Refused once close() has started: the shutdown writes the last one.
+        Waits for a checkpoint in progress (automatic or another caller's) to finish first,
+        unless the caller holds the ledger lock (``locked()``, an API() command): then one in
+        progress refuses the call (EngineError) instead of deadlocking with it. Refused once
+        close() has started: the shutdown writes the last one.
         """
         return self._checkpoints.take()
 

@@ -26,7 +26,9 @@
   was acknowledged, :func:`read_log` (and :func:`groups`, for anyone who reads raw records,
   e.g. a standby) joins parts and leaves such a torn tail out, and the engine deletes it on
   open. Records are still ``(seq, bytes)``; ``wait(seq)`` of a group's last seq returns once
-  every part is on disk.
+  every part is on disk. If one of a batch's writes fails (a full disk), the groups that
+  ended in the writes before it are on disk and replayed at restart, so their callers are
+  acknowledged; the others get JournalFailed and the journal stops.
 * Replication (pegx.replication) hooks in at one point: a :class:`Sink` set on the journal.
   The group-commit leader hands it the seq of every batch it has fsynced (``committed``);
   a synchronous sink returns only once the standby has that record on disk, and only then
@@ -136,22 +138,24 @@ class Journal:
                 self._lead()
 
     def _lead(self) -> None:
-        """As the group's leader: write everything pending in one synced batch and hand its
-        top seq to the sink. Called, and returning, with ``_mu`` held; released meanwhile, so
-        that others append (and queue behind this batch) while it is written."""
+        """As the group's leader: write everything pending in synced batches and hand the top
+        seq written to the sink. Called, and returning, with ``_mu`` held; released meanwhile,
+        so that others append (and queue behind this batch) while it is written. If a write
+        fails, the groups of the writes before it are on disk (a restart replays them) and
+        are acknowledged; the journal fails, so every later seq is refused (see wait)."""
         batch, self._pending = self._pending, []
-        top = batch[-1][0] if batch else self.local_seq
+        before = self.local_seq
         sink = self.sink
         self._writing = True
         self._mu.release()
         try:
-            self._write(batch)
+            upto, error = self._write(batch, before)
             with self._mu:
-                self.local_seq = top
-                if batch:
+                self.local_seq = upto
+                if upto > before:
                     self.commits += 1
-            if sink is not None:
-                sink.committed(top)  # a sync standby: returns once it holds them
+            if sink is not None and (error is None or upto > before):
+                sink.committed(upto)  # a sync standby: returns once it holds them
         except BaseException:
             self._mu.acquire()
             self._writing = False
@@ -159,28 +163,33 @@ class Journal:
             raise
         self._mu.acquire()
         self._writing = False
-        self.durable_seq = max(self.durable_seq, top)
+        self.durable_seq = max(self.durable_seq, upto)
         self._cond.notify_all()
 
-    def _write(self, batch: list[tuple[int, bytes]]) -> None:
+    def _write(self, batch: list[tuple[int, bytes]],
+               upto: int) -> tuple[int, BaseException | None]:
         """The op-log records in synced batches of about BATCH_BYTES (one, unless a long group
-        is among them), without ``_mu``; a failure is kept, so that nothing is acknowledged
-        from now on: memory is ahead of disk."""
+        is among them), without ``_mu``; returns the end of the last group on disk (``upto``
+        if none) and the failure, if a write failed. A failure is kept, so that nothing after
+        that group is acknowledged from now on: memory is ahead of disk."""
         if not batch:
-            return
+            return upto, None
         t0 = time.perf_counter()
         try:
             for part in _batches(batch):  # a long group: several synced writes (see above)
                 with self.store.batch() as wb:
                     for s, data in part:
                         wb.put(schema.pack_seq(s), data)
-        except BaseException as exc:
+                upto = _last_end(part, upto)
+        except BaseException as exc:  # noqa: BLE001 - kept: every waiter past upto gets it
             with self._mu:
                 self._failed = exc
-            log.critical("op log write failed: %s", exc)
-            raise JournalFailed(f"ledger write failed: {exc}") from exc
+            log.critical("op log write failed: %s (records up to seq %s are on disk)", exc,
+                         f"{upto:,d}")
+            return upto, exc
         if self.on_fsync is not None:
             self.on_fsync(time.perf_counter() - t0)
+        return upto, None
 
     def flush(self) -> None:
         """Make everything appended so far durable."""
@@ -192,7 +201,8 @@ class Journal:
 
     def write_checkpoint(self, seq: int, puts: list[tuple[bytes, bytes]],
                          deletes: list[bytes], *, files: dict | None = None,
-                         before: Callable[[], None] | None = None) -> None:
+                         before: Callable[[], None] | None = None,
+                         keep_log: bool = False) -> None:
         """Write a checkpoint of the state at ``seq`` (every op up to it, durable first).
 
         ``puts``/``deletes`` are the rows and records that changed since the state on disk, as
@@ -201,7 +211,10 @@ class Journal:
         point. ``before()`` runs first (it writes what the state record will name: checkpoint
         files, ``files``, and vectors nothing names yet); if it fails, so does the checkpoint.
         A checkpoint older than the one on disk is refused and stops the journal: its rows are
-        stale, and not writing them leaves memory ahead of what disk can rebuild.
+        stale, and not writing them leaves memory ahead of what disk can rebuild. With
+        ``keep_log`` it deletes no log record (one taken while the ledger opens, before a sink
+        can say what a standby still needs: keeping records is always safe, and the next
+        checkpoint deletes them by the rules above).
         """
         self.wait(seq)
         with self._ckpt_mu:
@@ -222,8 +235,7 @@ class Journal:
                         wb.delete(k)
                     for k, v in puts:
                         wb.put(k, v)
-                    upto = seq if self.sink is None else self._group_end(
-                        min(seq, self.sink.floor(seq)))
+                    upto = self._delete_upto(seq, keep_log)
                     for s in range(self.deleted_seq + 1, upto + 1):
                         wb.delete(schema.pack_seq(s))
                     wb.put(schema.STATE, Store.state_value(seq, files))
@@ -234,6 +246,14 @@ class Journal:
             self.deleted_seq = max(self.deleted_seq, upto)
             if self.on_checkpoint is not None:
                 self.on_checkpoint(time.perf_counter() - t0)
+
+    def _delete_upto(self, seq: int, keep_log: bool) -> int:
+        """The last log record a checkpoint at ``seq`` deletes (none past deleted_seq)."""
+        if keep_log:
+            return self.deleted_seq
+        if self.sink is None:
+            return seq
+        return self._group_end(min(seq, self.sink.floor(seq)))
 
     def _group_end(self, upto: int) -> int:
         """``upto``, or the end of the group before it if it is inside a long group (a
@@ -277,6 +297,14 @@ def encode(ops: list[dict]) -> list[bytes]:
 def is_part(data: bytes) -> bool:
     """Whether a raw record is one of the first records of a group (not its last)."""
     return data[:1] == PART
+
+
+def _last_end(records: list[tuple[int, bytes]], upto: int) -> int:
+    """The seq of the last record of ``records`` that ends a group, or ``upto`` if none."""
+    for seq, data in reversed(records):
+        if not is_part(data):
+            return seq
+    return upto
 
 
 def _batches(records: list[tuple[int, bytes]]):

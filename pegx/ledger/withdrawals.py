@@ -89,6 +89,8 @@ class Withdrawals(Ledger):
         self._finish([ops.burn(wids)], wids)
 
     def _finish(self, group: list[dict], wids: list[str]) -> None:
+        if len(set(wids)) != len(wids):
+            raise EngineError("a withdraw id is listed twice")
         with self._lock:
             for wid in wids:
                 if wid not in self._state.tables["withdraws"]:

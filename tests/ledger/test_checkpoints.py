@@ -54,7 +54,7 @@ def run(target) -> tuple[threading.Thread, list]:
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             out.append(exc)
 
-    th = threading.Thread(target=body)
+    th = threading.Thread(target=body, daemon=True)  # (a hung one must not hang pytest)
     th.start()
     return th, out
 
@@ -140,3 +140,43 @@ def test_the_journal_refuses_a_checkpoint_older_than_the_one_on_disk(tmp_path):
     assert [k for k, _ in ex.store.scan(schema.OPLOG)] == logged
     assert ex.journal.failed is not None  # memory may be ahead of disk: nothing acks now
     ex.store.close()
+
+
+def test_a_checkpoint_asked_for_under_the_ledger_lock_never_deadlocks(tmp_path):
+    """A signed API() script runs under ``ledger.locked()``; one that calls
+    ``engine.checkpoint()`` while the automatic checkpoint is being written must get an
+    answer. Before the fix it waited for the checkpoint lock holding the ledger lock, which
+    the automatic checkpoint needs to finish: the daemon hung for good."""
+    ex = funded(tmp_path / "ledger", checkpoint_ops=3)
+    ex.checkpoint()
+    in_write, go_on = threading.Event(), threading.Event()
+    armed = [True]
+
+    def hold(_seconds: float) -> None:  # the automatic checkpoint, committed, not finished
+        if armed[0]:
+            armed[0] = False
+            in_write.set()
+            assert go_on.wait(120)
+
+    ex.observe(checkpoint=hold)
+    auto, auto_out = run(lambda: [ex.trade(BANK, 1, f"user{k:04d}") for k in range(3)])
+    assert in_write.wait(120), "the automatic checkpoint never started"
+
+    def script():  # what an API() command does
+        with ex.locked():
+            ex.trade(BANK, 1, "user0009")
+            return ex.checkpoint()
+
+    second, out = run(script)
+    second.join(60)
+    try:
+        assert not second.is_alive(), "checkpoint() under the ledger lock hung"
+    finally:
+        go_on.set()
+    auto.join(60)
+    assert not auto.is_alive() and auto_out == [[True] * 3]
+    # the automatic checkpoint held the checkpoint lock: the call is refused, clearly
+    assert len(out) == 1 and isinstance(out[0], EngineError)
+    assert "a checkpoint is being written" in str(out[0])
+    assert ex.checkpoint() == ex.seq  # and checkpoints go on
+    assert ex.balance("user0009")["liquid"] > 0

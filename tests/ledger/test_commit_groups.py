@@ -15,6 +15,7 @@ import pytest
 
 from pegx import peg
 from pegx.ledger import ops as ledger_ops
+from pegx.ledger import schema
 from pegx.ledger.engine import Exchange
 from pegx.ledger.lifecycle import new_record
 from pegx.ledger.rules import EngineError
@@ -178,3 +179,62 @@ def test_a_batch_record_changes_only_as_its_lifecycle_allows(tmp_path):
     with pytest.raises(EngineError):
         ex.update_batch(master, last_try=99)  # it ended
     ex.close()
+
+
+class FailingRead(Store):
+    """A real Store whose reads of one key fail while ``failing`` is set, as a LevelDB read
+    error (a damaged block, an I/O error) would."""
+
+    failing: bytes | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        if key == self.failing:
+            raise OSError(5, "Input/output error")
+        return super().get(key)
+
+
+def test_a_read_that_fails_after_a_credit_was_applied_changes_nothing(tmp_path):
+    """credit_inputs applies its credits, then the recompute's totals read the vector of a
+    frozen input from LevelDB. Before the fix a failing read there left the credit applied in
+    memory with no log record and the journal going on: the next checkpoint wrote coins
+    nothing records. Now the group is undone: memory is as before and a restart agrees."""
+    path = tmp_path / "ledger"
+    ex = Exchange(FailingRead(path))
+    frozen = "a" * 64 + ":0"
+    vec = peg.std_spread(10**10)
+    ex.credit_inputs([{"key": frozen, "value": int(vec.sum()), "vector": vec, "owner": BANK,
+                       "frozen_until": 10**12}], supply=SUPPLY, now=0)
+    ex.checkpoint()  # its vector is on disk now, no longer held in memory
+    before, seq = ex.digest(), ex.seq
+    new = {"key": "b" * 64 + ":0", "value": int(vec.sum()), "vector": vec, "owner": "user0001"}
+    ex.store.failing = schema.pack_vector("inputs", frozen)
+    with pytest.raises(OSError, match="Input/output error"):
+        ex.credit_inputs([dict(new)], supply=SUPPLY + 1, now=0)  # a new supply: read again
+    ex.store.failing = None
+    assert ex.digest() == before, "the credit of a failed group stayed in memory"
+    assert ex.seq == seq and not ex.is_registered(new["key"])
+    assert ex.failed is None
+    ex.checkpoint()
+    again = crash_and_reopen(ex, path)
+    try:
+        assert again.digest() == before
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("call", ["refund", "burn"])
+def test_a_withdraw_listed_twice_changes_nothing(tmp_path, call):
+    """refund/burn checked that each id is pending, not that it is listed once: the second
+    refund of the same id raised KeyError after the first was applied, leaving it in memory
+    with no log record. Now the call is refused (EngineError) and nothing changed."""
+    path = tmp_path / "ledger"
+    ex = funded(path)
+    before, seq = ex.digest(), ex.seq
+    with pytest.raises(EngineError, match="listed twice"):
+        getattr(ex, call)(["w" * 32, "w" * 32])
+    assert ex.digest() == before and ex.seq == seq and ex.failed is None
+    again = crash_and_reopen(ex, path)
+    try:
+        assert again.digest() == before
+    finally:
+        again.close()

@@ -86,3 +86,38 @@ def test_a_failed_write_fails_every_waiter_and_acknowledges_nothing(tmp_path):
     with pytest.raises(jn.JournalFailed):
         j.wait(2)
     assert j.durable_seq == 0 and j.failed is not None
+
+
+class FailingNthBatch(HoldingStore):
+    """A real Store whose ``fail_at``-th write batch from now fails, as a full disk would
+    (LevelDB then writes nothing of that batch)."""
+
+    fail_at: int | None = None
+
+    def batch(self):
+        if self.fail_at is not None:
+            self.fail_at -= 1
+            if self.fail_at == 0:
+                raise OSError(28, "No space left on device")
+        return super().batch()
+
+
+def test_groups_written_before_a_failed_write_of_the_same_batch_are_acknowledged(tmp_path):
+    """One group commit of two groups too big for one synced write (BATCH_BYTES) is written
+    in two; the second write fails. The first group is on disk (a restart replays it), so
+    its caller gets success; only the second's gets JournalFailed, and the journal stops.
+    Before the fix both callers got JournalFailed: "error" for an applied group."""
+    store = FailingNthBatch(tmp_path / "ledger")
+    j = jn.Journal(store, last_seq=0)
+    big = b'["' + b"x" * (jn.BATCH_BYTES * 3 // 4) + b'"]'  # two do not fit one write
+    j.append_raw([(1, big)])
+    j.append_raw([(2, big)])
+    store.fail_at = 2
+    j.wait(1)  # its leader writes both groups: the first write lands, the second fails
+    assert j.durable_seq == 1 and j.failed is not None
+    with pytest.raises(jn.JournalFailed, match="No space left"):
+        j.wait(2)
+    with pytest.raises(jn.JournalFailed):
+        j.append(3, [])
+        j.wait(3)
+    assert [schema.unpack_seq(k) for k, _ in store.scan(schema.OPLOG)] == [1]

@@ -242,3 +242,49 @@ def test_concurrent_copies_run_once() -> None:
         th.join()
     assert sorted(map(str, results)) == ["Command sent previously"] * 7 + ["True"]
     assert t.box == ["x"]
+
+
+def test_a_command_calling_checkpoint_during_an_automatic_one_answers(tmp_path) -> None:
+    """A signed command runs under the ledger lock (pegx.app passes ``ledger.locked()``);
+    one calling ``engine.checkpoint()`` while the automatic checkpoint was being written
+    waited for it, and it for the ledger lock: the daemon hung for good. Now it answers."""
+    from pegx import peg
+    from pegx.ledger.engine import Exchange
+    from pegx.ledger.store import Store
+
+    ex = Exchange(Store(tmp_path / "ledger"), checkpoint_ops=2)
+    vec = peg.std_spread(10**11)
+    ex.credit_inputs([{"key": "f" * 64 + ":0", "value": int(vec.sum()), "vector": vec,
+                       "owner": "bank"}], supply=500, now=0)
+    ex.checkpoint()
+    in_write, go_on = threading.Event(), threading.Event()
+
+    def hold(_seconds: float) -> None:  # the automatic checkpoint, committed, unfinished
+        if not in_write.is_set():
+            in_write.set()
+            assert go_on.wait(120)
+
+    ex.observe(checkpoint=hold)
+    trades: list[object] = []
+    auto = threading.Thread(target=lambda: trades.extend(
+        ex.trade("bank", 1, f"user{k:04d}") for k in range(2)), daemon=True)
+    auto.start()
+    assert in_write.wait(120), "the automatic checkpoint never started"
+    hashes: set[str] = set()
+    api = ExecAPI(OPERATOR_PUB, True, seen=hashes.__contains__, record=hashes.add,
+                  namespace=lambda: {"engine": ex}, lock=ex.locked())
+    out: list[object] = []
+    cmd = threading.Thread(target=lambda: out.append(api.run(signed(
+        "nonce=1\nresult = engine.checkpoint()"))), daemon=True)
+    cmd.start()
+    cmd.join(60)
+    try:
+        assert not cmd.is_alive(), "the command hung"
+    finally:
+        go_on.set()
+    auto.join(60)
+    assert not auto.is_alive() and trades == [True, True]
+    # (the automatic checkpoint held the checkpoint lock: the answer is the refusal, as text)
+    assert len(out) == 1 and "EngineError: a checkpoint is being written" in str(out[0])
+    assert ex.checkpoint() == ex.seq
+    ex.close()
