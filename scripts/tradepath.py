@@ -104,11 +104,9 @@ def start_app(root: Path) -> tuple[App, str]:
     cfg = config.load({"datadir": str(root / "d"), "port": port, "block_seconds": 0.0,
                        "autostart": True, "log_level": "WARNING"}, environ={})
     app = App(cfg)
-    start = getattr(app.chain, "start", None)
-    if start is not None:
-        start()
+    app.chain.start()
     app.server.serve_in_thread()
-    app.cycle.start()
+    app.session.start()  # StartExchange(1): started, and the cycle thread runs
     url = f"http://127.0.0.1:{port}"
     x = xmlrpc.client.ServerProxy(url)
     wait_until(lambda: x.StartExchange("", 1, 1) is True, 60, "the exchange to load")
