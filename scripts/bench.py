@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from rpcload import calls_per_second
 
 from pegx import peg
 from pegx.ledger.engine import Exchange
@@ -366,17 +367,7 @@ def bench_rpc(clients: int, quick: bool) -> list[Row]:
             x.Trade(users[0], str(10**12), u)
 
         def rate(call: Callable[[object, int, int], object]) -> float:
-            def work(k: int) -> None:
-                p = xmlrpc.client.ServerProxy(d.url)
-                for j in range(per):
-                    call(p, k, j)
-            ts = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
-            t = time.perf_counter()
-            for th in ts:
-                th.start()
-            for th in ts:
-                th.join()
-            return per * clients / (time.perf_counter() - t)
+            return calls_per_second(d.url, clients, per, call)
 
         def trade(p, k: int, j: int) -> None:
             got = p.Trade(users[2 * k % len(users)], 1 + j % 7, users[(2 * k + 1) % len(users)])
@@ -415,7 +406,6 @@ def bench_standby(clients: int, quick: bool) -> list[Row]:
     the better of its two (the machine is shared: a burst of other work hits one pass only).
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    import xmlrpc.client
 
     from harness.daemon import Daemon
     from harness.replica import make_key, primary, standby, wait_caught_up, wait_loaded
@@ -436,19 +426,12 @@ def bench_standby(clients: int, quick: bool) -> list[Row]:
             for u in users:
                 assert d.proxy().Trade("bankroll", str(10**12), u) is True
 
+        def trade(x, k: int, j: int) -> None:
+            got = x.Trade(users[2 * k], 1 + j % 7, users[2 * k + 1])
+            assert got is True, got
+
         def rate(d: Daemon) -> float:
-            def work(k: int) -> None:
-                x = xmlrpc.client.ServerProxy(d.url)
-                for j in range(per):
-                    got = x.Trade(users[2 * k], 1 + j % 7, users[2 * k + 1])
-                    assert got is True, got
-            ts = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
-            t = time.perf_counter()
-            for th in ts:
-                th.start()
-            for th in ts:
-                th.join()
-            return per * clients / (time.perf_counter() - t)
+            return calls_per_second(d.url, clients, per, trade)
 
         alone, with_standby = [], []
         for _ in range(2):

@@ -43,6 +43,8 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+from rpcload import calls_per_second
+
 from pegx import config
 from pegx.app import App
 from pegx.crypto import wif_to_address
@@ -137,22 +139,13 @@ def client_rate(url: str, clients: int, per: int, kind: str, users: list[str]) -
 
 def run_clients(url: str, clients: int, per: int, kind: str, users: list[str]) -> float:
     """The client side (``--client``): stock ServerProxy per thread, keep-alive."""
-    def work(k: int) -> None:
-        p = xmlrpc.client.ServerProxy(url)
-        for j in range(per):
-            if kind == "noop":
-                p.pegx.noop()
-            else:
-                got = p.Trade(users[2 * k % len(users)], 1 + j % 7,
-                              users[(2 * k + 1) % len(users)])
-                assert got is True, got
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
-    t = time.perf_counter()
-    for th in ts:
-        th.start()
-    for th in ts:
-        th.join()
-    return per * clients / (time.perf_counter() - t)
+    def call(p, k: int, j: int) -> None:
+        if kind == "noop":
+            p.pegx.noop()
+        else:
+            got = p.Trade(users[2 * k % len(users)], 1 + j % 7, users[(2 * k + 1) % len(users)])
+            assert got is True, got
+    return calls_per_second(url, clients, per, call)
 
 
 def measured(url: str, clients: int, per: int, kind: str, users: list[str]) -> tuple:
