@@ -183,6 +183,21 @@ def audit_clean(d: Daemon) -> None:
 # ---------------------------------------------------------------- the flow
 
 
+def reserve_withdraw_completed(x, node, wid: str) -> tuple[str, set[str]]:
+    """Mine into the withdraw window and on until withdraw ``wid`` is Complete; returns its
+    transaction's txid and the addresses its inputs came from (as the node reads them)."""
+    to_position(x, node, 76)
+    advance(x, node, lambda: withdraw_status(x, wid) == "Complete", "the reserve withdraw")
+    rec = withdraw_record(x, wid)
+    txid = rec.get("txid2") or rec["txid"]
+    tx = node.call("getrawtransaction", txid, 1)
+    addresses = set()
+    for vin in tx["vin"]:
+        prev = node.call("getrawtransaction", vin["txid"], 1)["vout"][vin["vout"]]
+        addresses.update(prev["scriptPubKey"]["addresses"])
+    return txid, addresses
+
+
 def test_exchange_flow_on_the_real_node(node, tmp_path):
     """SetPassword, StartExchange, ExchangePassword (encrypted wallet), ExchangeSettings;
     deposits for four users; trades in both styles and through the pool; a cycle change with
@@ -276,15 +291,7 @@ def test_reserve_withdraw_from_one_address(node, tmp_path):
         payee = new_address(NET)
         ok, wid = x.Withdraw("erin", str(50 * COIN), payee, "reserve", PW)
         assert ok is True, wid
-        to_position(x, node, 76)
-        advance(x, node, lambda: withdraw_status(x, wid) == "Complete", "the reserve withdraw")
-        rec = withdraw_record(x, wid)
-        txid = rec.get("txid2") or rec["txid"]
-        tx = node.call("getrawtransaction", txid, 1)
-        addresses = set()
-        for vin in tx["vin"]:
-            prev = node.call("getrawtransaction", vin["txid"], 1)["vout"][vin["vout"]]
-            addresses.update(prev["scriptPubKey"]["addresses"])
+        txid, addresses = reserve_withdraw_completed(x, node, wid)
         assert addresses == {deposit_address}
         out = paid_output(node, txid, payee)
         assert Decimal(out["value"]) * COIN == 49 * COIN  # 50 BAY less 1 BAY commission
@@ -326,15 +333,7 @@ def test_reserve_withdraw_from_three_addresses(node, tmp_path):
         payee = new_address(NET)
         ok, wid = x.Withdraw("gina", str(amount), payee, "reserve", PW)
         assert ok is True, wid
-        to_position(x, node, 76)
-        advance(x, node, lambda: withdraw_status(x, wid) == "Complete", "the reserve withdraw")
-        rec = withdraw_record(x, wid)
-        txid = rec.get("txid2") or rec["txid"]
-        tx = node.call("getrawtransaction", txid, 1)
-        addresses = set()
-        for vin in tx["vin"]:
-            prev = node.call("getrawtransaction", vin["txid"], 1)["vout"][vin["vout"]]
-            addresses.update(prev["scriptPubKey"]["addresses"])
+        txid, addresses = reserve_withdraw_completed(x, node, wid)
         assert len(addresses) >= 3, addresses
         out = paid_output(node, txid, payee)
         frozen = node.call("getfractions", f"{txid}:{out['n']}")
